@@ -1,0 +1,19 @@
+"""hso_jax: optimised sampling schedules for diffusion models, in JAX."""
+
+from . import models, noise, optimizers, schedules, solvers
+from .denoiser import Denoiser
+from .solvers import sample, sample_trajectory
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Denoiser",
+    "models",
+    "noise",
+    "optimizers",
+    "sample",
+    "sample_trajectory",
+    "schedules",
+    "solvers",
+    "__version__",
+]

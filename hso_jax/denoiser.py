@@ -1,0 +1,178 @@
+"""Denoiser: any network prediction -> data prediction x0(x, t) under a noise process.
+
+With x = alpha x0 + sigma eps (``noise``), a network trained for one ``prediction`` type is
+converted to the data prediction used by every solver:
+
+* ``"eps"``:   x0 = (x - sigma eps_hat) / alpha
+* ``"x0"``:    x0 = x0_hat
+* ``"v"``:     v = alpha eps - sigma x0  =>  x0 = (alpha x - sigma v_hat) / (alpha^2 + sigma^2)
+* ``"flow"``:  u = dx/dt = alpha' x0 + sigma' eps  =>  x0 = (sigma' x - sigma u_hat) / (sigma' alpha - sigma alpha')
+  (rectified flow: u = eps - x0, x0 = x - t u)
+* ``"score"``: s = -eps / sigma  =>  eps = -sigma s_hat
+
+Network calling convention: ``fn(x, t_in)``, or ``fn(params, x, t_in)`` when ``params`` is given,
+with one extra positional argument ``cond`` when conditioning is set. ``t_in`` is a 0-d array:
+by default the continuous step index ``N t - 1`` for discrete-time processes (DPM-Solver
+convention, not rounded), and ``t`` itself otherwise (sigma for EDM); ``time_input`` chooses
+``"index"``, ``"index-rounded"``, ``"t"``, ``"sigma_edm"``, ``"scaled"`` (1000 t) or any callable
+``t -> t_in``.
+
+Classifier-free guidance (Ho & Salimans 2022): with ``guidance_scale = w``, the network is called
+with ``cond`` and ``uncond`` and the raw prediction is ``p_u + w (p_c - p_u)``; one guided call
+counts as one network evaluation (NFE), as everywhere in the field.
+
+The Denoiser is a pytree: ``noise``, ``params``, ``cond`` and ``uncond`` are leaves, the network
+function and options are static, so a jitted sampler is compiled once per network function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .noise import NoiseSchedule
+
+__all__ = ["Denoiser", "PREDICTIONS", "TIME_INPUTS"]
+
+PREDICTIONS = ("eps", "x0", "v", "flow", "score")
+TIME_INPUTS = ("auto", "index", "index-rounded", "t", "sigma_edm", "scaled")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Denoiser:
+    """A network with its noise process and prediction type.
+
+    Args:
+      fn: the network, ``fn(x, t_in[, cond])`` or ``fn(params, x, t_in[, cond])``.
+      noise: the noise process the network was trained under.
+      prediction: one of ``"eps"``, ``"x0"``, ``"v"``, ``"flow"``, ``"score"``.
+      params: optional network parameters (a pytree), passed first to ``fn``.
+      time_input: what the network receives as time (see module docstring), or a callable.
+      cond, uncond: optional conditioning pytrees passed as the last argument of ``fn``.
+      guidance_scale: classifier-free guidance scale ``w`` (needs ``cond`` and ``uncond``).
+    """
+
+    fn: Callable
+    noise: NoiseSchedule
+    prediction: str = "eps"
+    params: Any = None
+    time_input: str | Callable = "auto"
+    cond: Any = None
+    uncond: Any = None
+    guidance_scale: float | None = None
+
+    def __post_init__(self):
+        if not callable(self.fn):
+            raise TypeError(f"fn must be callable, got {type(self.fn).__name__}")
+        if not isinstance(self.noise, NoiseSchedule):
+            raise TypeError(
+                f"noise must be a hso_jax.noise.NoiseSchedule (e.g. hso_jax.noise.preset('sd15')), "
+                f"got {type(self.noise).__name__}"
+            )
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        if not callable(self.time_input) and self.time_input not in TIME_INPUTS:
+            raise ValueError(
+                f"time_input must be one of {TIME_INPUTS} or a callable, got {self.time_input!r}"
+            )
+        if self.time_input in ("index", "index-rounded") and not self.noise.is_discrete:
+            raise ValueError(
+                f"time_input={self.time_input!r} needs a discrete-time noise process, "
+                f"got {self.noise!r}"
+            )
+        if self.guidance_scale is not None:
+            if self.cond is None or self.uncond is None:
+                raise ValueError(
+                    "guidance_scale needs both cond and uncond (classifier-free guidance calls the "
+                    "network once with each)"
+                )
+
+    # --- pytree ------------------------------------------------------------------------
+    def tree_flatten(self):
+        children = (self.noise, self.params, self.cond, self.uncond)
+        aux = (self.fn, self.prediction, self.time_input, self.guidance_scale)
+        return children, aux
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        for name, value in zip(("noise", "params", "cond", "uncond"), children):
+            object.__setattr__(obj, name, value)
+        for name, value in zip(("fn", "prediction", "time_input", "guidance_scale"), aux):
+            object.__setattr__(obj, name, value)
+        return obj
+
+    def replace(self, **changes) -> Denoiser:
+        """A copy with some fields changed (e.g. ``model.replace(cond=c)``)."""
+        return dataclasses.replace(self, **changes)
+
+    # --- network call ------------------------------------------------------------------
+    def time_in(self, t):
+        """The time argument the network receives for model time ``t``."""
+        ti = self.time_input
+        if callable(ti):
+            return ti(t)
+        if ti == "auto":
+            ti = "index" if self.noise.is_discrete else "t"
+        if ti == "index":
+            return t * self.noise.num_steps - 1.0
+        if ti == "index-rounded":
+            return jnp.round(t * self.noise.num_steps) - 1.0
+        if ti == "scaled":
+            return 1000.0 * t
+        if ti == "sigma_edm":
+            return self.noise.sigma_edm(t)
+        return t
+
+    def _call(self, x, t_in, cond):
+        args = () if self.params is None else (self.params,)
+        tail = () if cond is None else (cond,)
+        return self.fn(*args, x, t_in, *tail)
+
+    def raw(self, x, t):
+        """The network's own prediction at (x, t), guidance applied."""
+        t = jnp.asarray(t, dtype=jnp.result_type(x.dtype, float))
+        t_in = self.time_in(t)
+        if self.guidance_scale is None:
+            return self._call(x, t_in, self.cond)
+        p_c = self._call(x, t_in, self.cond)
+        p_u = self._call(x, t_in, self.uncond)
+        return p_u + self.guidance_scale * (p_c - p_u)
+
+    # --- conversions -------------------------------------------------------------------
+    def x0(self, x, t):
+        """Data prediction E[x0 | x_t = x] as seen by the network."""
+        return self.x0_from_raw(x, t, self.raw(x, t))
+
+    def eps(self, x, t):
+        """Noise prediction eps = (x - alpha x0) / sigma."""
+        t = jnp.asarray(t, dtype=jnp.result_type(x.dtype, float))
+        a, s = self.noise.alpha(t), self.noise.sigma(t)
+        return (x - a * self.x0(x, t)) / s
+
+    def x0_from_raw(self, x, t, out):
+        t = jnp.asarray(t, dtype=jnp.result_type(x.dtype, float))
+        ns = self.noise
+        a, s = ns.alpha(t), ns.sigma(t)
+        p = self.prediction
+        if p == "x0":
+            return out
+        if p == "eps":
+            return (x - s * out) / a
+        if p == "score":
+            return (x + s * s * out) / a
+        if p == "v":
+            return (a * x - s * out) / (a * a + s * s)
+        # flow velocity u = alpha' x0 + sigma' eps
+        da = jax.grad(ns.alpha)(t)
+        ds = jax.grad(ns.sigma)(t)
+        return (ds * x - s * out) / (ds * a - s * da)
+
+
+jax.tree_util.register_pytree_node(
+    Denoiser, lambda d: d.tree_flatten(), Denoiser.tree_unflatten
+)

@@ -1,0 +1,1 @@
+"""Evaluation: reference solutions and metrics."""

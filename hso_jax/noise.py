@@ -1,0 +1,372 @@
+"""Noise processes: x_t = alpha(t) x_0 + sigma(t) eps, and the maps t <-> lam <-> sigma_edm.
+
+Every process exposes, as pure, jit-able, differentiable functions of model time ``t``:
+
+* ``alpha(t)``, ``sigma(t)``, ``log_alpha(t)``;
+* ``lam(t) = log(alpha / sigma)`` (half log-SNR) and its exact inverse ``t_from_lam``;
+* ``sigma_edm(t) = sigma / alpha = exp(-lam)`` (EDM noise level) and ``t_from_sigma_edm``;
+
+and the eager floats ``t_min`` / ``t_max`` (the time range a schedule may use). Discrete-time
+VP processes (``VPDiscrete``) follow the DPM-Solver convention: step index ``k`` sits at
+``t_k = (k + 1) / N`` and ``log alpha`` is linearly interpolated in ``t`` between steps, so
+``t_min = 1 / N`` and ``t_max = 1``; the index of a continuous ``t`` is ``round(N t) - 1``.
+
+Processes are frozen dataclasses registered as pytrees (arrays are leaves, scalars are static),
+so they can be passed through ``jax.jit`` / ``jax.vmap`` like any argument.
+
+References: Lu et al., "DPM-Solver" (NeurIPS 2022), Sec. 2 and App. (noise schedules);
+Karras et al., "Elucidating the Design Space" (EDM, NeurIPS 2022), Table 1;
+Liu et al., "Flow Straight and Fast" (rectified flow, ICLR 2023).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "NoiseSchedule",
+    "VPDiscrete",
+    "VPLinear",
+    "VPCosine",
+    "EDM",
+    "RectifiedFlow",
+    "preset",
+    "PRESETS",
+    "scaled_linear_betas",
+    "linear_betas",
+    "squaredcos_cap_v2_betas",
+]
+
+Array = Any
+
+
+def _pytree(data_fields: tuple[str, ...], meta_fields: tuple[str, ...]):
+    def wrap(cls):
+        cls = dataclasses.dataclass(frozen=True, eq=False)(cls)
+        return jax.tree_util.register_dataclass(
+            cls, data_fields=list(data_fields), meta_fields=list(meta_fields)
+        )
+
+    return wrap
+
+
+def _log_sigma_vp(log_alpha: Array) -> Array:
+    """log sigma = 0.5 log(1 - alpha^2), stable for alpha -> 1 and alpha -> 0."""
+    return 0.5 * jnp.log(-jnp.expm1(2.0 * log_alpha))
+
+
+def _log_alpha_vp_from_lam(lam: Array) -> Array:
+    """For VP (alpha^2 + sigma^2 = 1): log alpha = -0.5 log(1 + e^{-2 lam})."""
+    return -0.5 * jnp.logaddexp(0.0, -2.0 * lam)
+
+
+class NoiseSchedule:
+    """Base class. Subclasses define ``log_alpha``, ``log_sigma`` and ``t_from_lam``."""
+
+    name: str
+    t_min: float
+    t_max: float
+    variance_preserving: bool = True
+    is_discrete: bool = False
+
+    # --- to be defined by subclasses -------------------------------------------------
+    def log_alpha(self, t: Array) -> Array:
+        raise NotImplementedError
+
+    def log_sigma(self, t: Array) -> Array:
+        return _log_sigma_vp(self.log_alpha(t))
+
+    def t_from_lam(self, lam: Array) -> Array:
+        raise NotImplementedError
+
+    # --- shared ----------------------------------------------------------------------
+    def alpha(self, t: Array) -> Array:
+        return jnp.exp(self.log_alpha(t))
+
+    def sigma(self, t: Array) -> Array:
+        return jnp.exp(self.log_sigma(t))
+
+    def lam(self, t: Array) -> Array:
+        """Half log-SNR lam(t) = log(alpha(t) / sigma(t)); strictly decreasing in t."""
+        return self.log_alpha(t) - self.log_sigma(t)
+
+    def sigma_edm(self, t: Array) -> Array:
+        """EDM noise level sigma / alpha = exp(-lam)."""
+        return jnp.exp(-self.lam(t))
+
+    def t_from_sigma_edm(self, sigma_edm: Array) -> Array:
+        return self.t_from_lam(-jnp.log(sigma_edm))
+
+    @property
+    def lam_min(self) -> float:
+        """lam at t_max (the noisiest point of the range)."""
+        return float(self.lam(jnp.asarray(self.t_max, _eager_dtype())))
+
+    @property
+    def lam_max(self) -> float:
+        """lam at t_min (the cleanest point of the range)."""
+        return float(self.lam(jnp.asarray(self.t_min, _eager_dtype())))
+
+    def prior(self, key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+        """Initial noise x_T = sigma(t_max) * N(0, I) (the data term alpha(t_max) x_0 is dropped,
+        as in every sampler of the field)."""
+        return self.sigma(jnp.asarray(self.t_max, dtype)) * jax.random.normal(key, shape, dtype)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, t_min={self.t_min:g}, t_max={self.t_max:g})"
+
+
+def _eager_dtype():
+    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+
+# --------------------------------------------------------------------------------------
+# VP, discrete time
+# --------------------------------------------------------------------------------------
+
+
+@_pytree(data_fields=("log_alphas",), meta_fields=("name",))
+class VPDiscrete(NoiseSchedule):
+    """Discrete-time VP process from ``N`` training steps (DDPM, Stable Diffusion, ...).
+
+    ``log_alphas[k] = 0.5 log(alphas_cumprod[k])`` sits at ``t_k = (k + 1) / N``; between steps
+    ``log alpha`` is linear in ``t`` (DPM-Solver convention), so ``t`` ranges over ``[1/N, 1]``.
+    Build with :meth:`from_betas` or :meth:`from_alphas_cumprod`.
+    """
+
+    log_alphas: Array
+    name: str = "vp-discrete"
+
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod, name: str = "vp-discrete") -> VPDiscrete:
+        a = np.asarray(alphas_cumprod, dtype=np.float64)
+        if a.ndim != 1 or a.size < 2:
+            raise ValueError(
+                f"alphas_cumprod must be a 1-D array with at least 2 entries, got shape {a.shape}"
+            )
+        if not np.all(np.isfinite(a)):
+            raise ValueError("alphas_cumprod must be finite; it contains NaN or inf")
+        if np.any(a <= 0) or np.any(a >= 1):
+            raise ValueError(
+                f"alphas_cumprod must lie in (0, 1); got values in [{a.min():g}, {a.max():g}]"
+            )
+        if np.any(np.diff(a) >= 0):
+            k = int(np.argmax(np.diff(a) >= 0))
+            raise ValueError(
+                "alphas_cumprod must be strictly decreasing; "
+                f"alphas_cumprod[{k + 1}] = {a[k + 1]:g} >= alphas_cumprod[{k}] = {a[k]:g}"
+            )
+        return cls(log_alphas=0.5 * np.log(a), name=name)
+
+    @classmethod
+    def from_betas(cls, betas, name: str = "vp-discrete") -> VPDiscrete:
+        b = np.asarray(betas, dtype=np.float64)
+        if b.ndim != 1 or b.size < 2:
+            raise ValueError(f"betas must be a 1-D array with at least 2 entries, got shape {b.shape}")
+        if not np.all(np.isfinite(b)):
+            raise ValueError("betas must be finite; it contains NaN or inf")
+        if np.any(b <= 0) or np.any(b >= 1):
+            raise ValueError(f"betas must lie in (0, 1); got values in [{b.min():g}, {b.max():g}]")
+        return cls(log_alphas=0.5 * np.cumsum(np.log1p(-b)), name=name)
+
+    is_discrete = True
+
+    @property
+    def num_steps(self) -> int:
+        return int(np.shape(self.log_alphas)[0])
+
+    @property
+    def t_min(self) -> float:  # type: ignore[override]
+        return 1.0 / self.num_steps
+
+    @property
+    def t_max(self) -> float:  # type: ignore[override]
+        return 1.0
+
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        return np.exp(2.0 * np.asarray(self.log_alphas, np.float64))
+
+    def _t_grid(self, dtype):
+        n = self.num_steps
+        return (jnp.arange(n, dtype=dtype) + 1) / n
+
+    def log_alpha(self, t):
+        t = jnp.asarray(t)
+        la = jnp.asarray(self.log_alphas, t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else None)
+        return jnp.interp(t, self._t_grid(la.dtype), la)
+
+    def t_from_lam(self, lam):
+        lam = jnp.asarray(lam)
+        la = jnp.asarray(self.log_alphas, lam.dtype if jnp.issubdtype(lam.dtype, jnp.floating) else None)
+        return jnp.interp(_log_alpha_vp_from_lam(lam), la[::-1], self._t_grid(la.dtype)[::-1])
+
+    # --- step indices ------------------------------------------------------------------
+    def t_from_index(self, k):
+        """t_k = (k + 1) / N."""
+        return (jnp.asarray(k) + 1.0) / self.num_steps
+
+    def index_from_t(self, t) -> np.ndarray:
+        """Nearest training step: round(N t) - 1 (eager, integer NumPy array)."""
+        return np.rint(np.asarray(t, np.float64) * self.num_steps).astype(np.int64) - 1
+
+    def __repr__(self) -> str:
+        return f"VPDiscrete(name={self.name!r}, num_steps={self.num_steps})"
+
+
+def scaled_linear_betas(beta_start=0.00085, beta_end=0.012, n=1000) -> np.ndarray:
+    """Stable Diffusion's "scaled_linear" betas: linspace(sqrt(b0), sqrt(b1), n) ** 2."""
+    return np.linspace(math.sqrt(beta_start), math.sqrt(beta_end), n, dtype=np.float64) ** 2
+
+
+def linear_betas(beta_start=1e-4, beta_end=0.02, n=1000) -> np.ndarray:
+    """DDPM's linear betas."""
+    return np.linspace(beta_start, beta_end, n, dtype=np.float64)
+
+
+def squaredcos_cap_v2_betas(n=1000, max_beta=0.999, s=0.008) -> np.ndarray:
+    """Improved-DDPM cosine betas ("squaredcos_cap_v2", DeepFloyd IF):
+    beta_i = min(1 - abar((i+1)/n) / abar(i/n), max_beta), abar(t) = cos((t + s)/(1 + s) pi/2)^2."""
+
+    def abar(t):
+        return np.cos((t + s) / (1 + s) * np.pi / 2) ** 2
+
+    i = np.arange(n, dtype=np.float64)
+    return np.minimum(1 - abar((i + 1) / n) / abar(i / n), max_beta)
+
+
+# --------------------------------------------------------------------------------------
+# VP, continuous time
+# --------------------------------------------------------------------------------------
+
+
+@_pytree(data_fields=(), meta_fields=("beta_0", "beta_1", "t_min", "t_max", "name"))
+class VPLinear(NoiseSchedule):
+    """Continuous VP with linear beta(t) = beta_0 + t (beta_1 - beta_0) (score-SDE "VP").
+
+    log alpha(t) = -(beta_1 - beta_0) t^2 / 4 - beta_0 t / 2; t in [t_min, t_max].
+    """
+
+    beta_0: float = 0.1
+    beta_1: float = 20.0
+    t_min: float = 1e-3
+    t_max: float = 1.0
+    name: str = "vp-linear"
+
+    def log_alpha(self, t):
+        return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+    def t_from_lam(self, lam):
+        # Solve log alpha(t) = la for t >= 0 (DPM-Solver, Appendix); tmp = -2 log alpha.
+        tmp = 2.0 * (self.beta_1 - self.beta_0) * jnp.logaddexp(-2.0 * lam, 0.0)
+        delta = self.beta_0**2 + tmp
+        return tmp / (jnp.sqrt(delta) + self.beta_0) / (self.beta_1 - self.beta_0)
+
+
+@_pytree(data_fields=(), meta_fields=("s", "t_min", "t_max", "name"))
+class VPCosine(NoiseSchedule):
+    """Continuous cosine VP (Nichol & Dhariwal 2021): alpha(t) = cos((t + s)/(1 + s) pi/2) /
+    cos(s/(1 + s) pi/2). ``t_max = 0.9946`` avoids the singularity at t = 1 (as in DPM-Solver)."""
+
+    s: float = 0.008
+    t_min: float = 1e-3
+    t_max: float = 0.9946
+    name: str = "vp-cosine"
+
+    def _log_alpha_0(self):
+        return math.log(math.cos(self.s / (1.0 + self.s) * math.pi / 2.0))
+
+    def log_alpha(self, t):
+        return jnp.log(jnp.cos((t + self.s) / (1.0 + self.s) * jnp.pi / 2.0)) - self._log_alpha_0()
+
+    def t_from_lam(self, lam):
+        la = _log_alpha_vp_from_lam(lam)
+        return 2.0 * (1.0 + self.s) / jnp.pi * jnp.arccos(jnp.exp(la + self._log_alpha_0())) - self.s
+
+
+# --------------------------------------------------------------------------------------
+# Non-VP processes
+# --------------------------------------------------------------------------------------
+
+
+@_pytree(data_fields=(), meta_fields=("t_min", "t_max", "name"))
+class EDM(NoiseSchedule):
+    """Variance-exploding EDM process: alpha = 1, sigma = t (so t = sigma_edm), t in
+    [sigma_min, sigma_max] = [0.002, 80] by default. lam = -log t."""
+
+    t_min: float = 0.002
+    t_max: float = 80.0
+    name: str = "edm"
+    variance_preserving = False
+
+    def log_alpha(self, t):
+        return jnp.zeros_like(jnp.asarray(t, dtype=jnp.result_type(t, float)))
+
+    def log_sigma(self, t):
+        return jnp.log(t)
+
+    def t_from_lam(self, lam):
+        return jnp.exp(-lam)
+
+
+@_pytree(data_fields=(), meta_fields=("t_min", "t_max", "name"))
+class RectifiedFlow(NoiseSchedule):
+    """Rectified flow / flow matching: alpha = 1 - t, sigma = t; lam = log((1 - t) / t),
+    t = sigmoid(-lam). ``t_max < 1`` because lam(1) = -inf; samplers start at t_max."""
+
+    t_min: float = 1e-3
+    t_max: float = 1.0 - 1e-3
+    name: str = "flow"
+    variance_preserving = False
+
+    def log_alpha(self, t):
+        return jnp.log1p(-t)
+
+    def log_sigma(self, t):
+        return jnp.log(t)
+
+    def t_from_lam(self, lam):
+        return jax.nn.sigmoid(-lam)
+
+
+# --------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------
+
+PRESETS = {
+    "sd15": lambda: VPDiscrete.from_betas(scaled_linear_betas(), name="sd15"),
+    "sd21": lambda: VPDiscrete.from_betas(scaled_linear_betas(), name="sd21"),
+    "sdxl": lambda: VPDiscrete.from_betas(scaled_linear_betas(), name="sdxl"),
+    "ddpm": lambda: VPDiscrete.from_betas(linear_betas(), name="ddpm"),
+    "cosine": lambda: VPDiscrete.from_betas(squaredcos_cap_v2_betas(), name="cosine"),
+    "vp-linear": lambda: VPLinear(),
+    "vp-cosine": lambda: VPCosine(),
+    "edm": lambda: EDM(),
+    "flow": lambda: RectifiedFlow(),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _preset_cached(name: str) -> NoiseSchedule:
+    return PRESETS[name]()
+
+
+def preset(name: str) -> NoiseSchedule:
+    """Noise process by name: one of ``sorted(PRESETS)``.
+
+    ``sd15``/``sd21``/``sdxl``: scaled-linear betas 0.00085..0.012, 1000 steps; ``ddpm``: linear
+    betas 1e-4..0.02, 1000 steps; ``cosine``: squaredcos_cap_v2 betas, 1000 steps (DeepFloyd IF);
+    ``vp-linear``: continuous VP, beta in [0.1, 20]; ``vp-cosine``: continuous cosine VP;
+    ``edm``: sigma in [0.002, 80]; ``flow``: rectified flow.
+    The same object is returned for the same name (so compiled functions are reused).
+    """
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ValueError(f"noise preset must be one of {sorted(PRESETS)}, got {name!r}")
+    return _preset_cached(name)

@@ -1,0 +1,5 @@
+"""Schedule optimisers."""
+
+from .result import OptimizeResult
+
+__all__ = ["OptimizeResult"]

@@ -1,0 +1,61 @@
+"""The solver interface: an immutable object with ``init`` and ``step``.
+
+A solver advances the probability-flow ODE (or a reverse SDE) of a :class:`~hso_jax.Denoiser`
+along a schedule ``ts`` (strictly decreasing model times). The driver
+(:func:`hso_jax.solvers.driver.sample`) runs ``step`` inside one ``lax.scan``; everything a
+multistep method remembers (previous data predictions, previous lam's, how many are valid)
+lives in a fixed-shape ``state`` pytree, so lower-order warm-up is decided from the carried
+history with ``jnp.where`` rather than Python branches on traced values.
+
+Subclasses are frozen dataclasses (hashable, so they are static arguments of ``jax.jit``) and
+implement:
+
+* ``calls_per_step``: network evaluations per step (NFE of a schedule with n + 1 points is
+  ``calls_per_step * n``);
+* ``init(model, x, ts) -> state``;
+* ``step(model, x, state, t_cur, t_next, i, n, key) -> (x_next, state, x0)`` where ``i`` is the
+  (traced) step index, ``n`` the (static) number of steps and ``x0`` the data prediction at
+  ``t_cur`` used by this step (recorded by :func:`sample_trajectory`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+__all__ = ["Solver"]
+
+Array = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Solver:
+    """Base class of all solvers (see module docstring)."""
+
+    calls_per_step: ClassVar[int] = 1
+    stochastic: ClassVar[bool] = False
+    order: int = 1
+
+    def nfe(self, num_steps: int) -> int:
+        """Network evaluations for a schedule with ``num_steps`` intervals."""
+        return self.calls_per_step * int(num_steps)
+
+    def num_points(self, nfe: int) -> int:
+        """Schedule length (time points) that spends exactly ``nfe`` network evaluations."""
+        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < self.calls_per_step:
+            raise ValueError(
+                f"nfe must be an integer >= {self.calls_per_step} for {type(self).__name__}, "
+                f"got {nfe!r}"
+            )
+        if nfe % self.calls_per_step:
+            raise ValueError(
+                f"nfe must be a multiple of {self.calls_per_step} for {type(self).__name__} "
+                f"({self.calls_per_step} network calls per step), got {nfe}"
+            )
+        return nfe // self.calls_per_step + 1
+
+    def init(self, model, x: Array, ts: Array) -> Any:
+        return None
+
+    def step(self, model, x, state, t_cur, t_next, i, n, key):  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,152 @@
+"""The sampling driver: one ``lax.scan`` over the schedule, for every solver.
+
+``sample(model, x_T, ts, solver)`` integrates from ``ts[0]`` to ``ts[-1]``; with ``n = len(ts) - 1``
+steps it spends ``solver.nfe(n)`` network evaluations, plus one with ``denoise_final=True``
+(which returns the data prediction D(x, ts[-1]) -- the "end at sigma = 0" convention of
+diffusers / ComfyUI, whose last step jumps to x0).
+
+Everything is a pure function of ``ts``: ``jax.jit``, ``jax.vmap`` over a batch of equal-length
+schedules and ``jax.grad`` w.r.t. ``ts`` all work. Validation runs eagerly on concrete inputs
+and is skipped for traced ones.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..denoiser import Denoiser
+from ..schedules import check_schedule
+from .base import Solver
+
+__all__ = ["sample", "sample_trajectory", "Trajectory"]
+
+Array = Any
+
+
+class Trajectory(NamedTuple):
+    """Every state of one sampling run.
+
+    Attributes:
+      t: (n + 1,) the schedule.
+      x: (n + 1, *x_T.shape) states, x[0] = x_T, x[-1] = final state (before ``denoise_final``).
+      x0: (n, *x_T.shape) data prediction at t[i] used by step i.
+      final: the returned sample (x[-1], or D(x[-1], t[-1]) with ``denoise_final``).
+    """
+
+    t: Array
+    x: Array
+    x0: Array
+    final: Array
+
+
+def _validate(model, x_T, ts, solver, key, nfe, denoise_final):
+    if not isinstance(model, Denoiser):
+        raise TypeError(f"model must be a hso_jax.Denoiser, got {type(model).__name__}")
+    if not isinstance(solver, Solver):
+        raise TypeError(
+            f"solver must be a hso_jax solver (e.g. hso_jax.solvers.ddim()), got {solver!r}"
+        )
+    if not hasattr(x_T, "shape") or not jnp.issubdtype(jnp.asarray(x_T).dtype, jnp.floating):
+        raise TypeError("x_T must be a floating-point array")
+    ts = check_schedule(ts, model.noise)
+    if solver.stochastic and key is None:
+        raise ValueError(f"{type(solver).__name__} is stochastic: pass key=jax.random.key(...)")
+    if nfe is not None:
+        expected = solver.num_points(nfe) + 0  # validates nfe
+        if denoise_final:
+            expected = solver.num_points(nfe - 1) if nfe - 1 >= solver.calls_per_step else -1
+        if ts.shape[0] != expected:
+            raise ValueError(
+                f"ts has {ts.shape[0]} points, but {type(solver).__name__} with nfe={nfe}"
+                f"{' and denoise_final' if denoise_final else ''} needs {expected} points"
+            )
+    return ts
+
+
+@functools.partial(jax.jit, static_argnames=("solver", "denoise_final", "keep"))
+def _run(model, x_T, ts, solver, key, denoise_final, keep):
+    ts = ts.astype(x_T.dtype)
+    n = ts.shape[0] - 1
+    keys = None if key is None else jax.random.split(key, n)
+    state = solver.init(model, x_T, ts)
+
+    def body(carry, inp):
+        x, state = carry
+        i, t_cur, t_next, k = inp
+        x_next, state, x0 = solver.step(model, x, state, t_cur, t_next, i, n, k)
+        return (x_next, state), ((x_next, x0) if keep else None)
+
+    (x, _), hist = jax.lax.scan(body, (x_T, state), (jnp.arange(n), ts[:-1], ts[1:], keys))
+    final = model.x0(x, ts[-1]) if denoise_final else x
+    if not keep:
+        return final
+    xs, x0s = hist
+    return Trajectory(ts, jnp.concatenate([x_T[None], xs]), x0s, final)
+
+
+def _check_finite(out, what):
+    leaves = jax.tree_util.tree_leaves(out)
+    if any(isinstance(v, jax.core.Tracer) for v in leaves):
+        return
+    bad = [not bool(np.all(np.isfinite(np.asarray(v)))) for v in leaves]
+    if any(bad):
+        raise FloatingPointError(
+            f"{what} produced NaN or inf values (check the model at the schedule's times, "
+            "e.g. with sample_trajectory to find the first bad step)"
+        )
+
+
+def sample(
+    model: Denoiser,
+    x_T: Array,
+    ts: Array,
+    solver: Solver,
+    key: Array | None = None,
+    *,
+    nfe: int | None = None,
+    denoise_final: bool = False,
+    check_finite: bool = False,
+) -> Array:
+    """Sample from ``model`` along the schedule ``ts`` with ``solver``.
+
+    Args:
+      model: the Denoiser.
+      x_T: initial noise at ``ts[0]`` (e.g. ``model.noise.prior(key, shape)``).
+      ts: strictly decreasing model times, ``len(ts) = n + 1`` for n steps.
+      solver: a solver object, e.g. ``hso_jax.solvers.dpm_solver_pp(order=2)``.
+      key: PRNG key, required by stochastic solvers.
+      nfe: if given, checks that ``ts`` spends exactly this many network evaluations.
+      denoise_final: return D(x, ts[-1]) after the last step (one more network evaluation).
+      check_finite: raise ``FloatingPointError`` if the result contains NaN / inf (eager only).
+
+    Returns:
+      The sample at ``ts[-1]`` (or its data prediction), same shape and dtype as ``x_T``.
+    """
+    ts = _validate(model, x_T, ts, solver, key, nfe, denoise_final)
+    out = _run(model, x_T, ts, solver, key, bool(denoise_final), False)
+    if check_finite:
+        _check_finite(out, f"sample with {type(solver).__name__}")
+    return out
+
+
+def sample_trajectory(
+    model: Denoiser,
+    x_T: Array,
+    ts: Array,
+    solver: Solver,
+    key: Array | None = None,
+    *,
+    denoise_final: bool = False,
+    check_finite: bool = False,
+) -> Trajectory:
+    """Like :func:`sample` but returns every intermediate state and data prediction."""
+    ts = _validate(model, x_T, ts, solver, key, None, denoise_final)
+    out = _run(model, x_T, ts, solver, key, bool(denoise_final), True)
+    if check_finite:
+        _check_finite(out, f"sample_trajectory with {type(solver).__name__}")
+    return out
