@@ -145,14 +145,15 @@ class Denoiser:
 
     # --- conversions -------------------------------------------------------------------
     def x0(self, x, t):
-        """Data prediction E[x0 | x_t = x] as seen by the network."""
-        return self.x0_from_raw(x, t, self.raw(x, t))
+        """Data prediction E[x0 | x_t = x] as seen by the network, in the dtype of ``x``
+        (so a float32 sampler stays float32 even if the network computes in float64)."""
+        return self.x0_from_raw(x, t, self.raw(x, t)).astype(x.dtype)
 
     def eps(self, x, t):
         """Noise prediction eps = (x - alpha x0) / sigma."""
         t = jnp.asarray(t, dtype=jnp.result_type(x.dtype, float))
         a, s = self.noise.alpha(t), self.noise.sigma(t)
-        return (x - a * self.x0(x, t)) / s
+        return ((x - a * self.x0(x, t)) / s).astype(x.dtype)
 
     def x0_from_raw(self, x, t, out):
         t = jnp.asarray(t, dtype=jnp.result_type(x.dtype, float))

@@ -124,7 +124,7 @@ class NoiseSchedule:
 
 
 def _eager_dtype():
-    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    return jnp.result_type(float)  # float64 under jax_enable_x64 or a jax.enable_x64 context
 
 
 # --------------------------------------------------------------------------------------

@@ -1,20 +1,64 @@
 """Schedules: validation, baseline discretisations, published tables, exports.
 
 A schedule is a 1-D array of model times ``t``, strictly decreasing, inside the noise
-process's ``[t_min, t_max]``.
+process's ``[t_min, t_max]``: ``ts[0]`` is the start time (most noise), ``ts[-1]`` the end
+time. Every baseline here is ``f(noise, nfe, ...) -> ts`` with ``nfe + 1`` points, i.e. ``nfe``
+intervals. A multistep solver (DDIM, DPM-Solver++(2M), UniPC) spends exactly ``nfe`` network
+evaluations on such a schedule (one per interval, at its left end); a solver with ``k`` calls
+per step spends ``k * nfe`` (see ``Solver.num_points``). A sampler that also evaluates the
+network at the last point (the latent-diffusion DDIM convention, see HSO) needs ``f(noise,
+nfe - 1)`` for ``nfe`` evaluations.
+
+By default a baseline runs from ``noise.t_max`` to ``noise.t_min``; the keyword-only
+``t_start`` / ``t_end`` move the end points inside that range (the AYS tables are the exception,
+see :func:`ays`). The spacing maths lives in small pure functions of the end points
+(:func:`karras_sigmas`, :func:`polyexponential_sigmas`, :func:`kl_optimal_sigmas`,
+:func:`loglinear_interp`) that can be ``jit``-ed, ``vmap``-ed and differentiated (``nfe`` /
+``num_points`` static); the public schedule functions validate their arguments eagerly and
+compute in float64 whatever ``jax_enable_x64`` says, then return the default float dtype
+(they also work with concrete arguments inside a user's ``jax.jit``).
+
+Exports: :func:`to_diffusers` (integer ``timesteps`` + ``sigmas``) and :func:`to_comfyui`
+(a ``SIGMAS`` list with the three end-of-schedule conventions).
+
+References:
+  Lu et al., "DPM-Solver" (NeurIPS 2022), step-size schedules (time-uniform, time-quadratic and
+  logSNR-uniform steps); Karras et al., "Elucidating the Design Space of Diffusion-Based
+  Generative Models" (NeurIPS 2022), Eq. 5; Sabour et al., "Align Your Steps" (ICML 2024),
+  Theorem 3.1 and the published 10-step schedules.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+import types
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .noise import NoiseSchedule
+from .noise import NoiseSchedule, RectifiedFlow
 
-__all__ = ["check_schedule"]
+__all__ = [
+    "check_schedule",
+    "time_uniform",
+    "time_quadratic",
+    "logsnr_uniform",
+    "karras",
+    "polyexponential",
+    "kl_optimal",
+    "ays",
+    "AYS_TABLES",
+    "karras_sigmas",
+    "polyexponential_sigmas",
+    "kl_optimal_sigmas",
+    "loglinear_interp",
+    "to_diffusers",
+    "to_comfyui",
+    "COMFYUI_ENDS",
+]
 
 Array = Any
 
@@ -72,3 +116,704 @@ def check_schedule(
                 f"got [{v[-1]:.9g}, {v[0]:.9g}]"
             )
     return jnp.asarray(ts)
+
+
+# --------------------------------------------------------------------------------------
+# Eager argument checks (shared by every public function below)
+# --------------------------------------------------------------------------------------
+
+
+def _x64():
+    """Float64 available inside, whatever the user's ``jax_enable_x64``."""
+    return jax.enable_x64(True)
+
+
+def _eager():
+    """Evaluate JAX ops on concrete values now, even when called while tracing (a user's
+    ``jax.jit`` that builds its schedule inside): the eager paths here need NumPy values."""
+    return jax.ensure_compile_time_eval()
+
+
+def _out_dtype():
+    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+
+def _check_noise(noise) -> NoiseSchedule:
+    if not isinstance(noise, NoiseSchedule):
+        raise TypeError(
+            "noise must be a hso_jax.noise.NoiseSchedule (e.g. hso_jax.noise.preset('sd15')), "
+            f"got {type(noise).__name__}"
+        )
+    return noise
+
+
+def _check_int(name: str, value, minimum: int, meaning: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{name} must be an integer >= {minimum}{meaning}, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{meaning}, got {value}")
+    return int(value)
+
+
+def _check_nfe(nfe) -> int:
+    return _check_int("nfe", nfe, 1, " (the number of intervals; the schedule has nfe + 1 points)")
+
+
+def _check_real(name: str, value) -> float:
+    """A concrete, finite real scalar (Python, NumPy or 0-d array), as a float."""
+    if isinstance(value, (bool, str, bytes)) or isinstance(value, jax.core.Tracer):
+        raise TypeError(f"{name} must be a concrete real number, got {value!r}")
+    try:
+        arr = np.asarray(value)
+    except Exception as e:  # e.g. objects NumPy cannot convert
+        raise TypeError(f"{name} must be a real number, got {value!r}") from e
+    if arr.shape != () or arr.dtype == bool or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    v = float(arr)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v
+
+
+def _check_positive(name: str, value) -> float:
+    v = _check_real(name, value)
+    if v <= 0:
+        raise ValueError(f"{name} must be > 0, got {v:g}")
+    return v
+
+
+def _check_concrete(**scalars) -> None:
+    """Validate the concrete (non-traced) scalar arguments of the jit-able helpers."""
+    for name, value in scalars.items():
+        if isinstance(value, jax.core.Tracer):
+            continue
+        if np.ndim(value) != 0:
+            raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}")
+        _check_positive(name, value)
+
+
+def _endpoints(noise: NoiseSchedule, t_start, t_end) -> tuple[float, float]:
+    """Resolve ``t_start`` / ``t_end`` (``None`` -> ``t_max`` / ``t_min``) and validate them.
+
+    A value within float rounding (relative 1e-5) of a bound is taken as the bound itself.
+    """
+    lo, hi = float(noise.t_min), float(noise.t_max)
+    tol = _RANGE_RTOL * max(1.0, abs(hi))
+
+    def resolve(name, value, default):
+        if value is None:
+            return default
+        v = _check_real(name, value)
+        if v > hi + tol or v < lo - tol:
+            raise ValueError(
+                f"{name} must lie in [t_min, t_max] = [{lo:g}, {hi:g}] of {noise!r}, got {v:.9g}"
+            )
+        return min(max(v, lo), hi)
+
+    t0 = resolve("t_start", t_start, hi)
+    t1 = resolve("t_end", t_end, lo)
+    if not t0 > t1:
+        raise ValueError(
+            "t_start must be greater than t_end (a schedule runs from noise to data), "
+            f"got t_start={t0:.9g}, t_end={t1:.9g}"
+        )
+    return t0, t1
+
+
+def _setup(noise, nfe, t_start, t_end) -> tuple[int, float, float]:
+    _check_noise(noise)
+    n = _check_nfe(nfe)
+    t0, t1 = _endpoints(noise, t_start, t_end)
+    return n, t0, t1
+
+
+def _eval64(noise: NoiseSchedule, method: str, x) -> np.ndarray:
+    """``noise.<method>(x)`` evaluated eagerly in float64, as a NumPy array.
+
+    The input is padded (edge values) to a power-of-two length >= 16, so JAX's per-shape
+    compilation of the eager primitives is shared across step counts and processes.
+    """
+    x = np.asarray(x, np.float64)
+    flat = x.reshape(-1)
+    size = max(16, 1 << (flat.size - 1).bit_length())
+    padded = np.pad(flat, (0, size - flat.size), mode="edge")
+    with _x64(), _eager():
+        y = np.asarray(getattr(noise, method)(jnp.asarray(padded, jnp.float64)), np.float64)
+    return y[: flat.size].reshape(x.shape)
+
+
+def _finish(t, what: str, nfe: int, ends: tuple[float | None, float | None]) -> jax.Array:
+    """Pin the exact end points, cast to the default float dtype, check strict decrease."""
+    t = np.array(t, dtype=np.float64)
+    if ends[0] is not None:
+        t[0] = ends[0]
+    if ends[1] is not None:
+        t[-1] = ends[1]
+    with _eager():
+        out = jnp.asarray(t, dtype=_out_dtype())
+    v = np.asarray(out, np.float64)
+    bad = ~(np.diff(v) < 0)
+    if not np.all(np.isfinite(v)) or np.any(bad):
+        k = int(np.argmax(bad)) if np.any(bad) else 0
+        raise ValueError(
+            f"{what} with nfe={nfe} does not give strictly decreasing {out.dtype} times: "
+            f"t[{k}] = {v[k]:.9g}, t[{k + 1}] = {v[k + 1]:.9g}; the steps are finer than the "
+            "precision (use a smaller nfe or a wider [t_end, t_start], or enable jax_enable_x64)"
+        )
+    return out
+
+
+def _float_dtype(*xs):
+    dt = jnp.result_type(*xs)
+    return dt if jnp.issubdtype(dt, jnp.floating) else jnp.result_type(float)
+
+
+def _unit_grid(nfe: int, dtype) -> Array:
+    """s_i = i / nfe for i = 0..nfe (normalised step position)."""
+    return jnp.arange(nfe + 1, dtype=dtype) / nfe
+
+
+# --------------------------------------------------------------------------------------
+# Spacing formulas (pure, jit-able; nfe static)
+# --------------------------------------------------------------------------------------
+
+# Each core takes the array namespace ``xp`` (NumPy for the eager float64 path of the public
+# schedule functions, jax.numpy for the jit-able helpers) and the unit grid s_i = i / n.
+
+
+def _time_uniform_core(xp, s, t_start, t_end):
+    return t_start + s * (t_end - t_start)
+
+
+def _time_quadratic_core(xp, s, t_start, t_end):
+    a, b = xp.sqrt(t_start), xp.sqrt(t_end)
+    return (a + s * (b - a)) ** 2
+
+
+def _karras_core(xp, s, sigma_max, sigma_min, rho):
+    a, b = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
+    return (a + s * (b - a)) ** rho
+
+
+def _polyexponential_core(xp, s, sigma_max, sigma_min, rho):
+    lo, hi = xp.log(sigma_min), xp.log(sigma_max)
+    return xp.exp(lo + (1.0 - s) ** rho * (hi - lo))
+
+
+def _kl_optimal_core(xp, s, sigma_max, sigma_min, c):
+    th_max, th_min = xp.arctan(sigma_max / c), xp.arctan(sigma_min / c)
+    return c * xp.tan((1.0 - s) * th_max + s * th_min)
+
+
+def _loglinear_core(xp, sigmas, num_points: int):
+    x_old = xp.linspace(0.0, 1.0, sigmas.shape[0], dtype=sigmas.dtype)
+    x_new = xp.linspace(0.0, 1.0, num_points, dtype=sigmas.dtype)
+    return xp.exp(xp.interp(x_new, x_old, xp.log(sigmas)))
+
+
+def _np_grid(nfe: int) -> np.ndarray:
+    return np.arange(nfe + 1, dtype=np.float64) / nfe
+
+
+def _sigma_helper(core, sigma_max, sigma_min, nfe, param, param_name):
+    """Shared body of the public jit-able sigma helpers."""
+    n = _check_nfe(nfe)
+    _check_concrete(sigma_max=sigma_max, sigma_min=sigma_min, **{param_name: param})
+    if not any(isinstance(v, jax.core.Tracer) for v in (sigma_max, sigma_min)):
+        hi, lo = float(np.asarray(sigma_max)), float(np.asarray(sigma_min))
+        if not hi > lo:
+            raise ValueError(
+                f"sigma_max must be greater than sigma_min, got sigma_max={hi:g}, "
+                f"sigma_min={lo:g}"
+            )
+    dt = _float_dtype(sigma_max, sigma_min, param)
+    hi, lo = jnp.asarray(sigma_max, dt), jnp.asarray(sigma_min, dt)
+    sig = core(jnp, _unit_grid(n, dt), hi, lo, param)
+    return sig.at[0].set(hi).at[-1].set(lo)
+
+
+def karras_sigmas(sigma_max, sigma_min, nfe: int, rho=7.0) -> Array:
+    """Karras et al. (EDM) spacing of noise levels, from ``sigma_max`` down to ``sigma_min``.
+
+    .. math::
+        \\sigma_i = \\big(\\sigma_{max}^{1/\\rho}
+        + \\tfrac{i}{n} (\\sigma_{min}^{1/\\rho} - \\sigma_{max}^{1/\\rho})\\big)^{\\rho},
+        \\qquad i = 0, \\dots, n.
+
+    ``rho = 1`` is uniform in sigma; large ``rho`` tends to uniform in ``log sigma``; EDM uses
+    ``rho = 7``. Pure and jit-able (``nfe`` static); differentiable in the end points and
+    ``rho``. Concrete arguments are validated; traced ones are not.
+
+    Args:
+      sigma_max: largest noise level (``sigma_0``), > ``sigma_min`` > 0.
+      sigma_min: smallest noise level (``sigma_n``).
+      nfe: number of intervals ``n`` (static Python int >= 1).
+      rho: exponent, > 0.
+
+    Returns:
+      ``(nfe + 1,)`` noise levels, decreasing, with exact end points.
+
+    Reference: Karras et al., "Elucidating the Design Space of Diffusion-Based Generative
+    Models" (NeurIPS 2022), Eq. 5.
+    """
+    return _sigma_helper(_karras_core, sigma_max, sigma_min, nfe, rho, "rho")
+
+
+def polyexponential_sigmas(sigma_max, sigma_min, nfe: int, rho=1.0) -> Array:
+    """Polynomial spacing in ``log sigma`` (k-diffusion's "polyexponential"), high to low.
+
+    .. math::
+        \\log \\sigma_i = \\log \\sigma_{min}
+        + (1 - \\tfrac{i}{n})^{\\rho} (\\log \\sigma_{max} - \\log \\sigma_{min}).
+
+    ``rho = 1`` is uniform in ``log sigma`` (= uniform in log-SNR); ``rho > 1`` puts more steps
+    at low noise. Pure and jit-able (``nfe`` static).
+
+    Args:
+      sigma_max, sigma_min: end noise levels, ``sigma_max > sigma_min > 0``.
+      nfe: number of intervals ``n`` (static Python int >= 1).
+      rho: exponent, > 0.
+
+    Returns:
+      ``(nfe + 1,)`` noise levels, decreasing, with exact end points.
+
+    Reference: Crowson, k-diffusion (``get_sigmas_polyexponential``); same family as
+    DPM-Solver's logSNR-uniform steps for ``rho = 1``.
+    """
+    return _sigma_helper(_polyexponential_core, sigma_max, sigma_min, nfe, rho, "rho")
+
+
+def kl_optimal_sigmas(sigma_max, sigma_min, nfe: int, c=1.0) -> Array:
+    """AYS Theorem 3.1: the KL-optimal Euler schedule for Gaussian data ``N(0, c^2 I)``.
+
+    .. math::
+        \\sigma_i = c \\tan\\big((1 - \\tfrac{i}{n}) \\arctan(\\sigma_{max}/c)
+        + \\tfrac{i}{n} \\arctan(\\sigma_{min}/c)\\big),
+
+    i.e. uniform steps in ``theta = arctan(sigma / c)``. For that data the Euler / DDIM solution
+    of the probability-flow ODE equals the exact one times ``prod_i cos(theta_{i-1} -
+    theta_i)``, which uniform ``theta`` steps bring closest to 1. With ``c = 1`` this is the
+    "KL optimal" scheduler of several UIs (not the AYS tables). Pure and jit-able.
+
+    Args:
+      sigma_max, sigma_min: end noise levels, ``sigma_max > sigma_min > 0``.
+      nfe: number of intervals ``n`` (static Python int >= 1).
+      c: data standard deviation, > 0.
+
+    Returns:
+      ``(nfe + 1,)`` noise levels, decreasing, with exact end points.
+
+    Reference: Sabour et al., "Align Your Steps" (ICML 2024), Theorem 3.1.
+    """
+    return _sigma_helper(_kl_optimal_core, sigma_max, sigma_min, nfe, c, "c")
+
+
+def loglinear_interp(sigmas, num_points: int) -> Array:
+    """Resample a noise-level schedule to ``num_points`` points, linearly in ``log sigma``.
+
+    With positions ``x_j = j / (m - 1)`` of the ``m`` input points and ``u_k = k / (M - 1)`` of
+    the ``M = num_points`` output points, ``log sigma_out(u)`` is the piecewise-linear
+    interpolant of ``(x_j, log sigma_j)``. End points are kept exactly; doubling the number of
+    intervals (``m -> 2 m - 1``) inserts the geometric midpoints ``sqrt(sigma_j sigma_{j+1})``.
+    This is how the AYS paper extends its schedules to other step counts. Pure and jit-able
+    (``num_points`` static).
+
+    Args:
+      sigmas: 1-D array of >= 2 positive, strictly monotone noise levels.
+      num_points: number of output points (static Python int >= 2).
+
+    Returns:
+      ``(num_points,)`` noise levels, monotone in the same direction as ``sigmas``.
+
+    Reference: Sabour et al., "Align Your Steps" (ICML 2024), extension to other step counts.
+    """
+    m = _check_int("num_points", num_points, 2)
+    if isinstance(sigmas, (list, tuple)):
+        sigmas = np.asarray(sigmas, dtype=float)
+    if not hasattr(sigmas, "shape") or not hasattr(sigmas, "dtype"):
+        raise TypeError(f"sigmas must be a 1-D array of noise levels, got {type(sigmas).__name__}")
+    if len(sigmas.shape) != 1 or sigmas.shape[0] < 2:
+        raise ValueError(f"sigmas must be 1-D with at least 2 points, got shape {sigmas.shape}")
+    if not jnp.issubdtype(sigmas.dtype, jnp.floating):
+        raise TypeError(f"sigmas must be a floating-point array, got dtype {sigmas.dtype}")
+    if isinstance(sigmas, jax.core.Tracer):
+        out = _loglinear_core(jnp, sigmas, m)
+        return out.at[0].set(sigmas[0]).at[-1].set(sigmas[-1])
+    v = np.asarray(sigmas, np.float64)
+    if not np.all(np.isfinite(v)) or np.any(v <= 0):
+        raise ValueError(f"sigmas must be finite and > 0, got {v.tolist()}")
+    d = np.diff(v)
+    if not (np.all(d < 0) or np.all(d > 0)):
+        raise ValueError(f"sigmas must be strictly monotone, got {v.tolist()}")
+    # Concrete input: the same formula in float64 NumPy (no per-shape compilation).
+    out = _loglinear_core(np, v, m)
+    out[0], out[-1] = v[0], v[-1]
+    with _eager():
+        return jnp.asarray(out, dtype=jax.dtypes.canonicalize_dtype(sigmas.dtype))
+
+
+# --------------------------------------------------------------------------------------
+# Baseline schedules (model times t, strictly decreasing, nfe + 1 points)
+# --------------------------------------------------------------------------------------
+
+
+def time_uniform(noise: NoiseSchedule, nfe: int, *, t_start=None, t_end=None) -> jax.Array:
+    """Equal steps in model time: ``t_i = t_start + (i / n) (t_end - t_start)``.
+
+    DPM-Solver's "time_uniform", recommended there for latent / high-resolution models; the
+    AYS paper's initialisation for discrete-time models.
+
+    Args:
+      noise: the noise process.
+      nfe: number of intervals ``n`` (>= 1); a multistep solver spends ``n`` network
+        evaluations on the ``n + 1`` points.
+      t_start: start time (most noise); default ``noise.t_max``. Keyword-only.
+      t_end: end time; default ``noise.t_min``. Both in ``[t_min, t_max]``, ``t_start > t_end``.
+
+    Returns:
+      ``(nfe + 1,)`` model times, strictly decreasing from ``t_start`` to ``t_end``.
+
+    Reference: Lu et al., "DPM-Solver" (NeurIPS 2022), step-size schedules.
+    """
+    n, t0, t1 = _setup(noise, nfe, t_start, t_end)
+    t = _time_uniform_core(np, _np_grid(n), t0, t1)
+    return _finish(t, "time_uniform", n, (t0, t1))
+
+
+def time_quadratic(noise: NoiseSchedule, nfe: int, *, t_start=None, t_end=None) -> jax.Array:
+    """Equal steps in ``sqrt(t)``: ``t_i = (sqrt(t_start) + (i/n)(sqrt(t_end) - sqrt(t_start)))^2``.
+
+    DPM-Solver's "time_quadratic" (the quadratic DDIM spacing used for low-resolution data):
+    steps shrink quadratically towards ``t_end``.
+
+    Args:
+      noise: the noise process.
+      nfe: number of intervals ``n`` (>= 1); ``n + 1`` points.
+      t_start: start time; default ``noise.t_max``. Keyword-only.
+      t_end: end time; default ``noise.t_min``. Both in ``[t_min, t_max]``, ``t_start > t_end``.
+
+    Returns:
+      ``(nfe + 1,)`` model times, strictly decreasing from ``t_start`` to ``t_end``.
+
+    Reference: Lu et al., "DPM-Solver" (NeurIPS 2022), step-size schedules; Song et al.,
+    "Denoising Diffusion Implicit Models" (ICLR 2021), quadratic sub-sequence selection.
+    """
+    n, t0, t1 = _setup(noise, nfe, t_start, t_end)
+    t = _time_quadratic_core(np, _np_grid(n), t0, t1)
+    return _finish(t, "time_quadratic", n, (t0, t1))
+
+
+def logsnr_uniform(noise: NoiseSchedule, nfe: int, *, t_start=None, t_end=None) -> jax.Array:
+    """Equal steps in half log-SNR: ``lam_i = lam(t_start) + (i/n)(lam(t_end) - lam(t_start))``,
+    ``t_i = t_from_lam(lam_i)``.
+
+    DPM-Solver's "logSNR" steps, recommended there for pixel-space models; equal to
+    :func:`polyexponential` with ``rho = 1`` (``lam = -log sigma_edm``).
+
+    Args:
+      noise: the noise process.
+      nfe: number of intervals ``n`` (>= 1); ``n + 1`` points.
+      t_start: start time; default ``noise.t_max``. Keyword-only.
+      t_end: end time; default ``noise.t_min``. Both in ``[t_min, t_max]``, ``t_start > t_end``.
+
+    Returns:
+      ``(nfe + 1,)`` model times, strictly decreasing from ``t_start`` to ``t_end``.
+
+    Reference: Lu et al., "DPM-Solver" (NeurIPS 2022), step-size schedules.
+    """
+    n, t0, t1 = _setup(noise, nfe, t_start, t_end)
+    lam0, lam1 = _eval64(noise, "lam", [t0, t1])
+    lam = _time_uniform_core(np, _np_grid(n), lam0, lam1)  # linear in lam
+    t = _eval64(noise, "t_from_lam", lam)
+    return _finish(t, "logsnr_uniform", n, (t0, t1))
+
+
+def _from_sigmas(noise, core, what, n, t0, t1, param) -> jax.Array:
+    """A sigma_edm spacing between sigma_edm(t0) and sigma_edm(t1), converted to times."""
+    s_max, s_min = _eval64(noise, "sigma_edm", [t0, t1])
+    t = _eval64(noise, "t_from_sigma_edm", core(np, _np_grid(n), s_max, s_min, param))
+    return _finish(t, what, n, (t0, t1))
+
+
+def karras(
+    noise: NoiseSchedule, nfe: int, rho: float = 7.0, *, t_start=None, t_end=None
+) -> jax.Array:
+    """Karras (EDM) spacing in the EDM noise level ``sigma_edm = sigma / alpha``, as times.
+
+    ``sigma_i = (smax^(1/rho) + (i/n)(smin^(1/rho) - smax^(1/rho)))^rho`` with
+    ``smax = sigma_edm(t_start)``, ``smin = sigma_edm(t_end)``, then ``t_i =
+    t_from_sigma_edm(sigma_i)`` (see :func:`karras_sigmas`). This is also HSO's initialisation
+    family and AYS's initialisation for continuous-time models (``rho = 7``).
+
+    Args:
+      noise: the noise process.
+      nfe: number of intervals ``n`` (>= 1); ``n + 1`` points.
+      rho: exponent, > 0 (EDM: 7).
+      t_start: start time; default ``noise.t_max``. Keyword-only.
+      t_end: end time; default ``noise.t_min``. Both in ``[t_min, t_max]``, ``t_start > t_end``.
+
+    Returns:
+      ``(nfe + 1,)`` model times, strictly decreasing from ``t_start`` to ``t_end``.
+
+    Reference: Karras et al., "Elucidating the Design Space" (NeurIPS 2022), Eq. 5.
+    """
+    n, t0, t1 = _setup(noise, nfe, t_start, t_end)
+    rho = _check_positive("rho", rho)
+    return _from_sigmas(noise, _karras_core, "karras", n, t0, t1, rho)
+
+
+def polyexponential(
+    noise: NoiseSchedule, nfe: int, rho: float = 1.0, *, t_start=None, t_end=None
+) -> jax.Array:
+    """Polynomial spacing in ``log sigma_edm`` (k-diffusion's "polyexponential"), as times.
+
+    ``log sigma_i = log smin + (1 - i/n)^rho (log smax - log smin)`` between ``smax =
+    sigma_edm(t_start)`` and ``smin = sigma_edm(t_end)`` (see :func:`polyexponential_sigmas`);
+    ``rho = 1`` equals :func:`logsnr_uniform`.
+
+    Args:
+      noise: the noise process.
+      nfe: number of intervals ``n`` (>= 1); ``n + 1`` points.
+      rho: exponent, > 0.
+      t_start: start time; default ``noise.t_max``. Keyword-only.
+      t_end: end time; default ``noise.t_min``. Both in ``[t_min, t_max]``, ``t_start > t_end``.
+
+    Returns:
+      ``(nfe + 1,)`` model times, strictly decreasing from ``t_start`` to ``t_end``.
+
+    Reference: Crowson, k-diffusion (``get_sigmas_polyexponential``).
+    """
+    n, t0, t1 = _setup(noise, nfe, t_start, t_end)
+    rho = _check_positive("rho", rho)
+    return _from_sigmas(noise, _polyexponential_core, "polyexponential", n, t0, t1, rho)
+
+
+def kl_optimal(
+    noise: NoiseSchedule, nfe: int, c: float = 1.0, *, t_start=None, t_end=None
+) -> jax.Array:
+    """The AYS closed-form KL-optimal schedule for Gaussian data, in ``sigma_edm``, as times.
+
+    ``sigma_i = c tan((1 - i/n) atan(smax/c) + (i/n) atan(smin/c))`` with ``smax =
+    sigma_edm(t_start)``, ``smin = sigma_edm(t_end)`` (see :func:`kl_optimal_sigmas`). For data
+    ``N(0, c^2 I)`` and the Euler / DDIM solver it minimises the KL divergence of the output
+    among all schedules with these end points; ``c = 1`` is the common "KL optimal" UI scheduler.
+
+    Args:
+      noise: the noise process.
+      nfe: number of intervals ``n`` (>= 1); ``n + 1`` points.
+      c: data standard deviation, > 0.
+      t_start: start time; default ``noise.t_max``. Keyword-only.
+      t_end: end time; default ``noise.t_min``. Both in ``[t_min, t_max]``, ``t_start > t_end``.
+
+    Returns:
+      ``(nfe + 1,)`` model times, strictly decreasing from ``t_start`` to ``t_end``.
+
+    Reference: Sabour et al., "Align Your Steps" (ICML 2024), Theorem 3.1.
+    """
+    n, t0, t1 = _setup(noise, nfe, t_start, t_end)
+    c = _check_positive("c", c)
+    return _from_sigmas(noise, _kl_optimal_core, "kl_optimal", n, t0, t1, c)
+
+
+# --------------------------------------------------------------------------------------
+# Published AYS schedules
+# --------------------------------------------------------------------------------------
+
+AYS_TABLES = types.MappingProxyType(
+    {
+        # sigma_edm, high to low, 10 steps (11 values), as published with the AYS paper.
+        "sd15": (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029),
+        "sdxl": (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029),
+        "deepfloyd-if": (
+            160.41, 8.081, 3.315, 1.885, 1.207, 0.785, 0.553, 0.293, 0.186, 0.030, 0.006,
+        ),
+        "svd": (700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.002),
+    }
+)
+"""Published 10-step Align-Your-Steps schedules (EDM noise levels, high to low).
+
+``sd15`` / ``sdxl`` (scaled-linear betas, timesteps 999 .. 0), ``deepfloyd-if`` (stage 1,
+cosine "squaredcos_cap_v2" betas, timesteps 995 .. 0), ``svd`` (Stable Video Diffusion, EDM
+form, sigma 700 .. 0.002)."""
+
+# The tables are printed to 3 decimals or 5 significant digits: half a unit of the last digit.
+_TABLE_ATOL = 5e-4
+_TABLE_RTOL = 5e-5
+
+
+def _fit_table(table: np.ndarray, s_lo: float, s_hi: float, model: str, noise) -> tuple:
+    """Match the table's end points to the process's sigma_edm range ``[s_lo, s_hi]``.
+
+    An end within the table's printing precision of a bound becomes the bound (flagged so the
+    caller pins the exact time); any value further outside the range is an error.
+    """
+    sig = table.copy()
+    snapped = [False, False]
+    for j, bound in ((0, s_hi), (-1, s_lo)):
+        if abs(sig[j] - bound) <= _TABLE_ATOL + _TABLE_RTOL * bound:
+            sig[j] = bound
+            snapped[j] = True
+    outside = [float(x) for x in sig if x > s_hi or x < s_lo]
+    if outside:
+        hint = (
+            " (e.g. hso_jax.noise.EDM(t_min=0.002, t_max=700.0))" if model == "svd" else ""
+        )
+        raise ValueError(
+            f"model={model!r}: the AYS table spans sigma_edm [{table[-1]:g}, {table[0]:g}], but "
+            f"{noise!r} covers only [{s_lo:.6g}, {s_hi:.6g}] (t in [{noise.t_min:g}, "
+            f"{noise.t_max:g}]); out of range: {outside}. The table is not clipped: use a noise "
+            f"process that covers it{hint}, or pass t_start= and t_end= to rescale the table's "
+            "spacing onto a range of this process"
+        )
+    return sig, snapped
+
+
+def ays(
+    noise: NoiseSchedule, nfe: int, model: str = "sd15", *, t_start=None, t_end=None
+) -> jax.Array:
+    """A published Align-Your-Steps schedule, log-linearly interpolated to ``nfe`` intervals.
+
+    The 10-step table :data:`AYS_TABLES` ``[model]`` (EDM noise levels) is resampled with
+    :func:`loglinear_interp` to ``nfe + 1`` points (``nfe = 10`` returns the table itself) and
+    converted to model times with ``noise.t_from_sigma_edm``.
+
+    End points. Without ``t_start`` / ``t_end`` the table keeps its own noise range: a table end
+    that agrees with the process's ``sigma_edm(t_max)`` or ``sigma_edm(t_min)`` up to the
+    table's printing precision (3 decimals or 5 significant digits) is taken as that exact
+    bound (so ``sd15`` on :func:`~hso_jax.noise.preset` ``("sd15")`` runs from ``t_max`` to
+    ``t_min``, timesteps 999 .. 0), other ends are used as published (``deepfloyd-if`` starts
+    at timestep 995). The published sigma lists and timestep lists are not fully consistent:
+    ``sd15``'s 0.399 lies at step 124.6 of SD's schedule, so it exports as timestep 125, not
+    the published 124. A table reaching outside the process's range raises ``ValueError``
+    (nothing is clipped), e.g. ``svd`` (sigma up to 700) on ``sd15``. With ``t_start`` and/or
+    ``t_end`` (the missing one defaults to ``t_max`` / ``t_min``) the interpolated table's
+    spacing -- its normalised ``log sigma`` positions -- is rescaled affinely onto
+    ``[log sigma_edm(t_end), log sigma_edm(t_start)]``; this also lets a table be used on a
+    process that does not cover it.
+
+    Args:
+      noise: the noise process.
+      nfe: number of intervals ``n`` (>= 1); ``n + 1`` points.
+      model: which table: ``"sd15"``, ``"sdxl"``, ``"deepfloyd-if"`` or ``"svd"``.
+      t_start: start time for rescaling (see above); keyword-only.
+      t_end: end time for rescaling (see above); keyword-only.
+
+    Returns:
+      ``(nfe + 1,)`` model times, strictly decreasing.
+
+    Reference: Sabour et al., "Align Your Steps: Optimizing Sampling Schedules in Diffusion
+    Models" (ICML 2024): log-linear extension to other step counts, published schedules.
+    """
+    _check_noise(noise)
+    n = _check_nfe(nfe)
+    if not isinstance(model, str) or model not in AYS_TABLES:
+        raise ValueError(f"model must be one of {sorted(AYS_TABLES)} (AYS tables), got {model!r}")
+    table = np.asarray(AYS_TABLES[model], np.float64)
+    if t_start is None and t_end is None:
+        s_lo = float(_eval64(noise, "sigma_edm", noise.t_min))
+        s_hi = float(_eval64(noise, "sigma_edm", noise.t_max))
+        sig, snapped = _fit_table(table, s_lo, s_hi, model, noise)
+        t = _eval64(noise, "t_from_sigma_edm", _loglinear_core(np, sig, n + 1))
+        ends = (noise.t_max if snapped[0] else None, noise.t_min if snapped[1] else None)
+        return _finish(t, f"ays(model={model!r})", n, ends)
+    t0, t1 = _endpoints(noise, t_start, t_end)
+    log_sig = np.log(_loglinear_core(np, table, n + 1))
+    u = (log_sig - log_sig[-1]) / (log_sig[0] - log_sig[-1])  # 1 at the start, 0 at the end
+    lo, hi = -_eval64(noise, "lam", [t1, t0])  # log sigma_edm = -lam
+    t = _eval64(noise, "t_from_lam", -(lo + u * (hi - lo)))
+    return _finish(t, f"ays(model={model!r})", n, (t0, t1))
+
+
+# --------------------------------------------------------------------------------------
+# Exports
+# --------------------------------------------------------------------------------------
+
+COMFYUI_ENDS = ("sigma_min", "zero", "append_zero")
+
+
+def _concrete_schedule(ts, noise, what: str) -> np.ndarray:
+    _check_noise(noise)
+    ts = check_schedule(ts, noise)
+    if isinstance(ts, jax.core.Tracer):
+        raise TypeError(f"{what} is eager: ts must be a concrete array, not a traced value")
+    return np.asarray(ts, np.float64)
+
+
+def to_diffusers(ts, noise: NoiseSchedule) -> dict[str, list]:
+    """Export a schedule of a discrete-time process for diffusers.
+
+    ``timesteps[i] = round(N t_i) - 1`` (the DPM-Solver index convention, ``N`` training steps),
+    to pass as ``scheduler.set_timesteps(timesteps=...)``; ``sigmas[i] = sigma_edm(t_i) = sigma
+    / alpha`` at the exact times, for schedulers that take ``sigmas=``. No final 0 is appended
+    (diffusers schedulers add their own final step, see ``final_sigmas_type``).
+
+    Args:
+      ts: schedule (strictly decreasing model times in ``[t_min, t_max]``).
+      noise: a discrete-time process (e.g. ``preset("sd15")`` or ``VPDiscrete.from_betas``).
+
+    Returns:
+      ``{"timesteps": list[int], "sigmas": list[float]}``, high noise first.
+
+    Raises:
+      ValueError: for a continuous-time process, or when two times round to the same training
+        step (the schedule is finer than the model's steps).
+    """
+    t = _concrete_schedule(ts, noise, "to_diffusers")
+    if not noise.is_discrete:
+        raise ValueError(
+            f"to_diffusers needs a discrete-time process with integer training steps, but "
+            f"{noise!r} is continuous; export its sigmas with to_comfyui or use the times ts "
+            "directly"
+        )
+    k = noise.index_from_t(t)
+    dup = np.flatnonzero(np.diff(k) == 0)
+    if dup.size:
+        i = int(dup[0])
+        raise ValueError(
+            f"ts rounds to duplicate diffusers timesteps: ts[{i}] = {t[i]:.9g} and "
+            f"ts[{i + 1}] = {t[i + 1]:.9g} both map to step {int(k[i])} (round(N t) - 1, "
+            f"N = {noise.num_steps}); use fewer steps or points at least 1/N apart"
+        )
+    sig = _eval64(noise, "sigma_edm", t)
+    return {"timesteps": [int(x) for x in k], "sigmas": [float(x) for x in sig]}
+
+
+def to_comfyui(ts, noise: NoiseSchedule, end: str = "sigma_min") -> list[float]:
+    """Export a schedule as a k-diffusion / ComfyUI ``SIGMAS`` list (high to low).
+
+    The values are ``sigma_edm(t) = sigma / alpha``, the noise level k-diffusion and ComfyUI
+    use for VP (eps / v) and EDM models. For :class:`~hso_jax.noise.RectifiedFlow` they are the
+    flow times ``t`` themselves, because ComfyUI's flow models (SD3, Flux) read ``sigma`` as
+    ``x = (1 - sigma) x_0 + sigma eps``.
+
+    Three end-of-schedule conventions:
+
+    * ``"sigma_min"``: end at the schedule's last noise level (the AYS paper);
+    * ``"zero"``: replace the last value by 0 (ComfyUI, diffusers): the last step jumps to
+      the data prediction, same length;
+    * ``"append_zero"``: append a final 0 (A1111 / Forge): one extra step, ``len(ts) + 1``
+      values.
+
+    Args:
+      ts: schedule (strictly decreasing model times in ``[t_min, t_max]``).
+      noise: its noise process.
+      end: one of :data:`COMFYUI_ENDS`.
+
+    Returns:
+      List of Python floats, decreasing.
+    """
+    if not isinstance(end, str) or end not in COMFYUI_ENDS:
+        raise ValueError(f"end must be one of {list(COMFYUI_ENDS)}, got {end!r}")
+    t = _concrete_schedule(ts, noise, "to_comfyui")
+    sig = t.copy() if isinstance(noise, RectifiedFlow) else _eval64(noise, "sigma_edm", t)
+    out = [float(x) for x in sig]
+    if end == "zero":
+        out[-1] = 0.0
+    elif end == "append_zero":
+        out.append(0.0)
+    return out

@@ -54,7 +54,7 @@ class OptimizeResult:
         import jax.numpy as jnp
 
         t = np.asarray(t, dtype=np.float64)
-        with jax.experimental.enable_x64():
+        with jax.enable_x64(True):
             tj = jnp.asarray(t, jnp.float64)
             lambdas = np.asarray(noise.lam(tj), np.float64)
             sigmas = np.asarray(noise.sigma_edm(tj), np.float64)

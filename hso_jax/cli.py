@@ -1,0 +1,296 @@
+"""The ``hso-jax`` command line.
+
+Subcommands::
+
+    hso-jax schedules --noise sd15 --nfe 10 --kind ays --format diffusers
+
+Each subcommand is one pair of functions, ``_add_<name>_parser(sub)`` (declares its arguments
+and binds ``_cmd_<name>``) and ``_cmd_<name>(args) -> int``; :func:`build_parser` lists the
+``_add_*`` functions. Exit status: 0 on success, 2 for bad arguments (argparse's own errors and
+the library's validation errors, printed as one line on stderr without a traceback), 1 when the
+output cannot be written. Commands run with float64 enabled, so exported schedules carry full
+precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from . import io as hio
+from . import noise as hnoise
+from . import schedules
+
+__all__ = ["main", "build_parser"]
+
+
+class _UsageError(Exception):
+    """A bad combination of arguments; the message names the argument."""
+
+
+# --------------------------------------------------------------------------------------
+# Argument types
+# --------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {v}")
+    return v
+
+
+def _finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = _finite_float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return v
+
+
+def _emit(text: str, out: str | None) -> None:
+    """Write command output to stdout, or atomically to ``out``."""
+    if out is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        hio.atomic_write_text(out, text)
+
+
+# --------------------------------------------------------------------------------------
+# hso-jax schedules
+# --------------------------------------------------------------------------------------
+
+# The one place where CLI names map to library functions.
+_SCHEDULE_KINDS = {
+    "uniform": schedules.time_uniform,
+    "quadratic": schedules.time_quadratic,
+    "logsnr": schedules.logsnr_uniform,
+    "karras": schedules.karras,
+    "polyexponential": schedules.polyexponential,
+    "kl-optimal": schedules.kl_optimal,
+    "ays": schedules.ays,
+}
+# CLI option -> (library keyword, kinds that take it).
+_KIND_OPTIONS = {
+    "rho": ("rho", ("karras", "polyexponential")),
+    "c": ("c", ("kl-optimal",)),
+    "table": ("model", ("ays",)),
+}
+_LIBRARY_TO_OPTION = {
+    "nfe": "--nfe",
+    "rho": "--rho",
+    "c": "--c",
+    "model": "--table",
+    "t_start": "--t-start",
+    "t_end": "--t-end",
+}
+# AYS table used when --table is not given.
+_DEFAULT_AYS_TABLE = {"sd15": "sd15", "sdxl": "sdxl", "cosine": "deepfloyd-if"}
+
+
+def _add_schedules_parser(sub) -> None:
+    p = sub.add_parser(
+        "schedules",
+        help="baseline and published schedules, exported as JSON / diffusers / ComfyUI",
+        description=(
+            "Print a baseline or published sampling schedule. --nfe is the number of "
+            "intervals: the schedule has nfe + 1 times, on which a multistep solver (DDIM, "
+            "DPM-Solver++, UniPC) spends nfe network evaluations."
+        ),
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--noise", choices=sorted(hnoise.PRESETS), help="noise process preset")
+    src.add_argument(
+        "--betas-file",
+        metavar="FILE",
+        help="discrete schedule from betas: text (one value per line) or .npy",
+    )
+    src.add_argument(
+        "--alphas-cumprod-file",
+        metavar="FILE",
+        help="discrete schedule from alphas_cumprod: text (one value per line) or .npy",
+    )
+    p.add_argument("--nfe", type=_positive_int, required=True, help="number of intervals (>= 1)")
+    p.add_argument("--kind", choices=list(_SCHEDULE_KINDS), required=True, help="spacing")
+    p.add_argument(
+        "--rho", type=_positive_float, help="exponent for karras (default 7) / polyexponential (1)"
+    )
+    p.add_argument("--c", type=_positive_float, help="data std for kl-optimal (default 1)")
+    p.add_argument(
+        "--table",
+        choices=sorted(schedules.AYS_TABLES),
+        help="AYS table for --kind ays (default: the one matching --noise, if any)",
+    )
+    p.add_argument("--t-start", type=_finite_float, help="start time (default: noise t_max)")
+    p.add_argument("--t-end", type=_finite_float, help="end time (default: noise t_min)")
+    p.add_argument(
+        "--format",
+        choices=("json", "diffusers", "comfyui"),
+        default="json",
+        help="json: hso_jax schedule record (schema hso_jax.schedule/1); diffusers: "
+        "{timesteps, sigmas}; comfyui: SIGMAS list",
+    )
+    p.add_argument(
+        "--end",
+        choices=schedules.COMFYUI_ENDS,
+        help="end convention for --format comfyui (default sigma_min)",
+    )
+    p.add_argument("--out", metavar="FILE", help="write here (atomically) instead of stdout")
+    p.set_defaults(func=_cmd_schedules, parser=p)
+
+
+def _read_vector(path: str, option: str) -> np.ndarray:
+    try:
+        if Path(path).suffix == ".npy":
+            v = np.load(path, allow_pickle=False)
+        else:
+            v = np.loadtxt(path, dtype=np.float64, comments="#", ndmin=1)
+        v = np.asarray(v, dtype=np.float64)
+    except (OSError, ValueError, TypeError) as e:
+        raise _UsageError(f"argument {option}: cannot read {path!r}: {e}") from None
+    if v.ndim != 1:
+        raise _UsageError(
+            f"argument {option}: expected one value per line (a 1-D array), got shape {v.shape}"
+        )
+    return v
+
+
+def _noise_from_args(args) -> tuple[hnoise.NoiseSchedule, dict]:
+    if args.noise is not None:
+        return hnoise.preset(args.noise), {}
+    if args.betas_file is not None:
+        option, path, build = "--betas-file", args.betas_file, hnoise.VPDiscrete.from_betas
+    else:
+        option, path = "--alphas-cumprod-file", args.alphas_cumprod_file
+        build = hnoise.VPDiscrete.from_alphas_cumprod
+    values = _read_vector(path, option)
+    try:
+        noise = build(values, name=f"custom:{Path(path).name}")
+    except ValueError as e:
+        raise _UsageError(f"argument {option}: {e}") from None
+    return noise, {option.lstrip("-").replace("-", "_"): str(path)}
+
+
+def _cmd_schedules(args) -> int:
+    for option, (_, kinds) in _KIND_OPTIONS.items():
+        if getattr(args, option) is not None and args.kind not in kinds:
+            raise _UsageError(
+                f"argument --{option}: only applies to --kind {' / '.join(kinds)}, "
+                f"not --kind {args.kind}"
+            )
+    if args.end is not None and args.format != "comfyui":
+        raise _UsageError(f"argument --end: only applies to --format comfyui, not {args.format}")
+    noise, source = _noise_from_args(args)
+
+    fn = _SCHEDULE_KINDS[args.kind]
+    params = {}
+    for option, (keyword, kinds) in _KIND_OPTIONS.items():
+        if args.kind in kinds:
+            value = getattr(args, option)
+            params[keyword] = value if value is not None else _default(fn, keyword)
+    if args.kind == "ays" and args.table is None:
+        table = _DEFAULT_AYS_TABLE.get(noise.name)
+        if table is None:
+            raise _UsageError(
+                f"argument --table: required with --kind ays for noise {noise.name!r} "
+                f"(no matching table); choose from {sorted(schedules.AYS_TABLES)}"
+            )
+        params["model"] = table
+    try:
+        ts = fn(noise, args.nfe, **params, t_start=args.t_start, t_end=args.t_end)
+    except ValueError as e:
+        # Library messages start with the keyword they reject; name the CLI option instead.
+        first = re.match(r"\w*", str(e)).group(0)
+        option = _LIBRARY_TO_OPTION.get(first)
+        if option is None:
+            raise
+        raise _UsageError(f"argument {option}: {e}") from None
+
+    if args.format == "json":
+        options = {"kind": args.kind, **params, "t_start": args.t_start, "t_end": args.t_end}
+        record = hio.schedule_record(
+            ts, noise, method=args.kind, nfe=args.nfe, options={**options, **source}
+        )
+        text = hio.dumps_record(record)
+    elif args.format == "diffusers":
+        text = json.dumps(schedules.to_diffusers(ts, noise), indent=2) + "\n"
+    else:
+        text = json.dumps(schedules.to_comfyui(ts, noise, end=args.end or "sigma_min")) + "\n"
+    _emit(text, args.out)
+    return 0
+
+
+def _default(fn, keyword: str):
+    return inspect.signature(fn).parameters[keyword].default
+
+
+# --------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hso-jax`` argument parser with all subcommands."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="hso-jax", description="Optimised sampling schedules for diffusion models."
+    )
+    parser.add_argument("--version", action="version", version=f"hso-jax {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_schedules_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``hso-jax`` with ``argv`` (default ``sys.argv[1:]``); return the exit status.
+
+    0: success; 2: bad arguments or input rejected by the library (one-line message on
+    stderr); 1: the output could not be written.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2), already printed
+        return e.code if isinstance(e.code, int) else 2
+    prog = args.parser.prog
+    try:
+        # Exported schedules carry full float64 precision, whatever the caller's JAX config.
+        with jax.enable_x64(True):
+            return args.func(args)
+    except _UsageError as e:
+        args.parser.print_usage(sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError) as e:  # library validation: names argument and value
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"{prog}: error: cannot write output: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
