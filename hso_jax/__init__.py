@@ -1,6 +1,6 @@
 """hso_jax: optimised sampling schedules for diffusion models, in JAX."""
 
-from . import io, models, noise, optimizers, schedules, solvers
+from . import evaluation, io, models, noise, optimizers, schedules, solvers
 from .denoiser import Denoiser
 from .solvers import sample, sample_trajectory
 
@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Denoiser",
+    "evaluation",
     "io",
     "models",
     "noise",

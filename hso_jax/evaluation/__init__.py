@@ -1,1 +1,46 @@
-"""Evaluation: reference solutions and metrics."""
+"""Evaluation: reference (teacher) solutions, metrics, grid evaluation (optionally sharded).
+
+See :mod:`hso_jax.evaluation.grid` for the fair-comparison protocol.
+"""
+
+from . import cache, grid, metrics
+from .cache import cached_reference, default_cache_dir, reference_cache_path
+from .grid import GridRecord, evaluate_grid, format_table, make_batch_mesh, shard_batch
+from .metrics import (
+    feature_statistics,
+    frechet_distance,
+    frechet_distance_from_samples,
+    gmm_nll,
+    mean_psnr,
+    mean_rmse,
+    psnr,
+    rmse,
+    sliced_wasserstein,
+)
+from .reference import REFERENCE_SOLVERS, reference_solve, reference_trajectory
+
+__all__ = [
+    "REFERENCE_SOLVERS",
+    "GridRecord",
+    "cache",
+    "cached_reference",
+    "default_cache_dir",
+    "evaluate_grid",
+    "feature_statistics",
+    "format_table",
+    "frechet_distance",
+    "frechet_distance_from_samples",
+    "gmm_nll",
+    "grid",
+    "make_batch_mesh",
+    "mean_psnr",
+    "mean_rmse",
+    "metrics",
+    "psnr",
+    "reference_cache_path",
+    "reference_solve",
+    "reference_trajectory",
+    "rmse",
+    "shard_batch",
+    "sliced_wasserstein",
+]
