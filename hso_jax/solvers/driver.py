@@ -89,16 +89,50 @@ def _run(model, x_T, ts, solver, key, denoise_final, keep):
     return Trajectory(ts, jnp.concatenate([x_T[None], xs]), x0s, final)
 
 
-def _check_finite(out, what):
-    leaves = jax.tree_util.tree_leaves(out)
-    if any(isinstance(v, jax.core.Tracer) for v in leaves):
+def _is_concrete(tree) -> bool:
+    return not any(isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(tree))
+
+
+def _all_finite(v) -> bool:
+    return bool(np.all(np.isfinite(np.asarray(v))))
+
+
+def _locate_nonfinite(traj: Trajectory) -> str:
+    """Where a trajectory first goes non-finite, in words (eager, on concrete arrays)."""
+    t = np.asarray(traj.t, np.float64)
+    xs, x0s = np.asarray(traj.x), np.asarray(traj.x0)
+    if not _all_finite(xs[0]):
+        return "x_T itself contains NaN or inf"
+    for k in range(x0s.shape[0]):
+        if not _all_finite(x0s[k]):
+            return (
+                f"the model returned NaN/inf at step {k} (t = {t[k]:.6g}) on a finite input "
+                f"state: the data prediction D(x, t[{k}]) is not finite"
+            )
+        if not _all_finite(xs[k + 1]):
+            return (
+                f"the state became non-finite at step {k} (t = {t[k]:.6g} -> {t[k + 1]:.6g}) "
+                "although the data prediction at t[k] was finite (an intermediate network call "
+                "or the update itself overflowed)"
+            )
+    return "the final data prediction (denoise_final) is not finite"
+
+
+def _check_finite(out, what, locate=None):
+    """Raise ``FloatingPointError`` if the (concrete) output has NaN / inf.
+
+    ``locate``: a callable returning the :class:`Trajectory` of the same run, used to name the
+    first bad step (run only on failure, so the happy path costs nothing).
+    """
+    if not _is_concrete(out):
         return
-    bad = [not bool(np.all(np.isfinite(np.asarray(v)))) for v in leaves]
-    if any(bad):
-        raise FloatingPointError(
-            f"{what} produced NaN or inf values (check the model at the schedule's times, "
-            "e.g. with sample_trajectory to find the first bad step)"
-        )
+    if all(_all_finite(v) for v in jax.tree_util.tree_leaves(out)):
+        return
+    where = ""
+    if locate is not None:
+        traj = locate()
+        where = ": " + _locate_nonfinite(traj)
+    raise FloatingPointError(f"{what} produced NaN or inf values{where}")
 
 
 def sample(
@@ -122,7 +156,10 @@ def sample(
       key: PRNG key, required by stochastic solvers.
       nfe: if given, checks that ``ts`` spends exactly this many network evaluations.
       denoise_final: return D(x, ts[-1]) after the last step (one more network evaluation).
-      check_finite: raise ``FloatingPointError`` if the result contains NaN / inf (eager only).
+      check_finite: raise ``FloatingPointError`` if the result contains NaN / inf (eager calls
+        only; under ``jit`` / ``grad`` the check is skipped). The message names the first bad
+        step and whether the model or the update produced it (found by re-running the
+        schedule with :func:`sample_trajectory`, on failure only).
 
     Returns:
       The sample at ``ts[-1]`` (or its data prediction), same shape and dtype as ``x_T``.
@@ -130,7 +167,11 @@ def sample(
     ts = _validate(model, x_T, ts, solver, key, nfe, denoise_final)
     out = _run(model, x_T, ts, solver, key, bool(denoise_final), False)
     if check_finite:
-        _check_finite(out, f"sample with {type(solver).__name__}")
+        _check_finite(
+            out,
+            f"sample with {type(solver).__name__}",
+            lambda: _run(model, x_T, ts, solver, key, bool(denoise_final), True),
+        )
     return out
 
 
@@ -148,5 +189,5 @@ def sample_trajectory(
     ts = _validate(model, x_T, ts, solver, key, None, denoise_final)
     out = _run(model, x_T, ts, solver, key, bool(denoise_final), True)
     if check_finite:
-        _check_finite(out, f"sample_trajectory with {type(solver).__name__}")
+        _check_finite(out, f"sample_trajectory with {type(solver).__name__}", lambda: out)
     return out

@@ -1,0 +1,155 @@
+"""Shared pieces of the solvers: phi functions, Lagrange weights, history buffers, validation.
+
+Everything here is a pure function of (possibly traced) scalars and arrays; shapes and loop
+bounds are static. Multistep solvers keep their history in fixed-shape arrays, most recent
+entry first, and decide the order of each step from the carried number of valid entries with
+``jnp.where`` (never with Python branches on traced values). Masked-out branches are computed
+with *safe* values (non-zero denominators, distinct interpolation nodes) so that their
+gradients are finite: ``jnp.where`` multiplies the cotangent of the unselected branch by zero,
+and ``0 * inf`` would otherwise be NaN (the "double where" trick).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+
+Array = Any
+
+# lower_order_final applies only to schedules with fewer steps than this (as in the originals:
+# DPM-Solver++ / UniPC in diffusers use lower-order final steps only below 15 steps).
+LOWER_ORDER_FINAL_MAX_STEPS = 15
+
+# |z| below which phi_k(z) is evaluated by its Taylor series instead of the recursion
+# phi_{k+1}(z) = (phi_k(z) - 1/k!) / z, which cancels catastrophically for small z.
+_PHI_SERIES_RADIUS = 0.5
+_PHI_SERIES_TERMS = 13
+
+
+def phis(z: Array, k_max: int) -> list[Array]:
+    r"""The exponential-integrator functions :math:`[\varphi_1(z), ..., \varphi_{k_{max}}(z)]`.
+
+    :math:`\varphi_0(z) = e^z`, :math:`\varphi_{k+1}(z) = (\varphi_k(z) - 1/k!) / z`, i.e.
+    :math:`\varphi_k(z) = \sum_{j \ge 0} z^j / (j + k)!` and
+    :math:`\int_0^h e^{-(h - u)} u^{k-1} / (k-1)!\, du = h^k \varphi_k(-h)`.
+
+    For :math:`|z| < 1/2` the upward recursion cancels catastrophically (in float32 ``phi_3``
+    of ``h = 0.01`` would keep 3 digits), so there :math:`\varphi_{k_{max}}` comes from its
+    Taylor series and the others from the stable downward recursion
+    :math:`\varphi_k = 1/k! + z \varphi_{k+1}`; elsewhere the closed form is used. Both
+    branches see safe arguments, so gradients are finite everywhere.
+    """
+    z = jnp.asarray(z)
+    small = jnp.abs(z) < _PHI_SERIES_RADIUS
+    zs = jnp.where(small, z, 0.0)
+    series = jnp.zeros_like(zs)
+    for j in reversed(range(_PHI_SERIES_TERMS)):  # Horner: sum_j z^j / (j + k_max)!
+        series = series * zs + 1.0 / math.factorial(j + k_max)
+    down = [series]
+    for k in range(k_max - 1, 0, -1):
+        down.insert(0, 1.0 / math.factorial(k) + zs * down[0])
+    zc = jnp.where(small, 2.0, z)
+    up = [jnp.expm1(zc) / zc]
+    for k in range(1, k_max):
+        up.append((up[-1] - 1.0 / math.factorial(k)) / zc)
+    return [jnp.where(small, d, u) for d, u in zip(down, up, strict=True)]
+
+
+def phi(k: int, z: Array) -> Array:
+    """:math:`\varphi_k(z)` alone (see :func:`phis`)."""
+    return phis(z, k)[-1]
+
+
+def lagrange_weights(nodes: Sequence[Array], moments: Sequence[Array]) -> list[Array]:
+    r"""Solve the (transposed) Vandermonde system :math:`\sum_j a_j r_j^k = b_{k+1}`, k < p.
+
+    With the Lagrange basis :math:`L_j(x) = \prod_{m \ne j} (x - r_m) / (r_j - r_m)
+    = \sum_k C_{jk} x^k`, the solution is :math:`a_j = \sum_k C_{jk} b_{k+1}`. Closed form,
+    p <= 4 in practice; ``nodes`` must be pairwise distinct.
+
+    Args:
+      nodes: p scalars r_j.
+      moments: p scalars (or arrays broadcasting with the nodes) b_1..b_p.
+
+    Returns:
+      The p weights a_j.
+    """
+    p = len(nodes)
+    if len(moments) != p:
+        raise ValueError(f"need as many moments as nodes, got {len(moments)} and {p}")
+    weights = []
+    for j in range(p):
+        others = [r for m, r in enumerate(nodes) if m != j]
+        poly = [1.0]  # coefficients of prod_{m != j} (x - r_m), lowest degree first
+        denom = 1.0
+        for r in others:
+            poly = [
+                (poly[k - 1] if k >= 1 else 0.0) - (r * poly[k] if k < len(poly) else 0.0)
+                for k in range(len(poly) + 1)
+            ]
+            denom = denom * (nodes[j] - r)
+        weights.append(sum(c * b for c, b in zip(poly, moments, strict=True)) / denom)
+    return weights
+
+
+def safe_nodes(raw: Sequence[Array], num_valid: Array, start: Array = 0.0) -> list[Array]:
+    """Interpolation nodes with placeholders for missing history.
+
+    ``raw[k]`` is valid iff ``k < num_valid``; an invalid node is replaced by the previous
+    (safe) node minus one, so all nodes stay distinct (valid history nodes decrease into the
+    past) and every Vandermonde system is well posed even where its result is masked out.
+    """
+    out, prev = [], start
+    for k, r in enumerate(raw):
+        prev = jnp.where(k < num_valid, r, prev - 1.0)
+        out.append(prev)
+    return out
+
+
+def push(history: Array, value: Array) -> Array:
+    """Prepend ``value`` to a fixed-length history (most recent first), dropping the oldest."""
+    if history.shape[0] == 0:
+        return history
+    return jnp.concatenate([jnp.asarray(value, history.dtype)[None], history[:-1]], axis=0)
+
+
+def step_order(order: int, count: Array, i: Array, n: int, lower_order_final: bool) -> Array:
+    """Order of step ``i`` of ``n``: limited by the valid history (``count`` previous points)
+    and, with ``lower_order_final`` and ``n < 15`` (static), by the steps left: min(order, n - i).
+    """
+    p = jnp.minimum(order, count + 1)
+    if lower_order_final and n < LOWER_ORDER_FINAL_MAX_STEPS:
+        p = jnp.minimum(p, n - i)
+    return p
+
+
+def select_by_order(p: Array, candidates: Sequence[Array]) -> Array:
+    """``candidates[p - 1]`` for a traced order ``p`` (1-based), by nested ``jnp.where``."""
+    out = candidates[0]
+    for q, c in enumerate(candidates[1:], start=2):
+        out = jnp.where(p == q, c, out)
+    return out
+
+
+# --- eager validation for the factories ------------------------------------------------------
+
+
+def check_int(name: str, value, allowed: Sequence[int]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+    return int(value)
+
+
+def check_choice(name: str, value, allowed: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
