@@ -6,7 +6,8 @@ converted to the data prediction used by every solver:
 * ``"eps"``:   x0 = (x - sigma eps_hat) / alpha
 * ``"x0"``:    x0 = x0_hat
 * ``"v"``:     v = alpha eps - sigma x0  =>  x0 = (alpha x - sigma v_hat) / (alpha^2 + sigma^2)
-* ``"flow"``:  u = dx/dt = alpha' x0 + sigma' eps  =>  x0 = (sigma' x - sigma u_hat) / (sigma' alpha - sigma alpha')
+* ``"flow"``:  u = dx/dt = alpha' x0 + sigma' eps  =>
+  x0 = (sigma' x - sigma u_hat) / (sigma' alpha - sigma alpha')
   (rectified flow: u = eps - x0, x0 = x - t u)
 * ``"score"``: s = -eps / sigma  =>  eps = -sigma s_hat
 
@@ -100,9 +101,10 @@ class Denoiser:
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = object.__new__(cls)
-        for name, value in zip(("noise", "params", "cond", "uncond"), children):
+        for name, value in zip(("noise", "params", "cond", "uncond"), children, strict=True):
             object.__setattr__(obj, name, value)
-        for name, value in zip(("fn", "prediction", "time_input", "guidance_scale"), aux):
+        meta = ("fn", "prediction", "time_input", "guidance_scale")
+        for name, value in zip(meta, aux, strict=True):
             object.__setattr__(obj, name, value)
         return obj
 

@@ -57,6 +57,11 @@ def _pytree(data_fields: tuple[str, ...], meta_fields: tuple[str, ...]):
     return wrap
 
 
+def _float_dtype(x: Array):
+    """``x``'s dtype when floating, else None (let JAX pick the default float)."""
+    return x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else None
+
+
 def _log_sigma_vp(log_alpha: Array) -> Array:
     """log sigma = 0.5 log(1 - alpha^2), stable for alpha -> 1 and alpha -> 0."""
     return 0.5 * jnp.log(-jnp.expm1(2.0 * log_alpha))
@@ -120,7 +125,10 @@ class NoiseSchedule:
         return self.sigma(jnp.asarray(self.t_max, dtype)) * jax.random.normal(key, shape, dtype)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, t_min={self.t_min:g}, t_max={self.t_max:g})"
+        return (
+            f"{type(self).__name__}(name={self.name!r}, "
+            f"t_min={self.t_min:g}, t_max={self.t_max:g})"
+        )
 
 
 def _eager_dtype():
@@ -169,7 +177,9 @@ class VPDiscrete(NoiseSchedule):
     def from_betas(cls, betas, name: str = "vp-discrete") -> VPDiscrete:
         b = np.asarray(betas, dtype=np.float64)
         if b.ndim != 1 or b.size < 2:
-            raise ValueError(f"betas must be a 1-D array with at least 2 entries, got shape {b.shape}")
+            raise ValueError(
+                f"betas must be a 1-D array with at least 2 entries, got shape {b.shape}"
+            )
         if not np.all(np.isfinite(b)):
             raise ValueError("betas must be finite; it contains NaN or inf")
         if np.any(b <= 0) or np.any(b >= 1):
@@ -200,12 +210,12 @@ class VPDiscrete(NoiseSchedule):
 
     def log_alpha(self, t):
         t = jnp.asarray(t)
-        la = jnp.asarray(self.log_alphas, t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else None)
+        la = jnp.asarray(self.log_alphas, _float_dtype(t))
         return jnp.interp(t, self._t_grid(la.dtype), la)
 
     def t_from_lam(self, lam):
         lam = jnp.asarray(lam)
-        la = jnp.asarray(self.log_alphas, lam.dtype if jnp.issubdtype(lam.dtype, jnp.floating) else None)
+        la = jnp.asarray(self.log_alphas, _float_dtype(lam))
         return jnp.interp(_log_alpha_vp_from_lam(lam), la[::-1], self._t_grid(la.dtype)[::-1])
 
     # --- step indices ------------------------------------------------------------------
@@ -288,7 +298,8 @@ class VPCosine(NoiseSchedule):
 
     def t_from_lam(self, lam):
         la = _log_alpha_vp_from_lam(lam)
-        return 2.0 * (1.0 + self.s) / jnp.pi * jnp.arccos(jnp.exp(la + self._log_alpha_0())) - self.s
+        scale = 2.0 * (1.0 + self.s) / jnp.pi
+        return scale * jnp.arccos(jnp.exp(la + self._log_alpha_0())) - self.s
 
 
 # --------------------------------------------------------------------------------------
@@ -353,7 +364,7 @@ PRESETS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _preset_cached(name: str) -> NoiseSchedule:
     return PRESETS[name]()
 

@@ -1,15 +1,18 @@
 """Gaussian-mixture data with an exact denoiser: the analytic oracle of every test.
 
-Data: x0 ~ sum_k w_k N(mu_k, diag(s_k^2)) in R^D. Under x_t = alpha x0 + sigma eps the marginal is
-p_t(x) = sum_k w_k N(x; alpha mu_k, diag(alpha^2 s_k^2 + sigma^2)), and the exact denoiser is
+Data: x0 ~ sum_k w_k N(mu_k, diag(s_k^2)) in R^D. Under x_t = alpha x0 + sigma eps the
+marginal is p_t(x) = sum_k w_k N(x; alpha mu_k, diag(alpha^2 s_k^2 + sigma^2)), and the exact
+denoiser is
 
-    E[x0 | x_t = x] = sum_k r_k(x) (mu_k + alpha s_k^2 / (alpha^2 s_k^2 + sigma^2) (x - alpha mu_k)),
+    E[x0 | x_t = x] = sum_k r_k(x) (mu_k + g_k (x - alpha mu_k)),
+    g_k = alpha s_k^2 / (alpha^2 s_k^2 + sigma^2),
 
 with responsibilities r_k(x) proportional to w_k N(x; alpha mu_k, alpha^2 s_k^2 + sigma^2).
 
 For a single Gaussian (K = 1) the probability-flow ODE has the closed-form solution
 
-    x_t = alpha_t mu + sqrt(alpha_t^2 s^2 + sigma_t^2) / sqrt(alpha_s^2 s^2 + sigma_s^2) (x_s - alpha_s mu)
+    x_t = alpha_t mu + r_ts (x_s - alpha_s mu),
+    r_ts = sqrt(alpha_t^2 s^2 + sigma_t^2) / sqrt(alpha_s^2 s^2 + sigma_s^2)
 
 (per dimension): the flow is the optimal-transport map between the Gaussian marginals.
 """
@@ -83,7 +86,7 @@ class GaussianMixture:
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = object.__new__(cls)
-        for name, value in zip(("means", "stds", "log_weights"), children):
+        for name, value in zip(("means", "stds", "log_weights"), children, strict=True):
             object.__setattr__(obj, name, value)
         return obj
 
@@ -136,7 +139,9 @@ class GaussianMixture:
         """The exact Denoiser (x0 prediction) of this mixture under ``noise``."""
         if not isinstance(noise, NoiseSchedule):
             raise TypeError(f"noise must be a NoiseSchedule, got {type(noise).__name__}")
-        return Denoiser(_exact_x0, noise=noise, prediction="x0", params=(self, noise), time_input="t")
+        return Denoiser(
+            _exact_x0, noise=noise, prediction="x0", params=(self, noise), time_input="t"
+        )
 
     # --- closed form for one Gaussian ---------------------------------------------------
     def pf_ode_solution(self, noise: NoiseSchedule, x_s, t_s, t_t) -> Array:
