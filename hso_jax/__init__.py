@@ -2,6 +2,7 @@
 
 from . import evaluation, io, models, noise, optimizers, schedules, solvers
 from .denoiser import Denoiser
+from .optimize import optimize
 from .solvers import sample, sample_trajectory
 
 __version__ = "0.1.0"
@@ -12,6 +13,7 @@ __all__ = [
     "io",
     "models",
     "noise",
+    "optimize",
     "optimizers",
     "sample",
     "sample_trajectory",

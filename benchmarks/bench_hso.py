@@ -1,0 +1,291 @@
+"""Speed and behaviour of the HSO search (``hso_jax.optimize``) on CPU.
+
+Measures, per (noise, solver, NFE):
+
+* cold wall time: the first call after ``jax.clear_caches()`` and clearing the search's
+  executable cache (tracing + XLA compilation + run), with its CPU time (``process_time``,
+  less sensitive to other processes on a shared machine) and the compile / run split;
+* warm wall time: the same call again (median and minimum of ``--repeats`` calls);
+* the result: SPF fitness, MEP, penalty, generations, timesteps, warnings;
+
+and, once:
+
+* lower-level solves per second (one vmapped call refining a population of 60 Karras
+  initialisations, N = 5) and MEP evaluations per second (one vmapped call on 100 000
+  schedules);
+* observation 1: does the lower level reach the same optimum from any rho? (refine from
+  rho in {3, 5, 7, 10, 16} at fixed end points, report the spread of the optima);
+* observation 2: does the penalty dominate for NFE 6-15 (UniPC, SD 2.1)? (full search per NFE,
+  report penalty / objective and whether the "penalty dominates" warning fires).
+
+Writes ``benchmarks/results/bench_hso.{json,md}``. ``--quick``: SD 2.1 only, UniPC NFE 4, 5 and
+DDIM NFE 4, fewer repeats, no NFE 6-15 sweep. Run with ``nice`` on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import hso_jax as hj
+from hso_jax import objectives as ob
+from hso_jax.optimizers import hso as hso_mod
+from hso_jax.optimizers.refine import refine
+
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def _clear():
+    hso_mod._CACHE.clear()
+    jax.clear_caches()
+
+
+def _case(noise_name: str, solver: str, nfe: int, repeats: int) -> dict:
+    ns = hj.noise.preset(noise_name)
+    _clear()
+    c0, w0 = time.process_time(), time.perf_counter()
+    r = hj.optimize(ns, nfe, solver=solver)
+    cold_wall, cold_cpu = time.perf_counter() - w0, time.process_time() - c0
+    assert r.info["timings"]["cold"]
+    warm = []
+    for _ in range(repeats):
+        w0 = time.perf_counter()
+        r2 = hj.optimize(ns, nfe, solver=solver)
+        warm.append(time.perf_counter() - w0)
+        assert not r2.info["timings"]["cold"] and np.array_equal(r2.t, r.t)
+    return {
+        "noise": noise_name,
+        "solver": solver,
+        "nfe": nfe,
+        "n_intervals": r.info["n_intervals"],
+        "cold_wall_s": cold_wall,
+        "cold_cpu_s": cold_cpu,
+        "trace_s": r.info["timings"]["trace_s"],
+        "compile_s": r.info["timings"]["compile_s"],
+        "compile_cpu_s": r.info["timings"]["compile_cpu_s"],
+        "cold_run_s": r.info["timings"]["run_s"],
+        "warm_median_s": statistics.median(warm),
+        "warm_min_s": min(warm),
+        "fitness": r.info["fitness"],
+        "objective": r.objective,
+        "penalty": r.penalty,
+        "generations": r.info["generations"],
+        "de_converged": r.info["de_converged"],
+        "nfev": r.info["nfev"],
+        "lower_level_solves_per_s": r.info["nfev"] / statistics.median(warm),
+        "local_converged_fraction": r.info["population_local"]["converged_fraction"],
+        "params": r.params,
+        "timesteps": None if r.timesteps is None else r.timesteps.tolist(),
+        "t": r.t.tolist(),
+        "warnings": list(r.warnings),
+    }
+
+
+def _throughput() -> dict:
+    ns = hj.noise.preset("sd21")
+    m = ob.mep(ns)
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        psi = jnp.asarray(
+            np.stack(
+                [rng.uniform(3, 16, 60), rng.uniform(0.01, 0.03, 60), rng.uniform(0.96, 1, 60)], 1
+            )
+        )
+        solve = jax.jit(jax.vmap(lambda p: refine(m.of_lam, hso_mod.init_family(ns, p, 5))))
+        jax.block_until_ready(solve(psi))
+        ts = []
+        for _ in range(20):
+            w0 = time.perf_counter()
+            jax.block_until_ready(solve(psi))
+            ts.append(time.perf_counter() - w0)
+        lams = jnp.sort(jnp.asarray(rng.uniform(-2.6, 3.5, (100_000, 6))), axis=1)
+        ev = jax.jit(jax.vmap(m.of_lam))
+        jax.block_until_ready(ev(lams))
+        es = []
+        for _ in range(20):
+            w0 = time.perf_counter()
+            jax.block_until_ready(ev(lams))
+            es.append(time.perf_counter() - w0)
+    return {
+        "lower_level_solves_per_s": 60 / statistics.median(ts),
+        "lower_level_batch_s": statistics.median(ts),
+        "mep_evals_per_s": 100_000 / statistics.median(es),
+        "mep_batch_s": statistics.median(es),
+    }
+
+
+def _same_optimum_from_any_rho() -> list[dict]:
+    rows = []
+    rhos = jnp.array([3.0, 5.0, 7.0, 10.0, 16.0])
+    with jax.enable_x64(True):
+        for name in ("sd21", "ddpm"):
+            ns = hj.noise.preset(name)
+            m = ob.mep(ns)
+            for n in (3, 4, 5, 8, 10):
+                for t_eps, t_max in ((0.01, 1.0), (0.03, 0.96)):
+
+                    def one(rho, n=n, t_eps=t_eps, t_max=t_max, ns=ns, m=m):
+                        lam0 = hso_mod.karras_lam(ns, rho, t_eps, t_max, n)
+                        return refine(m.of_lam, lam0)
+
+                    r = jax.jit(jax.vmap(one))(rhos)
+                    lam = np.asarray(r.lam)
+                    val = np.asarray(r.value)
+                    rows.append(
+                        {
+                            "noise": name,
+                            "n_intervals": n,
+                            "t_eps": t_eps,
+                            "T_max": t_max,
+                            "max_lam_spread": float(np.max(lam.max(0) - lam.min(0))),
+                            "rel_objective_spread": float((val.max() - val.min()) / val.min()),
+                            "all_converged": bool(np.all(np.asarray(r.converged))),
+                        }
+                    )
+    return rows
+
+
+def _penalty_sweep(nfes) -> list[dict]:
+    rows = []
+    ns = hj.noise.preset("sd21")
+    for nfe in nfes:
+        r = hj.optimize(ns, nfe, solver="unipc")
+        rows.append(
+            {
+                "nfe": nfe,
+                "d_min": r.info["d_min"],
+                "objective": r.objective,
+                "penalty": r.penalty,
+                "max_violation": r.info["max_spacing_violation"],
+                "penalty_dominates": any("penalty dominates" in w for w in r.warnings),
+                "params": r.params,
+                "timesteps": r.timesteps.tolist(),
+            }
+        )
+    return rows
+
+
+def _markdown(res: dict) -> str:
+    md = ["# HSO search benchmark (`benchmarks/bench_hso.py`)", ""]
+    meta = res["meta"]
+    md += [
+        f"Machine: {meta['machine']}, {meta['cpus']} CPUs, load average at start "
+        f"{meta['load_start']}, JAX {meta['jax']} ({meta['backend']}); "
+        f"mode: {'quick' if meta['quick'] else 'full'}.",
+        "Cold = first call after `jax.clear_caches()` (tracing + compilation + run); CPU = "
+        "process CPU time of that call (less sensitive to other processes); warm = the same "
+        "call again (median).",
+        "",
+        "| noise | solver | NFE | cold wall s | cold CPU s | trace + compile s (CPU) | warm s | "
+        "lower-level solves/s | generations | fitness | penalty | timesteps | warnings |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in res["cases"]:
+        warn = "; ".join(w.split(":")[0] for w in c["warnings"]) or "-"
+        md.append(
+            f"| {c['noise']} | {c['solver']} | {c['nfe']} | {c['cold_wall_s']:.2f} | "
+            f"{c['cold_cpu_s']:.2f} | {c['trace_s'] + c['compile_s']:.2f} "
+            f"({c['compile_cpu_s']:.2f}) | {c['warm_median_s']:.3f} | "
+            f"{c['lower_level_solves_per_s']:.0f} | {c['generations']} | {c['fitness']:.6g} | "
+            f"{c['penalty']:.3g} | {c['timesteps']} | {warn} |"
+        )
+    tp = res["throughput"]
+    md += [
+        "",
+        f"Lower level alone: {tp['lower_level_solves_per_s']:.0f} solves/s (a vmapped population "
+        f"of 60, N = 5, {1e3 * tp['lower_level_batch_s']:.2f} ms per call). MEP: "
+        f"{tp['mep_evals_per_s']:.3g} evaluations/s (100 000 schedules, N = 5, one vmapped call, "
+        f"{1e3 * tp['mep_batch_s']:.1f} ms).",
+        "",
+        "## Observation 1: same lower-level optimum from any rho?",
+        "",
+        "Refine from Karras rho in {3, 5, 7, 10, 16} at fixed end points.",
+        "",
+        "| noise | N | t_eps | T_max | max spread of lam | rel. spread of MEP | all converged |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in res["same_optimum"]:
+        md.append(
+            f"| {r['noise']} | {r['n_intervals']} | {r['t_eps']} | {r['T_max']} | "
+            f"{r['max_lam_spread']:.2e} | {r['rel_objective_spread']:.2e} | {r['all_converged']} |"
+        )
+    if res.get("penalty_sweep"):
+        md += [
+            "",
+            "## Observation 2: does the penalty dominate for NFE 6-15? (SD 2.1, UniPC)",
+            "",
+            "| NFE | d_min | MEP | penalty | max violation | penalty dominates | rho, t_eps, T_max "
+            "|",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in res["penalty_sweep"]:
+            p = r["params"]
+            md.append(
+                f"| {r['nfe']} | {r['d_min']:.4f} | {r['objective']:.6g} | {r['penalty']:.4g} | "
+                f"{r['max_violation']:.3g} | {r['penalty_dominates']} | "
+                f"{p['rho']:.2f}, {p['t_eps']:.4f}, {p['T_max']:.4f} |"
+            )
+    return "\n".join(md) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 7)
+    if args.quick:
+        plan = [("sd21", "unipc", 4), ("sd21", "unipc", 5), ("sd21", "ddim", 4)]
+    else:
+        plan = [
+            (noise, solver, nfe)
+            for noise in ("sd21", "ddpm")
+            for solver in ("unipc", "ddim")
+            for nfe in (4, 5, 6, 8, 10)
+        ]
+    res = {
+        "meta": {
+            "machine": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "load_start": [round(x, 2) for x in os.getloadavg()],
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "quick": args.quick,
+            "repeats": repeats,
+        },
+        "cases": [],
+    }
+    for noise, solver, nfe in plan:
+        c = _case(noise, solver, nfe, repeats)
+        res["cases"].append(c)
+        print(
+            f"{noise} {solver} NFE {nfe}: cold {c['cold_wall_s']:.2f} s (CPU {c['cold_cpu_s']:.2f}"
+            f" s), warm {c['warm_median_s']:.3f} s, fitness {c['fitness']:.8g}, "
+            f"timesteps {c['timesteps']}",
+            flush=True,
+        )
+    res["throughput"] = _throughput()
+    print(res["throughput"], flush=True)
+    res["same_optimum"] = _same_optimum_from_any_rho()
+    if not args.quick:
+        res["penalty_sweep"] = _penalty_sweep(range(6, 16))
+    res["meta"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_hso.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / "bench_hso.md").write_text(_markdown(res))
+    print(_markdown(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,503 @@
+r"""Align Your Steps (AYS): schedule search on the Monte-Carlo KL upper bound.
+
+The objective is the KLUB of the stochastic-DDIM discretisation (:mod:`hso_jax.objectives.klub`),
+a sum over reverse steps in the EDM noise level ``sigma = sigma_edm``,
+
+.. math::
+
+    \mathrm{KLUB}(\sigma_0 < \dots < \sigma_n) = \sum_i \int_{\sigma_{i-1}}^{\sigma_i}
+        \sigma^{-3}\, \mathbb{E}\|D(x_\sigma, \sigma) - D(x_{\sigma_i}, \sigma_i)\|^2 d\sigma,
+
+in which an interior point ``sigma_i`` only enters the two terms next to it. The search
+(Algorithm 1 of the paper, measurable stopping rules added):
+
+1. **Initialise** 10 steps (``init`` overrides): Karras ``rho = 7`` for continuous-time models,
+   time-uniform for discrete-time ones (``noise.is_discrete``).
+2. **Coordinate search.** A sweep updates the even interior points, then the odd ones; points of
+   one parity are not adjacent, so all their candidates are scored together in one batched
+   evaluation (:meth:`hso_jax.objectives.klub.KLUB.neighbourhood`). Each point gets
+   ``candidates`` (11) values in ``(sigma_{i+1}, sigma_{i-1})``, the current one always among
+   them; the KLUB argmin (its two neighbouring terms) is kept. The other candidates are spread
+   evenly in ``log sigma`` on both sides of the current value, up to a fraction
+   ``radius * k / (k + 1)`` of the log-distance to each neighbour (``k`` candidates per side).
+   Every point starts with ``radius = 1`` (the whole neighbourhood, as in the paper). As in a
+   pattern search, the radius halves when the winner lies inside the grid (the optimum is then
+   bracketed within one spacing) and doubles, up to 1, when an outermost candidate wins, so
+   the search resolves the optimum far finer than one 11-point grid. All candidates of a point
+   use common random numbers, fixed for the whole level: the objective is a sample average, so
+   a pass never raises a point's own local estimate.
+3. **Early stopping** (the KLUB bounds path divergence, not sample quality, so the paper stops
+   early by inspection). Measurable rules, checked after every sweep, whichever fires first
+   (``info["stop_reason"]``):
+
+   * ``"rel_tol"``: the relative KLUB decrease of the sweep, ``(K_prev - K) / K_prev``, is below
+     ``rel_tol`` (the KLUB of the whole schedule re-estimated with fixed random numbers);
+   * ``"validation"``: a user metric ``validation(t) -> float`` (lower is better, e.g. an error
+     to reference samples) did not improve for ``patience`` sweeps; the best iterate is kept;
+   * ``"converged"``: every point's radius fell below ``min_radius`` (nothing moves any more);
+   * ``"max_sweeps"``.
+
+4. **Subdivide** ``10 -> 20 -> 40``: keep the points, insert geometric midpoints
+   ``sqrt(sigma_i sigma_{i+1})``, and optimise only the new points. Each new point sits between
+   two fixed old ones, so all new points are independent and are scored in one call per pass;
+   passes repeat until every new point has converged or ``refine_sweeps`` is reached (no early
+   stopping).
+5. **Interpolate** log-linearly (``log sigma`` against normalised position) to the ``nfe + 1``
+   points the solver needs (:func:`hso_jax.schedules.loglinear_interp`). Old points are kept
+   by subdivision, so the 10- and 20-step results are recovered exactly from the 40-step one.
+
+The KLUB is derived for stochastic DDIM; the same schedule is used for every ``solver``
+(``solver`` only fixes how many points a given NFE needs, and is recorded). The paper reports
+that the schedules transfer to ODE solvers.
+
+Reference: Sabour, Fidler, Kreis, "Align Your Steps: Optimizing Sampling Schedules in Diffusion
+Models", ICML 2024 (arXiv 2404.14507), Sec. 3 (Algorithm 1, subdivision, interpolation).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import schedules, solvers
+from ..denoiser import Denoiser
+from ..objectives.klub import KLUB, _check_key, klub
+from ..schedules import check_schedule
+from .result import OptimizeResult
+
+__all__ = ["optimize_ays", "BASE_STEPS"]
+
+Array = Any
+
+BASE_STEPS = 10
+"""Steps of the first level (the paper's coarse schedule)."""
+
+STOP_REASONS = ("rel_tol", "validation", "converged", "max_sweeps")
+
+
+# --------------------------------------------------------------------------------------
+# Small helpers (host side, float64)
+# --------------------------------------------------------------------------------------
+
+
+def _sigma_of_t(noise, t) -> np.ndarray:
+    with jax.enable_x64(True):
+        return np.array(noise.sigma_edm(jnp.asarray(np.asarray(t, np.float64))), np.float64)
+
+
+def _t_of_sigma(noise, sig, t_start: float, t_end: float) -> np.ndarray:
+    with jax.enable_x64(True):
+        t = np.array(noise.t_from_sigma_edm(jnp.asarray(sig, jnp.float64)), np.float64)
+    t[0], t[-1] = t_start, t_end
+    return t
+
+
+def _resolve_solver(solver) -> tuple[solvers.Solver, str]:
+    """A solver object and its name; strings name a factory of :mod:`hso_jax.solvers`."""
+    if isinstance(solver, solvers.Solver):
+        return solver, type(solver).__name__
+    factories = sorted(
+        n for n in solvers.__all__ if n[:1].islower() and n not in ("sample", "sample_trajectory")
+    )
+    known = [n.replace("_", "-") for n in factories]
+    if not isinstance(solver, str) or solver.replace("_", "-") not in known:
+        raise ValueError(
+            f"solver must be a hso_jax solver object or one of {known} (its factory with default "
+            f"arguments), got {solver!r}"
+        )
+    return getattr(solvers, solver.replace("-", "_"))(), solver.replace("_", "-")
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _candidates(m, lo, hi, radius, num: int) -> np.ndarray:
+    """(P, num) candidates, column 0 the current values; the rest log-evenly on both sides."""
+    below = (num - 1) // 2
+    above = num - 1 - below
+    lm, llo, lhi = np.log(m), np.log(lo), np.log(hi)
+    fb = np.arange(1, below + 1) / (below + 1)
+    fa = np.arange(1, above + 1) / (above + 1)
+    cb = lm[:, None] + (llo - lm)[:, None] * radius[:, None] * fb[None, :]
+    ca = lm[:, None] + (lhi - lm)[:, None] * radius[:, None] * fa[None, :]
+    return np.exp(np.concatenate([lm[:, None], cb, ca], axis=1))
+
+
+class _Search:
+    """The coordinate search on a decreasing array of sigmas (mutable, host side)."""
+
+    def __init__(self, obj: KLUB, sig: np.ndarray, key, num: int, min_radius: float):
+        self.obj, self.sig, self.key, self.num, self.min_radius = obj, sig, key, num, min_radius
+        self.radius = np.ones(sig.shape[0])  # per point; only interior entries are used
+        self.candidate_evals = 0
+        self.network_evals = 0
+
+    def update(self, pts: np.ndarray) -> np.ndarray:
+        """One pass over the (non-adjacent) points ``pts``; returns their best local KLUB."""
+        sig, r = self.sig, self.radius
+        m, lo, hi = sig[pts], sig[pts + 1], sig[pts - 1]
+        cand = _candidates(m, lo, hi, r[pts], self.num)
+        # candidates are scored in float32: one that rounds onto a neighbour would be an empty
+        # interval; it is replaced by the current value (a harmless duplicate)
+        c32 = cand.astype(np.float32)
+        inside = (c32 > lo.astype(np.float32)[:, None]) & (c32 < hi.astype(np.float32)[:, None])
+        cand = np.where(inside, cand, m[:, None])
+        terms = self.obj.neighbourhood(
+            lo.astype(np.float32), cand.astype(np.float32), hi.astype(np.float32), pts, self.key
+        )
+        vals = np.asarray(terms, np.float64).sum(-1)
+        if not np.all(np.isfinite(vals)):
+            bad = int(pts[np.argmax(~np.all(np.isfinite(vals), axis=1))])
+            raise FloatingPointError(
+                f"the KLUB estimate is NaN/inf near sigma = {sig[bad]:.6g} (check the model "
+                "there, e.g. its output at both ends of the noise range)"
+            )
+        best = np.argmin(vals, axis=1)  # ties -> column 0, the current value
+        sig[pts] = cand[np.arange(len(pts)), best]
+        below = (self.num - 1) // 2
+        outer = (best == below) | (best == self.num - 1)
+        # pattern search: a winner inside the grid brackets the optimum within one spacing,
+        # so the grid is refined; a winner on the edge may lie beyond it, so it widens
+        r[pts] = np.where(outer, np.minimum(1.0, 2.0 * r[pts]), 0.5 * r[pts])
+        self.candidate_evals += cand.size
+        self.network_evals += 4 * cand.size * self.obj.num_samples
+        return vals[np.arange(len(pts)), best]
+
+    def converged(self, pts: np.ndarray) -> bool:
+        return bool(np.all(self.radius[pts] < self.min_radius))
+
+
+# --------------------------------------------------------------------------------------
+# The optimiser
+# --------------------------------------------------------------------------------------
+
+
+def optimize_ays(
+    model: Denoiser,
+    nfe: int,
+    *,
+    solver: str | solvers.Solver = "dpm-solver-pp",
+    key: Array,
+    data: Array | None = None,
+    num_samples: int | None = None,
+    init: Array | None = None,
+    candidates: int = 11,
+    max_sweeps: int = 20,
+    rel_tol: float | None = 1e-2,
+    validation: Callable[[np.ndarray], float] | None = None,
+    patience: int = 2,
+    subdivide: bool | int = True,
+    refine_sweeps: int = 12,
+    min_radius: float = 1.0 / 32.0,
+    c: float = 0.5,
+    shape: tuple[int, ...] | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    _include_normaliser: bool = True,
+) -> OptimizeResult:
+    r"""Optimise a sampling schedule with Align Your Steps (see the module docstring).
+
+    Args:
+      model: the :class:`~hso_jax.Denoiser` (any noise process; searched in ``sigma_edm``).
+      nfe: network evaluations of the returned schedule (``solver.num_points(nfe)`` points).
+      solver: a solver object or the name of a factory in :mod:`hso_jax.solvers`
+        (``"dpm-solver-pp"``, ``"sde-dpm-solver-pp"``, ``"unipc"``, ``"ddim"``, ...); sets the
+        number of points and is recorded (the KLUB itself is that of stochastic DDIM).
+      key: PRNG key of all random numbers; the same key gives the same result.
+      data: ``(N, *sample_shape)`` data samples ``x0``; ``None`` draws ``num_samples`` samples
+        from the model by a tight PF-ODE solve (:func:`hso_jax.objectives.klub.model_samples`,
+        needs ``shape``).
+      num_samples: Monte-Carlo samples per interval estimate (default ``min(N, 1024)``; the
+        paper used 8192).
+      init: initial schedule of model times (strictly decreasing, >= 3 points, inside the
+        model's range); its length sets the first level. Default: 10 steps of Karras
+        ``rho = 7`` (continuous time) or time-uniform (discrete time) over the full range.
+      candidates: values tried per point and pass, current one included (paper: 11; at
+        least 3, one on each side).
+      max_sweeps: most sweeps (even + odd pass) of the first level.
+      rel_tol: stop the first level when a sweep lowers the KLUB by less than this fraction;
+        ``None`` disables the rule.
+      validation: optional ``validation(t) -> float`` on the first-level schedule (model times,
+        NumPy), lower is better; evaluated at the initialisation and after every sweep; the
+        best iterate is kept and the level stops after ``patience`` sweeps without improvement.
+      patience: sweeps without validation improvement before stopping.
+      subdivide: ``True`` (two rounds, ``10 -> 20 -> 40``), ``False`` (none) or the number of
+        rounds.
+      refine_sweeps: most passes per subdivision level (stops earlier when converged).
+      min_radius: a point has converged when its candidate radius is below this.
+      c: importance-sampling constant ``c > 0`` (paper: 0.5).
+      shape: one sample's shape (checked against ``data``; required when ``data`` is None).
+      batch_size: samples per network call.
+      progress: show a tqdm progress bar (sweep, KLUB, elapsed time).
+      callback: called after every sweep / pass with a dict: ``level`` (steps), ``sweep``,
+        ``klub``, ``elapsed`` (s), ``t`` (current schedule), ``sigmas``.
+
+    Returns:
+      An :class:`~hso_jax.optimizers.OptimizeResult` with ``method="ays"``, ``objective`` the
+      KLUB estimate of the returned schedule, and ``info`` holding ``stop_reason``,
+      ``sweeps``, ``best_sweep``, ``klub_history``, ``validation_history``, ``levels`` (per
+      level: steps, passes, converged, klub, t, sigmas, seconds), ``candidate_evaluations``,
+      ``network_evaluations``, ``time_s``.
+
+    Raises:
+      ValueError / TypeError naming the argument: data of the wrong shape or with too few
+      samples, ``init`` outside the model's range or not decreasing, ``c <= 0``, bad integers.
+      FloatingPointError if the model produces NaN / inf.
+
+    Example:
+      >>> res = optimize_ays(model, 10, key=jax.random.key(0), data=x0)
+      >>> x = hso_jax.sample(model, x_T, res.t, hso_jax.solvers.dpm_solver_pp())
+    """
+    t_begin = time.perf_counter()
+    if not isinstance(model, Denoiser):
+        raise TypeError(f"model must be a hso_jax.Denoiser, got {type(model).__name__}")
+    ns = model.noise
+    solver_obj, solver_name = _resolve_solver(solver)
+    if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)):
+        raise ValueError(f"nfe must be a positive int, got {nfe!r}")
+    num_points = solver_obj.num_points(int(nfe))
+    num = _check_int("candidates", candidates, 3)
+    max_sweeps = _check_int("max_sweeps", max_sweeps, 1)
+    refine_sweeps = _check_int("refine_sweeps", refine_sweeps, 1)
+    patience = _check_int("patience", patience, 1)
+    rounds = {True: 2, False: 0}[subdivide] if isinstance(subdivide, bool) else subdivide
+    rounds = _check_int("subdivide", rounds, 0)
+    if rel_tol is not None and (not isinstance(rel_tol, (int, float)) or not rel_tol >= 0):
+        raise ValueError(f"rel_tol must be a float >= 0 or None, got {rel_tol!r}")
+    if not isinstance(min_radius, (int, float)) or not 0 < min_radius <= 1:
+        raise ValueError(f"min_radius must be in (0, 1], got {min_radius!r}")
+    if validation is not None and not callable(validation):
+        raise TypeError(f"validation must be a callable t -> float, got {validation!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {callback!r}")
+
+    if init is None:
+        # float64 whatever the x64 flag, so the search starts from the same schedule
+        with jax.enable_x64(True):
+            if ns.is_discrete:
+                t0 = schedules.time_uniform(ns, BASE_STEPS)
+                init_name = "time-uniform"
+            else:
+                t0 = schedules.karras(ns, BASE_STEPS, rho=7.0)
+                init_name = "karras-rho7"
+            t0 = np.array(t0, np.float64)
+        t0[0], t0[-1] = ns.t_max, ns.t_min
+    else:
+        t0 = np.array(check_schedule(init, ns, name="init", min_points=3), np.float64)
+        init_name = "user"
+    t_start, t_end = float(t0[0]), float(t0[-1])
+
+    key_obj, key_search = jax.random.split(_check_key(key))
+    obj = klub(
+        model,
+        data,
+        key=key_obj,
+        num_samples=num_samples,
+        c=c,
+        shape=shape,
+        batch_size=batch_size,
+        _include_normaliser=_include_normaliser,
+    )
+
+    sig = _sigma_of_t(ns, t0)
+    if not np.all(np.diff(sig) < 0):
+        raise ValueError("init maps to non-decreasing sigma_edm values; pass distinct times")
+    n0 = sig.shape[0] - 1
+    warnings: list[str] = []
+    total_bar = max_sweeps + rounds * refine_sweeps
+    bar = _progress_bar(progress, total_bar)
+
+    def report(level: int, sweep: int, value: float, s: np.ndarray):
+        elapsed = time.perf_counter() - t_begin
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(steps=level, sweep=sweep, klub=f"{value:.5g}", s=f"{elapsed:.1f}")
+        if callback is not None:
+            callback(
+                dict(
+                    level=level,
+                    sweep=sweep,
+                    klub=value,
+                    elapsed=elapsed,
+                    t=_t_of_sigma(ns, s, t_start, t_end),
+                    sigmas=s.copy(),
+                )
+            )
+
+    global_evals = [0]  # network evaluations of whole-schedule KLUB estimates
+
+    def total_klub(s: np.ndarray) -> float:
+        global_evals[0] += 2 * (s.shape[0] - 1) * obj.num_samples
+        return float(np.sum(np.asarray(obj.terms_from_sigmas(s.astype(np.float32)), np.float64)))
+
+    # ---- level 1: coordinate search with early stopping ---------------------------------
+    t_level = time.perf_counter()
+    search = _Search(obj, sig, jax.random.fold_in(key_search, 0), num, min_radius)
+    interior = np.arange(1, n0)
+    parities = [interior[interior % 2 == 0], interior[interior % 2 == 1]]
+    parities = [p for p in parities if p.size]
+    k_hist = [total_klub(search.sig)]
+    v_hist: list[float] | None = None
+    best_sig, best_sweep = search.sig.copy(), 0
+    best_k = k_hist[0]
+    if validation is not None:
+        v_hist = [float(validation(_t_of_sigma(ns, search.sig, t_start, t_end)))]
+        best_v, since_best = v_hist[0], 0
+    stop_reason = "max_sweeps"
+    sweep = 0
+    for sweep in range(1, max_sweeps + 1):
+        for pts in parities:
+            search.update(pts)
+        k_now = total_klub(search.sig)
+        k_hist.append(k_now)
+        report(n0, sweep, k_now, search.sig)
+        if validation is not None:
+            v = float(validation(_t_of_sigma(ns, search.sig, t_start, t_end)))
+            v_hist.append(v)
+            if v < best_v:
+                best_v, since_best = v, 0
+                best_sig, best_sweep, best_k = search.sig.copy(), sweep, k_now
+            else:
+                since_best += 1
+        elif k_now <= best_k:
+            best_sig, best_sweep, best_k = search.sig.copy(), sweep, k_now
+        if validation is not None and since_best >= patience:
+            stop_reason = "validation"
+            break
+        k_prev = k_hist[-2]
+        if rel_tol is not None and (k_prev - k_now) < rel_tol * abs(k_prev):
+            stop_reason = "rel_tol"
+            break
+        if search.converged(interior):
+            stop_reason = "converged"
+            break
+    if stop_reason == "max_sweeps" and max_sweeps > 1:
+        warnings.append(
+            f"level {n0}: stopped at max_sweeps={max_sweeps} before any stopping rule fired"
+        )
+    if validation is not None and best_sweep == 0:
+        warnings.append(
+            "the validation metric never improved on the initialisation: the first level "
+            "returns the initial schedule"
+        )
+    sig = best_sig
+    levels = [
+        dict(
+            steps=n0,
+            passes=sweep,
+            converged=stop_reason == "converged",
+            stop_reason=stop_reason,
+            klub=best_k,
+            sigmas=sig.copy(),
+            t=_t_of_sigma(ns, sig, t_start, t_end),
+            seconds=time.perf_counter() - t_level,
+        )
+    ]
+
+    # ---- subdivision levels: new geometric midpoints only, no early stopping -------------
+    cand_evals, net_evals = search.candidate_evals, search.network_evals
+    for rnd in range(1, rounds + 1):
+        t_level = time.perf_counter()
+        n = 2 * (sig.shape[0] - 1)
+        fine = np.empty(n + 1)
+        fine[0::2] = sig
+        fine[1::2] = np.sqrt(sig[:-1] * sig[1:])
+        search = _Search(obj, fine, jax.random.fold_in(key_search, rnd), num, min_radius)
+        new = np.arange(1, n, 2)
+        done = False
+        for p in range(1, refine_sweeps + 1):
+            # each interval touches exactly one new point: the sum is the whole KLUB
+            k_now = float(np.sum(search.update(new)))
+            report(n, p, k_now, search.sig)
+            if search.converged(new):
+                done = True
+                break
+        if not done:
+            warnings.append(
+                f"level {n}: not all new points converged within refine_sweeps={refine_sweeps}"
+            )
+        sig = search.sig
+        cand_evals += search.candidate_evals
+        net_evals += search.network_evals
+        levels.append(
+            dict(
+                steps=n,
+                passes=p,
+                converged=done,
+                stop_reason="converged" if done else "refine_sweeps",
+                klub=k_now,
+                sigmas=sig.copy(),
+                t=_t_of_sigma(ns, sig, t_start, t_end),
+                seconds=time.perf_counter() - t_level,
+            )
+        )
+    if bar is not None:
+        bar.close()
+
+    # ---- log-linear interpolation to the requested number of points ----------------------
+    if num_points == sig.shape[0]:
+        sig_out = sig
+    else:
+        with jax.enable_x64(True):
+            sig_out = np.asarray(schedules.loglinear_interp(jnp.asarray(sig), num_points))
+    t_out = _t_of_sigma(ns, sig_out, t_start, t_end)
+    t_out = np.asarray(check_schedule(t_out, ns, name="optimised schedule"), np.float64)
+    objective = total_klub(_sigma_of_t(ns, t_out)) if num_points > 1 else 0.0
+    elapsed = time.perf_counter() - t_begin
+
+    info = dict(
+        stop_reason=stop_reason,
+        sweeps=sweep,
+        best_sweep=best_sweep,
+        klub_history=k_hist,
+        validation_history=v_hist,
+        levels=levels,
+        candidate_evaluations=cand_evals,
+        network_evaluations=net_evals + global_evals[0],
+        time_s=elapsed,
+    )
+    options = dict(
+        num_samples=obj.num_samples,
+        init=init_name if init is None else np.asarray(init, np.float64),
+        candidates=num,
+        max_sweeps=max_sweeps,
+        rel_tol=rel_tol,
+        validation=None if validation is None else getattr(validation, "__name__", "callable"),
+        patience=patience,
+        subdivide=rounds,
+        refine_sweeps=refine_sweeps,
+        min_radius=min_radius,
+        c=obj.c,
+        batch_size=obj.batch_size,
+    )
+    params = dict(c=obj.c, num_samples=obj.num_samples, init=init_name, base_steps=n0)
+    return OptimizeResult.from_t(
+        t_out,
+        ns,
+        objective=objective,
+        penalty=None,
+        method="ays",
+        solver=solver_name,
+        nfe=int(nfe),
+        params=params,
+        info=info,
+        warnings=tuple(warnings),
+        options=options,
+    )
+
+
+def _progress_bar(progress: bool, total: int):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="AYS", leave=False)
