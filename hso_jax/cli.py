@@ -2,7 +2,10 @@
 
 Subcommands::
 
+    hso-jax demo                                   # the main job on the shipped MNIST model
+    hso-jax optimize --noise sd21 --nfe 5 --solver unipc --format diffusers
     hso-jax schedules --noise sd15 --nfe 10 --kind ays --format diffusers
+    hso-jax convert --diffusers DIR --out DIR          # needs the [convert] extra
 
 Each subcommand is one pair of functions, ``_add_<name>_parser(sub)`` (declares its arguments
 and binds ``_cmd_<name>``) and ``_cmd_<name>(args) -> int``; :func:`build_parser` lists the
@@ -120,18 +123,7 @@ def _add_schedules_parser(sub) -> None:
             "DPM-Solver++, UniPC) spends nfe network evaluations."
         ),
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--noise", choices=sorted(hnoise.PRESETS), help="noise process preset")
-    src.add_argument(
-        "--betas-file",
-        metavar="FILE",
-        help="discrete schedule from betas: text (one value per line) or .npy",
-    )
-    src.add_argument(
-        "--alphas-cumprod-file",
-        metavar="FILE",
-        help="discrete schedule from alphas_cumprod: text (one value per line) or .npy",
-    )
+    _add_noise_source(p)
     p.add_argument("--nfe", type=_positive_int, required=True, help="number of intervals (>= 1)")
     p.add_argument("--kind", choices=list(_SCHEDULE_KINDS), required=True, help="spacing")
     p.add_argument(
@@ -145,19 +137,7 @@ def _add_schedules_parser(sub) -> None:
     )
     p.add_argument("--t-start", type=_finite_float, help="start time (default: noise t_max)")
     p.add_argument("--t-end", type=_finite_float, help="end time (default: noise t_min)")
-    p.add_argument(
-        "--format",
-        choices=("json", "diffusers", "comfyui"),
-        default="json",
-        help="json: hso_jax schedule record (schema hso_jax.schedule/1); diffusers: "
-        "{timesteps, sigmas}; comfyui: SIGMAS list",
-    )
-    p.add_argument(
-        "--end",
-        choices=schedules.COMFYUI_ENDS,
-        help="end convention for --format comfyui (default sigma_min)",
-    )
-    p.add_argument("--out", metavar="FILE", help="write here (atomically) instead of stdout")
+    _add_export_options(p)
     p.set_defaults(func=_cmd_schedules, parser=p)
 
 
@@ -200,8 +180,7 @@ def _cmd_schedules(args) -> int:
                 f"argument --{option}: only applies to --kind {' / '.join(kinds)}, "
                 f"not --kind {args.kind}"
             )
-    if args.end is not None and args.format != "comfyui":
-        raise _UsageError(f"argument --end: only applies to --format comfyui, not {args.format}")
+    _check_export_args(args)
     noise, source = _noise_from_args(args)
 
     fn = _SCHEDULE_KINDS[args.kind]
@@ -228,22 +207,200 @@ def _cmd_schedules(args) -> int:
             raise
         raise _UsageError(f"argument {option}: {e}") from None
 
-    if args.format == "json":
+    def record():
         options = {"kind": args.kind, **params, "t_start": args.t_start, "t_end": args.t_end}
-        record = hio.schedule_record(
+        return hio.schedule_record(
             ts, noise, method=args.kind, nfe=args.nfe, options={**options, **source}
         )
-        text = hio.dumps_record(record)
-    elif args.format == "diffusers":
-        text = json.dumps(schedules.to_diffusers(ts, noise), indent=2) + "\n"
-    else:
-        text = json.dumps(schedules.to_comfyui(ts, noise, end=args.end or "sigma_min")) + "\n"
-    _emit(text, args.out)
+
+    _emit(_export(ts, noise, args, record), args.out)
     return 0
 
 
 def _default(fn, keyword: str):
     return inspect.signature(fn).parameters[keyword].default
+
+
+# --------------------------------------------------------------------------------------
+# hso-jax optimize
+# --------------------------------------------------------------------------------------
+
+
+def _add_noise_source(p) -> None:
+    """--noise / --betas-file / --alphas-cumprod-file (exactly one)."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--noise", choices=sorted(hnoise.PRESETS), help="noise process preset")
+    src.add_argument(
+        "--betas-file",
+        metavar="FILE",
+        help="discrete schedule from betas: text (one value per line) or .npy",
+    )
+    src.add_argument(
+        "--alphas-cumprod-file",
+        metavar="FILE",
+        help="discrete schedule from alphas_cumprod: text (one value per line) or .npy",
+    )
+
+
+def _add_export_options(p) -> None:
+    p.add_argument(
+        "--format",
+        choices=("json", "diffusers", "comfyui"),
+        default="json",
+        help="json: hso_jax schedule record (schema hso_jax.schedule/1); diffusers: "
+        "{timesteps, sigmas}; comfyui: SIGMAS list",
+    )
+    p.add_argument(
+        "--end",
+        choices=schedules.COMFYUI_ENDS,
+        help="end convention for --format comfyui (default sigma_min)",
+    )
+    p.add_argument("--out", metavar="FILE", help="write here (atomically) instead of stdout")
+
+
+def _check_export_args(args) -> None:
+    if args.end is not None and args.format != "comfyui":
+        raise _UsageError(f"argument --end: only applies to --format comfyui, not {args.format}")
+
+
+def _export(ts, noise, args, record) -> str:
+    """Render ``ts`` in ``args.format``; ``record()`` builds the JSON record lazily."""
+    if args.format == "json":
+        return hio.dumps_record(record())
+    if args.format == "diffusers":
+        return json.dumps(schedules.to_diffusers(ts, noise), indent=2) + "\n"
+    return json.dumps(schedules.to_comfyui(ts, noise, end=args.end or "sigma_min")) + "\n"
+
+
+def _add_optimize_parser(sub) -> None:
+    from .optimizers.hso import METHODS, SOLVERS
+
+    p = sub.add_parser(
+        "optimize",
+        help="optimise a schedule with HSO / DM-NonUniform (model-free, seconds)",
+        description=(
+            "Optimise a sampling schedule for --nfe network evaluations from the noise process "
+            "alone (HSO, DM-NonUniform and their single-level variants). Warnings of the search "
+            "(penalty dominates, local level not converged) go to stderr."
+        ),
+    )
+    _add_noise_source(p)
+    p.add_argument("--nfe", type=_positive_int, required=True, help="network evaluations (>= 2)")
+    p.add_argument("--solver", choices=SOLVERS, default="unipc", help="solver flavour")
+    p.add_argument("--method", choices=METHODS, default="hso", help="optimiser")
+    p.add_argument("--seed", type=int, default=66, help="seed of the search (default 66)")
+    _add_export_options(p)
+    p.set_defaults(func=_cmd_optimize, parser=p)
+
+
+def _cmd_optimize(args) -> int:
+    from .optimize import optimize
+
+    _check_export_args(args)
+    noise, source = _noise_from_args(args)
+    if args.nfe < 2:
+        raise _UsageError(f"argument --nfe: must be an integer >= 2, got {args.nfe}")
+    res = optimize(noise, args.nfe, method=args.method, solver=args.solver, seed=args.seed)
+    for w in res.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+
+    def record():
+        plain = res.to_dict()
+        options = {k: plain[k] for k in ("penalty", "params", "warnings")}
+        options = {"seed": args.seed, **options, **source}
+        return hio.schedule_record(
+            res.t,
+            noise,
+            method=res.method,
+            solver=res.solver,
+            nfe=res.nfe,
+            objective=res.objective,
+            options=options,
+        )
+
+    _emit(_export(res.t, noise, args, record), args.out)
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# hso-jax demo
+# --------------------------------------------------------------------------------------
+
+
+def _add_demo_parser(sub) -> None:
+    from .demo import DEFAULT_OUT
+
+    p = sub.add_parser(
+        "demo",
+        help="the main job: compare schedules on the shipped MNIST model (about 2 minutes)",
+        description=(
+            "Optimise schedules (HSO, DM-NonUniform; AYS with --full) for the shipped MNIST "
+            "UNet, sample every (schedule, solver) from the same noise, compare with the exact "
+            "PF-ODE solution and print the table; writes results.md, results.json, samples.png "
+            "and schedules.png."
+        ),
+    )
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help="output folder")
+    p.add_argument("--nfe", type=_positive_int, default=5, help="network evaluations (default 5)")
+    p.add_argument(
+        "--num-samples", type=_positive_int, default=64, help="initial noises (default 64)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
+    p.add_argument("--full", action="store_true", help="also run Align Your Steps (minutes)")
+    p.add_argument("--no-fd", action="store_true", help="skip FD-MNIST")
+    # The model runs in its own precision (float32), not under the CLI's float64 default.
+    p.set_defaults(func=_cmd_demo, parser=p, x64=False)
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(
+        args.out,
+        nfe=args.nfe,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        full=args.full,
+        fd=not args.no_fd,
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# hso-jax convert
+# --------------------------------------------------------------------------------------
+
+
+def _add_convert_parser(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a diffusers UNet2DModel folder to a model directory for models.load",
+        description=(
+            "Convert a diffusers UNet2DModel folder (or a pipeline folder with unet/ and "
+            "scheduler/) to Flax parameters saved with Orbax; load it with "
+            "hso_jax.models.load(OUT). Needs the [convert] extra (torch, safetensors)."
+        ),
+    )
+    p.add_argument("--diffusers", required=True, metavar="DIR", help="diffusers model folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="output model directory")
+    p.add_argument(
+        "--data-format",
+        default="NCHW",
+        choices=("NCHW", "NHWC"),
+        help="layout the converted model takes (default NCHW, as diffusers)",
+    )
+    p.set_defaults(func=_cmd_convert, parser=p, x64=False)
+
+
+def _cmd_convert(args) -> int:
+    from .models.convert import convert
+
+    try:
+        out = convert(args.diffusers, args.out, data_format=args.data_format)
+    except FileNotFoundError as e:  # a file the diffusers folder must have is missing
+        raise _UsageError(f"argument --diffusers: {e}") from None
+    print(out)
+    return 0
 
 
 # --------------------------------------------------------------------------------------
@@ -260,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hso-jax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_convert_parser(sub)
+    _add_demo_parser(sub)
+    _add_optimize_parser(sub)
     _add_schedules_parser(sub)
     return parser
 
@@ -278,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = args.parser.prog
     try:
         # Exported schedules carry full float64 precision, whatever the caller's JAX config.
-        with jax.enable_x64(True):
+        with jax.enable_x64(getattr(args, "x64", True)):
             return args.func(args)
     except _UsageError as e:
         args.parser.print_usage(sys.stderr)

@@ -210,3 +210,49 @@ def test_console_script():
                               "--rho", "0"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "argument --rho: must be > 0" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+# ----------------------------------------------------------------------------- optimize
+
+
+def test_optimize_json_ddim_nfe4(capsys):
+    rc, out, err = run(capsys, "optimize", "--noise", "sd21", "--nfe", "4", "--solver", "ddim")
+    assert rc == 0 and err == ""
+    rec = hio.validate_record(json.loads(out))
+    assert rec["method"] == "hso" and rec["solver"] == "ddim" and rec["nfe"] == 4
+    # the HSO paper's SD 2.1 DDIM NFE-4 schedule [959, 716, 370, 30], then the final step to 0
+    np.testing.assert_allclose(rec["timesteps"][:4], [959, 716, 370, 30], atol=10)
+    assert rec["timesteps"][-1] == 0
+    assert set(rec["options"]["params"]) == {"rho", "t_eps", "T_max"}
+    assert rec["options"]["seed"] == 66 and rec["options"]["warnings"] == []
+    assert rec["objective"] > 0 and rec["options"]["penalty"] >= 0
+
+
+def test_optimize_diffusers_from_betas_file(capsys, tmp_path):
+    betas = hnoise.scaled_linear_betas()  # Stable Diffusion 2.1's betas
+    np.save(tmp_path / "betas.npy", betas)
+    argv = ["optimize", "--nfe", "4", "--solver", "ddim", "--format", "diffusers"]
+    rc, out, err = run(capsys, *argv, "--betas-file", str(tmp_path / "betas.npy"))
+    assert rc == 0 and err == ""
+    from_file = json.loads(out)
+    rc, out, _ = run(capsys, *argv, "--noise", "sd21")
+    assert rc == 0 and json.loads(out) == from_file  # the same process, the same schedule
+    assert set(from_file) == {"timesteps", "sigmas"} and len(from_file["timesteps"]) == 5
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["optimize", "--noise", "sd21", "--nfe", "1"], "argument --nfe: must be an integer >= 2"),
+        (["optimize", "--noise", "sd21", "--nfe", "4", "--method", "gits"],
+         "argument --method: invalid choice"),
+        (["optimize", "--noise", "sd21", "--nfe", "4", "--solver", "heun"],
+         "argument --solver: invalid choice"),
+        (["optimize", "--noise", "sd21", "--nfe", "4", "--end", "zero"],
+         "argument --end: only applies to --format comfyui"),
+        (["optimize", "--nfe", "4"], "--noise"),
+    ],
+)
+def test_optimize_bad_arguments_exit_2(capsys, args, match):
+    err = bad(capsys, *args)
+    assert re.search(match, err), err

@@ -77,8 +77,13 @@ def test_grid_mixed_lengths_equal_per_schedule_sampling(setup):
         assert r.metrics["rmse"] == pytest.approx(float(np.mean(rmse(x, ref))), rel=1e-10)
         assert r.num_points == len(ts)
         assert r.nfe == solver.calls_per_step * (len(ts) - 1)
-        assert r.num_nonfinite == 0
+        assert r.num_nonfinite == 0 and r.samples is None
     assert {r.nfe for r in recs if r.schedule == "b6"} == {5, 10}
+    # the outputs themselves, on request (same compiled shapes plus one output)
+    kept = G.evaluate_grid(MODEL, x_T, ref, schedules, solvers, return_samples=True)
+    for r in kept:
+        x = hj.sample(MODEL, x_T, schedules[r.schedule], solvers[r.solver])
+        np.testing.assert_allclose(r.samples, x, rtol=1e-12, atol=1e-12)
 
 
 def test_grid_denoise_final(setup):

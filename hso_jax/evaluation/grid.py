@@ -97,6 +97,7 @@ class GridRecord:
       metrics: batch mean of each metric, ``{name: float}``.
       per_sample: per-sample values of each metric, ``{name: (B,) np.ndarray}``.
       num_nonfinite: samples whose output contains NaN/inf (a warning is issued when > 0).
+      samples: the outputs ``(B, ...)`` with ``return_samples=True``, else ``None``.
     """
 
     schedule: str
@@ -106,6 +107,7 @@ class GridRecord:
     metrics: dict[str, float]
     per_sample: dict[str, np.ndarray] = dataclasses.field(repr=False)
     num_nonfinite: int = 0
+    samples: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
     def to_dict(self, per_sample: bool = False) -> dict[str, Any]:
         """JSON-serialisable dict (per-sample values as lists only if ``per_sample``)."""
@@ -236,9 +238,14 @@ def _named(kind: str, d, check) -> list[tuple[str, Any]]:
 # --------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "denoise_final", "metric_fns"))
-def _eval_group(model, x_T, target, ts_stack, key, solver, denoise_final, metric_fns):
-    """Per-sample metrics ``{name: (G, B)}`` and finiteness ``(G, B)`` for G schedules."""
+@functools.partial(
+    jax.jit, static_argnames=("solver", "denoise_final", "metric_fns", "return_samples")
+)
+def _eval_group(
+    model, x_T, target, ts_stack, key, solver, denoise_final, metric_fns, return_samples
+):
+    """Per-sample metrics ``{name: (G, B)}``, finiteness ``(G, B)`` and (optionally) the
+    outputs ``(G, B, ...)`` for G schedules."""
     batch = x_T.shape[0]
 
     def one(ts):
@@ -253,7 +260,7 @@ def _eval_group(model, x_T, target, ts_stack, key, solver, denoise_final, metric
                 )
             vals[name] = v
         finite = jnp.all(jnp.isfinite(x.reshape(batch, -1)), axis=1)
-        return vals, finite
+        return vals, finite, (x if return_samples else None)
 
     return jax.vmap(one)(ts_stack)
 
@@ -276,6 +283,7 @@ def evaluate_grid(
     key: Array | None = None,
     data_range: float = 2.0,
     reference_time: float | None = None,
+    return_samples: bool = False,
 ) -> list[GridRecord]:
     """Sample with every (schedule, solver) pair from ``x_T`` and score against ``reference``.
 
@@ -296,6 +304,8 @@ def evaluate_grid(
       data_range: data range of the ``"psnr"`` metric (2 for data in ``[-1, 1]``).
       reference_time: model time of ``reference`` (default ``model.noise.t_min``); used only
         with ``denoise_final``.
+      return_samples: keep every entry's outputs in :attr:`GridRecord.samples` (host memory:
+        one batch per entry).
 
     Returns:
       A list of :class:`GridRecord`, schedule-major in the order of ``schedules`` then
@@ -373,8 +383,16 @@ def evaluate_grid(
             ts_stack = jnp.stack([jnp.asarray(ts, x_T.dtype) for _, ts in members])
             if replicated is not None:
                 ts_stack = jax.device_put(ts_stack, replicated)
-            vals, finite = _eval_group(
-                model, x_T, target, ts_stack, key, solver, denoise_final, metric_fns
+            vals, finite, outs = _eval_group(
+                model,
+                x_T,
+                target,
+                ts_stack,
+                key,
+                solver,
+                denoise_final,
+                metric_fns,
+                bool(return_samples),
             )
             vals = {k: np.asarray(v) for k, v in vals.items()}
             finite = np.asarray(finite)
@@ -397,6 +415,7 @@ def evaluate_grid(
                     metrics={k: float(np.mean(v)) for k, v in per.items()},
                     per_sample=per,
                     num_nonfinite=bad,
+                    samples=None if outs is None else np.asarray(outs[g]),
                 )
     return [results[(sc, sv)] for sc, _ in sched for sv, _ in solv]
 
