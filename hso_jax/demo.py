@@ -252,6 +252,8 @@ def run_demo(
                 samples_for_grid[r.schedule] = r.samples
                 schedules_unipc[r.schedule] = scheds[r.schedule]
     t_sample = time.perf_counter() - t0
+    solver_order = [name for solvers in by_flavour.values() for name in solvers]
+    rows.sort(key=lambda r: solver_order.index(r["solver"]))  # stable: schedules keep order
 
     fd_values = {}
     if fd:
