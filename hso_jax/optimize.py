@@ -11,8 +11,16 @@ Model-free methods (need only the noise process; a :class:`~hso_jax.Denoiser` or
 * ``"dmn"`` -- the lower level alone with the DM-NonUniform objective from its recommended
   initialisation (DM-NonUniform, CVPR 2024).
 
-Model-based: ``"ays"`` -- Align Your Steps (needs a Denoiser; ``data=``, ``key=``; see
-:func:`hso_jax.optimizers.ays.optimize_ays`).
+Model-based (need a :class:`~hso_jax.Denoiser`):
+
+* ``"ays"`` -- Align Your Steps (``data=``, ``key=``; see
+  :func:`hso_jax.optimizers.ays.optimize_ays`);
+* ``"direct"`` -- gradient descent on the held-out sample error through the solver
+  (``x_T=``; :func:`hso_jax.optimizers.direct.optimize_direct`);
+* ``"gits"`` -- dynamic programming over a fine grid with the local truncation error along
+  teacher trajectories (``x_T=``; :func:`hso_jax.optimizers.gits.optimize_gits`);
+* ``"mep-model"`` -- HSO's bi-level search on the MEP with the true network term tabulated
+  along teacher trajectories (``x_T=``; :mod:`hso_jax.objectives.mep_model`).
 
 Solvers: ``"unipc"`` and ``"dpm-solver-pp"`` (multistep, NFE + 1 points) and ``"ddim"``
 (NFE optimised points plus the fixed final point ``t_min``); see
@@ -27,15 +35,19 @@ import numpy as np
 
 from .denoiser import Denoiser
 from .noise import NoiseSchedule
+from .optimizers._trajectory import TEACHER_OPTIONS
 from .optimizers.hso import METHODS as _HSO_METHODS
 from .optimizers.hso import OPTIONS as _HSO_OPTIONS
 from .optimizers.hso import SOLVERS as _HSO_SOLVERS
 from .optimizers.hso import optimize_hso
 from .optimizers.result import OptimizeResult
 
-__all__ = ["optimize", "METHODS", "SOLVERS"]
+__all__ = ["optimize", "METHODS", "MODEL_FREE", "MODEL_BASED", "SOLVERS"]
 
-METHODS = _HSO_METHODS + ("ays",)
+MODEL_FREE = tuple(m for m in _HSO_METHODS if m != "mep-model")
+MODEL_BASED = ("ays", "direct", "gits", "mep-model")
+METHODS = MODEL_FREE + MODEL_BASED
+_TEACHER = TEACHER_OPTIONS
 SOLVERS = _HSO_SOLVERS
 
 
@@ -53,9 +65,11 @@ def optimize(
       model_or_noise: a :class:`~hso_jax.Denoiser` (its ``noise`` is used by the model-free
         methods) or a :class:`~hso_jax.noise.NoiseSchedule` (model-free methods only).
       nfe: network evaluations of the sampler the schedule is for (integer >= 2).
-      method: one of ``"hso"`` (default), ``"hso-dmn"``, ``"mep-local"``, ``"dmn"``, ``"ays"``.
-      solver: ``"unipc"`` (default), ``"dpm-solver-pp"`` or ``"ddim"``; for ``"ays"`` any
-        solver name :func:`~hso_jax.optimizers.ays.optimize_ays` accepts.
+      method: one of ``"hso"`` (default), ``"hso-dmn"``, ``"mep-local"``, ``"dmn"`` (model-free)
+        or ``"ays"``, ``"direct"``, ``"gits"``, ``"mep-model"`` (model-based).
+      solver: ``"unipc"`` (default), ``"dpm-solver-pp"`` or ``"ddim"`` (the HSO flavours); for
+        ``"ays"``, ``"direct"`` and ``"gits"`` any factory name of :mod:`hso_jax.solvers` or a
+        solver object.
       seed: integer seed of the search (official HSO seed 66); the same seed gives the same
         result. For ``"ays"`` it makes the key when ``key=`` is not given.
       **options: method options (unknown names raise ``ValueError``):
@@ -70,7 +84,15 @@ def optimize(
         * ``"mep-local"``, ``"dmn"``: ``t_start``, ``t_end``, ``init`` (``"karras"``,
           ``"logsnr"``, ``"time"``, ``"quadratic"``), ``rho`` (7, Karras init);
         * ``"dmn"``, ``"hso-dmn"``: ``trunc_num`` (None = HSO's rule);
-        * ``"ays"``: ``key``, ``data`` and the options of ``optimize_ays``.
+        * ``"ays"``: ``key``, ``data`` and the options of ``optimize_ays``;
+        * ``"direct"``: ``x_T`` (required), ``reference``, ``x_T_val``, ``reference_val``,
+          ``val_fraction``, ``init`` (warm start: a schedule, an OptimizeResult or a dict of
+          them), ``steps``, ``learning_rate``, ``patience``, ... (``optimize_direct``);
+        * ``"gits"``, ``"mep-model"``: the teacher, ``x_T`` (required unless ``teacher``, a
+          :class:`~hso_jax.evaluation.Teacher`, is given), ``teacher_points`` (100),
+          ``teacher_grid`` (``"logsnr"``), ``teacher_rtol`` / ``teacher_atol`` (1e-4);
+          ``"gits"``: ``coeff``; ``"mep-model"``: the options of ``"hso"`` except ``p`` and
+          ``frame``.
 
     Returns:
       :class:`~hso_jax.optimizers.OptimizeResult` with ``t`` (decreasing model times),
@@ -101,8 +123,8 @@ def optimize(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer, got {seed!r}")
 
-    if method == "ays":
-        return _ays(model_or_noise, nfe, solver, int(seed), options)
+    if method in MODEL_BASED:
+        return _model_based(model_or_noise, nfe, method, solver, int(seed), options)
 
     if not isinstance(solver, str) or solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS} for method={method!r}, got {solver!r}")
@@ -116,11 +138,6 @@ def optimize(
 
 
 def _ays(model, nfe: int, solver, seed: int, options: dict) -> OptimizeResult:
-    if not isinstance(model, Denoiser):
-        raise TypeError(
-            "method='ays' needs a hso_jax.Denoiser (it evaluates the network), got "
-            f"{type(model).__name__}"
-        )
     import jax
 
     from .optimizers.ays import optimize_ays  # lazy: model-based, heavier imports
@@ -131,3 +148,58 @@ def _ays(model, nfe: int, solver, seed: int, options: dict) -> OptimizeResult:
         key = jax.random.key(seed)
     data = options.pop("data", None)
     return optimize_ays(model, nfe, solver=solver, key=key, data=data, **options)
+
+
+def _model_based(model, nfe: int, method: str, solver, seed: int, options: dict):
+    from .optimizers._trajectory import check_model
+
+    check_model(model, method)
+    if method == "ays":
+        return _ays(model, nfe, solver, seed, options)
+    if method == "direct":
+        import inspect
+
+        from .optimizers.direct import optimize_direct
+
+        params = inspect.signature(optimize_direct).parameters
+        known = sorted(k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k != "solver")
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {unknown} for method='direct'; known options: {known}"
+            )
+        return optimize_direct(model, nfe, solver=solver, **options)
+    if method == "gits":
+        from .optimizers.gits import optimize_gits
+
+        return optimize_gits(model, nfe, solver=solver, **options)
+    return _mep_model(model, nfe, solver, seed, options)
+
+
+def _mep_model(model, nfe: int, solver, seed: int, options: dict) -> OptimizeResult:
+    import time
+
+    from .objectives.mep_model import mep_table
+    from .optimizers._trajectory import teacher_from_options
+
+    if not isinstance(solver, str) or solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS} for method='mep-model', got {solver!r}")
+    teacher_opts = {k: options[k] for k in _TEACHER if k in options}
+    search_opts = {k: v for k, v in options.items() if k not in _TEACHER}
+    known = _HSO_OPTIONS["mep-model"]
+    unknown = sorted(set(search_opts) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for method='mep-model'; known options: "
+            f"{sorted(known + _TEACHER)}"
+        )
+    t0 = time.perf_counter()
+    teacher, teacher_info = teacher_from_options(model, "mep-model", teacher_opts)
+    table = mep_table(teacher)
+    teacher_s = time.perf_counter() - t0
+    res = optimize_hso(
+        model.noise, nfe, method="mep-model", solver=solver, seed=seed, table=table, **search_opts
+    )
+    res.info.update(teacher_info)
+    res.info["timings"]["teacher_s"] = teacher_s
+    return res

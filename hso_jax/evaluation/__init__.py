@@ -1,4 +1,4 @@
-"""Evaluation: reference (teacher) solutions, metrics, grid evaluation (optionally sharded).
+"""Evaluation: reference solutions, teacher trajectories, metrics, grid evaluation (sharded).
 
 See :mod:`hso_jax.evaluation.grid` for the fair-comparison protocol.
 """
@@ -18,10 +18,12 @@ from .metrics import (
     sliced_wasserstein,
 )
 from .reference import REFERENCE_SOLVERS, reference_solve, reference_trajectory
+from .teacher import Teacher, teacher_trajectories
 
 __all__ = [
     "REFERENCE_SOLVERS",
     "GridRecord",
+    "Teacher",
     "cache",
     "cached_reference",
     "default_cache_dir",
@@ -43,4 +45,5 @@ __all__ = [
     "rmse",
     "shard_batch",
     "sliced_wasserstein",
+    "teacher_trajectories",
 ]

@@ -68,6 +68,7 @@ from .. import schedules, solvers
 from ..denoiser import Denoiser
 from ..objectives.klub import KLUB, _check_key, klub
 from ..schedules import check_schedule
+from ._trajectory import resolve_solver
 from .result import OptimizeResult
 
 __all__ = ["optimize_ays", "BASE_STEPS"]
@@ -95,22 +96,6 @@ def _t_of_sigma(noise, sig, t_start: float, t_end: float) -> np.ndarray:
         t = np.array(noise.t_from_sigma_edm(jnp.asarray(sig, jnp.float64)), np.float64)
     t[0], t[-1] = t_start, t_end
     return t
-
-
-def _resolve_solver(solver) -> tuple[solvers.Solver, str]:
-    """A solver object and its name; strings name a factory of :mod:`hso_jax.solvers`."""
-    if isinstance(solver, solvers.Solver):
-        return solver, type(solver).__name__
-    factories = sorted(
-        n for n in solvers.__all__ if n[:1].islower() and n not in ("sample", "sample_trajectory")
-    )
-    known = [n.replace("_", "-") for n in factories]
-    if not isinstance(solver, str) or solver.replace("_", "-") not in known:
-        raise ValueError(
-            f"solver must be a hso_jax solver object or one of {known} (its factory with default "
-            f"arguments), got {solver!r}"
-        )
-    return getattr(solvers, solver.replace("-", "_"))(), solver.replace("_", "-")
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -261,7 +246,7 @@ def optimize_ays(
     if not isinstance(model, Denoiser):
         raise TypeError(f"model must be a hso_jax.Denoiser, got {type(model).__name__}")
     ns = model.noise
-    solver_obj, solver_name = _resolve_solver(solver)
+    solver_obj, solver_name = resolve_solver(solver)
     if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)):
         raise ValueError(f"nfe must be a positive int, got {nfe!r}")
     num_points = solver_obj.num_points(int(nfe))

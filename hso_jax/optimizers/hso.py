@@ -33,7 +33,10 @@ Solver flavours (NFE network evaluations):
   optimised points followed by ``t_min`` (NFE + 1 points), so a DDIM sampler run on it makes
   exactly NFE network calls; the spacing penalty covers the optimised points only.
 
-Methods: ``"hso"`` (bi-level, MEP), ``"hso-dmn"`` (bi-level, DMN), ``"mep-local"`` (lower level
+Methods: ``"hso"`` (bi-level, MEP), ``"hso-dmn"`` (bi-level, DMN), ``"mep-model"`` (bi-level,
+the model-aware MEP of :mod:`hso_jax.objectives.mep_model` on a table of teacher predictions,
+passed as a traced argument so that one executable serves every table of the same size),
+``"mep-local"`` (lower level
 alone, MEP, from Karras rho = 7), ``"dmn"`` (lower level alone, DMN, from DM-NonUniform's
 recommended initialisation: uniform in t for latent models -- presets sd15 / sd21 / sdxl --
 and uniform in lam otherwise). Single-level methods use the end points ``t_start`` (default
@@ -66,7 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..noise import NoiseSchedule
-from ..objectives import dmn, mep, spacing
+from ..objectives import dmn, mep, mep_model, spacing
 from ..objectives.spacing import d_min, normalised_time, time_from_normalised
 from .de import differential_evolution
 from .refine import RefineResult, refine, refine_continuation
@@ -85,7 +88,7 @@ __all__ = [
 
 Array = Any
 
-METHODS = ("hso", "mep-local", "dmn", "hso-dmn")
+METHODS = ("hso", "mep-local", "dmn", "hso-dmn", "mep-model")
 SOLVERS = ("unipc", "dpm-solver-pp", "ddim")
 BOUNDS = ((3.0, 16.0), (0.01, 0.03), (0.96, 1.0))
 INITS = ("karras", "logsnr", "time", "quadratic")
@@ -99,6 +102,7 @@ OPTIONS = {
     "hso-dmn": _COMMON + _BILEVEL + ("trunc_num",),
     "mep-local": _COMMON + _SINGLE,
     "dmn": _COMMON + _SINGLE + ("trunc_num",),
+    "mep-model": ("gamma", "local_maxiter", "local_gtol", "local_ftol") + _BILEVEL,
 }
 
 
@@ -157,7 +161,7 @@ class _Config(NamedTuple):
     intervals (e.g. UniPC at NFE n and DDIM at NFE n + 1) and every noise process of one type."""
 
     n: int
-    objective: str  # "mep" | "dmn"
+    objective: str  # "mep" | "dmn" | "mep-model"
     p: float
     frame: str
     trunc_num: int | None
@@ -173,19 +177,22 @@ class _Config(NamedTuple):
     init: str = "karras"  # single-level methods: initial grid
 
 
-def _objective(noise, cfg: _Config):
+def _objective(noise, cfg: _Config, table):
+    if cfg.objective == "mep-model":
+        return mep_model(noise, table)
     if cfg.objective == "dmn":
         return dmn(noise, trunc_num=cfg.trunc_num, p=cfg.p, frame=cfg.frame)
     return mep(noise, p=cfg.p, frame=cfg.frame)
 
 
-def _lower(noise, cfg: _Config, lam_init, spf):
+def _lower(noise, cfg: _Config, lam_init, spf, table):
     """Lower level from ``lam_init``: refined grid, objective, spacing penalty.
 
-    ``spf = (d_min, gamma)``; the penalty is ``gamma sum max(0, d_min - |du|)^2`` at the refined
-    grid (:mod:`hso_jax.objectives.spacing`).
+    ``spf = (d_min, gamma)``; ``table`` is the :class:`~hso_jax.objectives.MEPTable` of
+    ``"mep-model"`` (``None`` otherwise); the penalty is
+    ``gamma sum max(0, d_min - |du|)^2`` at the refined grid (:mod:`hso_jax.objectives.spacing`).
     """
-    obj = _objective(noise, cfg)
+    obj = _objective(noise, cfg, table)
     kw = dict(max_iter=cfg.local_maxiter, gtol=cfg.local_gtol, ftol=cfg.local_ftol)
     if obj.smoothed_of_lam is not None:  # DMN: non-smooth, continuation in the smoothing
         r = refine_continuation(obj.smoothed_of_lam, obj.of_lam, lam_init, **kw)
@@ -217,11 +224,11 @@ def _schedule(noise, lam, t_start, t_end, dmin) -> _Schedule:
     return _Schedule(t, t_start, t_end, jnp.max(v))
 
 
-def _search(noise, seed, lower, upper, spf, cfg: _Config):
+def _search(noise, seed, lower, upper, spf, table, cfg: _Config):
     key = jax.random.key(seed, impl="rbg")
 
     def fitness_one(psi):
-        r, p = _lower(noise, cfg, init_family(noise, psi, cfg.n), spf)
+        r, p = _lower(noise, cfg, init_family(noise, psi, cfg.n), spf, table)
         return r.value + p, _Aux(r, p)
 
     de = differential_evolution(
@@ -242,9 +249,9 @@ def _search(noise, seed, lower, upper, spf, cfg: _Config):
     return de, _schedule(noise, de.aux.local.lam, t_max, t_eps, spf[0])
 
 
-def _local(noise, rho, t_start, t_end, spf, cfg: _Config):
+def _local(noise, rho, t_start, t_end, spf, table, cfg: _Config):
     lam_init = _init_grid(noise, cfg.init, rho, t_start, t_end, cfg.n)
-    r, pen = _lower(noise, cfg, lam_init, spf)
+    r, pen = _lower(noise, cfg, lam_init, spf, table)
     return r, pen, _schedule(noise, r.lam, t_start, t_end, spf[0])
 
 
@@ -349,7 +356,7 @@ def _check_options(method: str, options: dict) -> dict:
     if "trunc_num" in known:
         tn = o.get("trunc_num")
         out["trunc_num"] = None if tn is None else _num("trunc_num", tn, 0, integer=True)
-    if method in ("hso", "hso-dmn"):
+    if method in ("hso", "hso-dmn", "mep-model"):
         mut = o.get("mutation", (0.5, 1.0))
         if not (isinstance(mut, (tuple, list)) and len(mut) == 2):
             raise ValueError(f"mutation must be a (low, high) pair in [0, 2), got {mut!r}")
@@ -393,19 +400,26 @@ def optimize_hso(
     method: str = "hso",
     solver: str = "unipc",
     seed: int = 66,
+    table=None,
     **options,
 ) -> OptimizeResult:
-    """HSO and its relatives on a noise process (model-free). Inputs are validated by
-    :func:`hso_jax.optimize`, which is the public entry point; see there for the options."""
+    """HSO and its relatives on a noise process. Inputs are validated by
+    :func:`hso_jax.optimize`, which is the public entry point; see there for the options.
+    ``"mep-model"`` needs ``table``, the :class:`~hso_jax.objectives.MEPTable` of its teacher
+    trajectories (built by :func:`hso_jax.optimize`); the other methods are model-free."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if (method == "mep-model") != (table is not None):
+        raise ValueError("table is required by method='mep-model' and only by it")
     opts = _check_options(method, options)
     n = n_intervals(solver, nfe)
     with jax.enable_x64(True):
-        if method in ("hso", "hso-dmn"):
-            return _bilevel(noise, nfe, n, method, solver, seed, opts, options)
+        if table is not None:
+            table = jax.tree.map(lambda a: np.asarray(a, np.float64), table)
+        if method in ("hso", "hso-dmn", "mep-model"):
+            return _bilevel(noise, nfe, n, method, solver, seed, opts, options, table)
         return _single(noise, nfe, n, method, solver, opts, options)
 
 
@@ -417,7 +431,7 @@ def _config(method, n, nfe, opts) -> _Config:
     }
     return _Config(
         n=n,
-        objective="dmn" if method in ("dmn", "hso-dmn") else "mep",
+        objective={"dmn": "dmn", "hso-dmn": "dmn", "mep-model": "mep-model"}.get(method, "mep"),
         p=opts["p"],
         frame=opts["frame"],
         trunc_num=opts.get("trunc_num"),
@@ -428,14 +442,14 @@ def _config(method, n, nfe, opts) -> _Config:
     )
 
 
-def _bilevel(noise, nfe, n, method, solver, seed, opts, options) -> OptimizeResult:
+def _bilevel(noise, nfe, n, method, solver, seed, opts, options, table=None) -> OptimizeResult:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     cfg = _config(method, n, nfe, opts)
     lower, upper = box(noise, opts["bounds"])
     dmin, gamma = d_min(nfe), opts["gamma"]
     spf = np.asarray([dmin, gamma], np.float64)
-    out, timings = _run(_search, cfg, noise, np.int64(seed), lower, upper, spf)
+    out, timings = _run(_search, cfg, noise, np.int64(seed), lower, upper, spf, table)
     de, sched = jax.tree.map(np.asarray, out)  # host copies: no eager JAX work from here on
     loc, penalty = de.aux
     pl = de.population_aux.local
@@ -535,7 +549,7 @@ def _single(noise, nfe, n, method, solver, opts, options) -> OptimizeResult:
     dmin = d_min(nfe)
     spf = np.asarray([dmin, opts["gamma"]], np.float64)
     f64 = np.float64
-    out, timings = _run(_local, cfg, noise, f64(opts["rho"]), f64(t_start), f64(t_end), spf)
+    out, timings = _run(_local, cfg, noise, f64(opts["rho"]), f64(t_start), f64(t_end), spf, None)
     loc, pen, sched = jax.tree.map(np.asarray, out)
     info = {
         "n_intervals": n,
@@ -579,7 +593,7 @@ def _local_info(loc: RefineResult) -> dict:
 def _warnings(loc, penalty, nfe, dmin, sched, cfg, info) -> list[str]:
     w = []
     if not bool(loc.converged):
-        budget = f"{cfg.local_maxiter}" if cfg.objective == "mep" else f"4 x {cfg.local_maxiter}"
+        budget = f"{cfg.local_maxiter}" if cfg.objective != "dmn" else f"4 x {cfg.local_maxiter}"
         w.append(
             "local level did not converge for the best candidate: "
             f"max|grad| = {float(loc.grad_norm):.3g} after {int(loc.iterations)} of {budget} "

@@ -1,0 +1,103 @@
+"""Shared input handling of the model-based optimisers (direct, GITS, model-aware MEP, AYS)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from .. import solvers
+from ..denoiser import Denoiser
+from ..evaluation.teacher import Teacher, teacher_trajectories
+
+__all__ = ["resolve_solver", "check_model", "check_noise_batch", "teacher_from_options"]
+
+Array = Any
+
+# Options every teacher-based method accepts (see ``teacher_from_options``).
+TEACHER_OPTIONS = (
+    "x_T",
+    "teacher",
+    "teacher_points",
+    "teacher_grid",
+    "teacher_rtol",
+    "teacher_atol",
+)
+
+
+def resolve_solver(solver) -> tuple[solvers.Solver, str]:
+    """A solver object and its name; strings name a factory of :mod:`hso_jax.solvers`."""
+    if isinstance(solver, solvers.Solver):
+        return solver, type(solver).__name__
+    factories = sorted(
+        n for n in solvers.__all__ if n[:1].islower() and n not in ("sample", "sample_trajectory")
+    )
+    known = [n.replace("_", "-") for n in factories]
+    if not isinstance(solver, str) or solver.replace("_", "-") not in known:
+        raise ValueError(
+            f"solver must be a hso_jax solver object or one of {known} (its factory with default "
+            f"arguments), got {solver!r}"
+        )
+    return getattr(solvers, solver.replace("-", "_"))(), solver.replace("_", "-")
+
+
+def check_model(model, method: str) -> Denoiser:
+    if not isinstance(model, Denoiser):
+        raise TypeError(
+            f"method={method!r} needs a hso_jax.Denoiser (it evaluates the network), got "
+            f"{type(model).__name__}"
+        )
+    return model
+
+
+def check_noise_batch(name: str, x, method: str, min_batch: int = 1) -> Array:
+    """A concrete floating ``(B, ...)`` batch of initial noise with ``B >= min_batch``."""
+    if x is None:
+        raise ValueError(
+            f"method={method!r} needs {name}=<initial noise, shape (B, ...)>, e.g. "
+            f"model.noise.prior(jax.random.key(0), (32, *sample_shape))"
+        )
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name} must be an array of shape (B, ...), got {type(x).__name__}")
+    x = jnp.asarray(x)
+    if x.ndim < 2 or not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(
+            f"{name} must be a floating array of shape (B, ...) with ndim >= 2, got dtype "
+            f"{x.dtype} and shape {tuple(x.shape)}"
+        )
+    if x.shape[0] < min_batch:
+        raise ValueError(f"{name} must hold at least {min_batch} samples, got {x.shape[0]}")
+    if not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(f"{name} contains NaN or inf")
+    return x
+
+
+def teacher_from_options(model: Denoiser, method: str, opts: dict) -> tuple[Teacher, dict]:
+    """The teacher trajectories of a method: ``opts["teacher"]`` if given, else computed from
+    ``opts["x_T"]`` on a fine grid. Returns the teacher and a description for ``info``."""
+    teacher = opts.get("teacher")
+    if teacher is not None:
+        if not isinstance(teacher, Teacher):
+            raise TypeError(
+                "teacher must be a hso_jax.evaluation.Teacher (from teacher_trajectories), got "
+                f"{type(teacher).__name__}"
+            )
+        k = int(np.shape(teacher.t)[0])
+        b = int(teacher.x.shape[1])
+        return teacher, {"teacher": "given", "teacher_points": k, "teacher_batch": b}
+    x_T = check_noise_batch("x_T", opts.get("x_T"), method)
+    points = opts.get("teacher_points", 100)
+    grid = opts.get("teacher_grid", "logsnr")
+    rtol = opts.get("teacher_rtol", 1e-4)
+    atol = opts.get("teacher_atol", 1e-4)
+    teacher = teacher_trajectories(model, x_T, num_points=points, grid=grid, rtol=rtol, atol=atol)
+    info = {
+        "teacher": "computed",
+        "teacher_points": int(teacher.t.shape[0]),
+        "teacher_grid": grid if isinstance(grid, str) else "user",
+        "teacher_batch": int(x_T.shape[0]),
+        "teacher_rtol": rtol,
+        "teacher_atol": atol,
+    }
+    return teacher, info

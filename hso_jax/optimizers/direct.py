@@ -1,0 +1,387 @@
+r"""Direct schedule optimisation: gradient descent on the sample error, through the solver.
+
+Every solver here is a pure, differentiable function of its schedule, so the quantity users
+care about -- the error of the sampler's output against the exact PF-ODE solution from the
+same initial noise -- can be minimised directly:
+
+    L(z) = (1/B) sum_b RMSE( sample(x_T^b; ts(z)), x_ref^b ),
+    ts(z) = t(lam(z)),   lam(z) = lam_start + cumsum( (lam_end - lam_start) softmax(z) ),
+
+with ``x_ref^b`` the tight reference solution from ``x_T^b`` (at the process's ``t_max``) to
+the process's ``t_min`` -- the target of :mod:`hso_jax.evaluation.grid`, so the loss *is* the
+benchmark's metric, and a schedule that stops early is charged for it. The ``N`` logits ``z``
+(one per interval) give a strictly decreasing schedule with fixed end points by construction
+(:func:`hso_jax.optimizers.refine.lam_from_logits`); no sorting or clipping.
+
+Algorithm. Adam (``optax.scale_by_adam``) with a cosine-decayed learning rate on ``z``; the
+gradient is exact (reverse mode through every network call of the solver). The noises are
+split into a training batch (gradients) and a held-out batch (early stopping): the held-out
+loss of every iterate is computed in the same compiled step, the best iterate on the held-out
+batch is returned and the run stops after ``patience`` iterations without a held-out
+improvement. Both losses are reported. The initial schedule is the best, on the training
+batch, of the candidates given (default: time-uniform, logSNR-uniform and Karras rho = 7;
+any schedule or :class:`~hso_jax.optimizers.OptimizeResult`, e.g. HSO or AYS, warm-starts it),
+so the held-out error never ends above that of the initialisation.
+
+Cost per iteration: one forward and one reverse pass of the solver on the training batch
+(about 3x the network calls of sampling it) plus one forward pass on the held-out batch; the
+reverse pass stores every network activation of the forward pass (memory grows linearly with
+NFE and batch; see ``benchmarks/bench_direct.py``). One compilation per (model, solver,
+number of points, batch shapes).
+
+Reference: Tong et al., "Learning to Discretize Denoising Diffusion ODEs" (LD3, ICLR 2025),
+which learns the time steps of a fixed solver against teacher samples; here the teacher is the
+exact ODE solution and the loss is the evaluation RMSE.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .. import schedules
+from ..denoiser import Denoiser
+from ..evaluation.reference import reference_solve
+from ..schedules import check_schedule
+from ..solvers import sample
+from ._trajectory import check_model, check_noise_batch, resolve_solver
+from .refine import lam_from_logits, logits_from_lam
+from .result import OptimizeResult
+
+__all__ = ["optimize_direct", "direct_loss", "BASELINE_INITS"]
+
+Array = Any
+
+BASELINE_INITS = ("time", "logsnr", "karras")
+_ADAM = optax.scale_by_adam()
+
+
+def _schedule(z, ends, noise):
+    """Strictly decreasing times with exact end points from the logits ``z``."""
+    lam = lam_from_logits(z, ends[0], ends[1])
+    return noise.t_from_lam(lam).at[0].set(ends[2]).at[-1].set(ends[3])
+
+
+def direct_loss(z, model: Denoiser, solver, x_T, reference, ends) -> Array:
+    """Mean per-sample RMSE of ``solver`` on the schedule of logits ``z``.
+
+    ``ends = (lam_start, lam_end, t_start, t_end)``. Pure: jit, grad and vmap apply.
+    """
+    ts = _schedule(z, ends, model.noise)
+    x = sample(model, x_T, ts, solver)
+    err = jnp.sqrt(jnp.mean(jnp.square(x - reference).reshape(x.shape[0], -1), axis=1))
+    return jnp.mean(err)
+
+
+def _step(z, state, lr, model, x_tr, r_tr, x_va, r_va, ends, solver):
+    loss, g = jax.value_and_grad(direct_loss)(z, model, solver, x_tr, r_tr, ends)
+    val = direct_loss(z, model, solver, x_va, r_va, ends)
+    u, state = _ADAM.update(g, state, z)
+    return z - lr * u, state, loss, val, jnp.max(jnp.abs(g))
+
+
+_STEP = jax.jit(_step, static_argnames=("solver",))
+_LOSS = jax.jit(direct_loss, static_argnames=("solver",))
+
+
+def _int(name, v, lo):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+def _pos(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not v > 0:
+        raise ValueError(f"{name} must be a positive number, got {v!r}")
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v!r}")
+    return float(v)
+
+
+def _as_times(name, v, noise, num_points) -> np.ndarray:
+    if isinstance(v, OptimizeResult):
+        v = v.t
+    t = np.asarray(check_schedule(v, noise, name=name), np.float64)
+    if t.shape[0] != num_points:
+        raise ValueError(
+            f"{name} has {t.shape[0]} points, but the solver needs {num_points} for this nfe"
+        )
+    return t
+
+
+def _candidates(init, noise, num_points, t_start, t_end) -> dict[str, np.ndarray]:
+    """Named initial schedules (float64, model times)."""
+    if isinstance(init, str):
+        names = BASELINE_INITS if init == "best" else (init,)
+        if init != "best" and init not in BASELINE_INITS:
+            raise ValueError(
+                f"init must be 'best', one of {BASELINE_INITS}, a schedule, an OptimizeResult "
+                f"or a dict of them, got {init!r}"
+            )
+        ts = t_start if t_start is not None else noise.t_max
+        te = t_end if t_end is not None else noise.t_min
+        makers = {
+            "time": lambda: schedules.time_uniform(noise, num_points - 1, t_start=ts, t_end=te),
+            "logsnr": lambda: schedules.logsnr_uniform(noise, num_points - 1, t_start=ts, t_end=te),
+            "karras": lambda: schedules.karras(noise, num_points - 1, t_start=ts, t_end=te),
+        }
+        with jax.enable_x64(True):
+            return {n: np.asarray(makers[n](), np.float64) for n in names}
+    if isinstance(init, Mapping):
+        if not init:
+            raise ValueError("init must not be an empty dict")
+        return {str(k): _as_times(f"init[{k!r}]", v, noise, num_points) for k, v in init.items()}
+    return {"user": _as_times("init", init, noise, num_points)}
+
+
+def _split(x_T, reference, x_T_val, reference_val, val_fraction):
+    if x_T_val is not None:
+        return x_T, reference, x_T_val, reference_val
+    if reference_val is not None:
+        raise ValueError("reference_val is given without x_T_val")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
+        raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    b = x_T.shape[0]
+    n_val = int(round(b * val_fraction))
+    if n_val < 1 or n_val > b - 1:
+        raise ValueError(
+            f"x_T holds {b} samples: val_fraction={val_fraction} leaves no training or no "
+            "held-out sample (pass at least 2 samples, or x_T_val)"
+        )
+    ref_tr = None if reference is None else reference[: b - n_val]
+    ref_va = None if reference is None else reference[b - n_val :]
+    return x_T[: b - n_val], ref_tr, x_T[b - n_val :], ref_va
+
+
+def _reference(name, ref, model, x, rtol, atol):
+    noise = model.noise
+    if ref is None:
+        return reference_solve(model, x, noise.t_max, noise.t_min, rtol=rtol, atol=atol).astype(
+            x.dtype
+        )
+    ref = jnp.asarray(ref)
+    if ref.shape != x.shape:
+        raise ValueError(
+            f"{name} must have the shape of its noise batch {x.shape}, got {ref.shape}"
+        )
+    if not bool(jnp.all(jnp.isfinite(ref))):
+        raise ValueError(f"{name} contains NaN or inf")
+    return ref.astype(x.dtype)
+
+
+def optimize_direct(
+    model: Denoiser,
+    nfe: int,
+    *,
+    solver: str | Any = "unipc",
+    x_T: Array | None = None,
+    reference: Array | None = None,
+    x_T_val: Array | None = None,
+    reference_val: Array | None = None,
+    val_fraction: float = 0.5,
+    init: str | Array | OptimizeResult | Mapping[str, Any] = "best",
+    t_start: float | None = None,
+    t_end: float | None = None,
+    steps: int = 100,
+    learning_rate: float = 0.1,
+    patience: int = 25,
+    reference_rtol: float = 1e-4,
+    reference_atol: float = 1e-4,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> OptimizeResult:
+    """Optimise a schedule by gradient descent on the held-out sample error (see module doc).
+
+    Args:
+      model: the :class:`~hso_jax.Denoiser`.
+      nfe: network evaluations of the schedule (``solver.num_points(nfe)`` points).
+      solver: a solver object or the name of a factory in :mod:`hso_jax.solvers`.
+      x_T: ``(B, ...)`` initial noise at the process's ``t_max``; split into training and
+        held-out parts by ``val_fraction`` unless ``x_T_val`` is given.
+      reference: exact PF-ODE solutions from ``x_T`` at ``t_min`` (default: computed with
+        :func:`~hso_jax.evaluation.reference_solve` at ``reference_rtol`` / ``reference_atol``).
+      x_T_val, reference_val: an explicit held-out batch (and its references).
+      val_fraction: held-out share of ``x_T`` when ``x_T_val`` is not given (default 0.5).
+      init: ``"best"`` (default: the best on the training batch of time-uniform,
+        logSNR-uniform and Karras rho = 7), one of those names, a schedule (array or
+        :class:`OptimizeResult`, e.g. from HSO or AYS) or a dict of named schedules (the best
+        on the training batch is used). The end points of the initial schedule are kept.
+      t_start, t_end: end points of the named baseline initialisations (default ``t_max`` and
+        ``t_min`` of the process).
+      steps: most Adam iterations (default 100).
+      learning_rate: peak learning rate on the logits (cosine decay to 0 over ``steps``).
+      patience: iterations without a held-out improvement before stopping.
+      reference_rtol, reference_atol: tolerances of the reference solves when they are
+        computed here.
+      callback: called after every iteration with a dict ``iteration``, ``train``, ``val``,
+        ``t`` (the iterate's schedule, NumPy), ``elapsed``.
+
+    Returns:
+      An :class:`OptimizeResult` with ``method="direct"``, ``objective`` the held-out mean RMSE
+      of the returned schedule, ``info`` holding ``train_loss`` / ``val_loss`` of the returned
+      schedule, their initial values, the histories, ``best_iteration``, ``stop_reason``,
+      ``init`` (the chosen candidate and every candidate's training loss) and timings
+      (``compile_s``, ``run_s``, ``per_iteration_s``, ``reference_s``).
+
+    Raises:
+      TypeError / ValueError naming the argument (model, solver, nfe, noise batches,
+      references, init, numbers).
+    """
+    t_begin = time.perf_counter()
+    model = check_model(model, "direct")
+    noise = model.noise
+    solver_obj, solver_name = resolve_solver(solver)
+    nfe = _int("nfe", nfe, 1)
+    num_points = solver_obj.num_points(nfe)
+    steps = _int("steps", steps, 1)
+    patience = _int("patience", patience, 1)
+    learning_rate = _pos("learning_rate", learning_rate)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {callback!r}")
+    x_T = check_noise_batch("x_T", x_T, "direct")
+    if x_T_val is not None:
+        x_T_val = check_noise_batch("x_T_val", x_T_val, "direct")
+        if x_T_val.shape[1:] != x_T.shape[1:] or x_T_val.dtype != x_T.dtype:
+            raise ValueError(
+                f"x_T_val must have x_T's sample shape {x_T.shape[1:]} and dtype {x_T.dtype}, "
+                f"got {x_T_val.shape[1:]} and {x_T_val.dtype}"
+            )
+    x_tr, r_tr, x_va, r_va = _split(x_T, reference, x_T_val, reference_val, val_fraction)
+    cands = _candidates(init, noise, num_points, t_start, t_end)
+
+    t_ref = time.perf_counter()
+    r_tr = _reference("reference", r_tr, model, x_tr, reference_rtol, reference_atol)
+    r_va = _reference("reference_val", r_va, model, x_va, reference_rtol, reference_atol)
+    reference_s = time.perf_counter() - t_ref
+
+    dtype = x_tr.dtype
+    f64 = jnp.float64
+    with jax.enable_x64(True):
+        lam_of = {
+            k: np.asarray(noise.lam(jnp.asarray(v, f64)), np.float64) for k, v in cands.items()
+        }
+    # choose the initialisation on the training batch (forward passes only)
+    init_losses = {}
+    for k, t in cands.items():
+        lam = lam_of[k]
+        ends = _ends(lam, t, dtype)
+        z = logits_from_lam(jnp.asarray(lam, dtype))
+        init_losses[k] = float(_LOSS(z, model, solver_obj, x_tr, r_tr, ends))
+    best_init = min(init_losses, key=init_losses.get)
+    t0, lam0 = cands[best_init], lam_of[best_init]
+    ends = _ends(lam0, t0, dtype)
+    ends64 = (lam0[0], lam0[-1], t0[0], t0[-1])
+    z = logits_from_lam(jnp.asarray(lam0, dtype))
+    state = _ADAM.init(z)
+
+    args = (z, state, jnp.asarray(0.0, dtype), model, x_tr, r_tr, x_va, r_va, ends)
+    t_c = time.perf_counter()
+    step = _STEP.lower(*args, solver=solver_obj).compile()
+    compile_s = time.perf_counter() - t_c
+
+    train_hist, val_hist = [], []
+    best = (np.inf, None, -1, np.nan)  # (val, z, iteration, train)
+    stop_reason = "steps"
+    t_run = time.perf_counter()
+    for i in range(steps):
+        lr = learning_rate * 0.5 * (1.0 + math.cos(math.pi * i / steps))
+        z_new, state, loss, val, _ = step(z, state, jnp.asarray(lr, dtype), *args[3:])
+        loss, val = float(loss), float(val)
+        if not (math.isfinite(loss) and math.isfinite(val)):
+            stop_reason = f"non-finite loss at iteration {i}"
+            break
+        train_hist.append(loss)
+        val_hist.append(val)
+        if val < best[0]:
+            best = (val, z, i, loss)
+        if callback is not None:
+            callback(
+                {
+                    "iteration": i,
+                    "train": loss,
+                    "val": val,
+                    "t": _times(z, ends64, noise),
+                    "elapsed": time.perf_counter() - t_begin,
+                }
+            )
+        z = z_new
+        if i - best[2] >= patience:
+            stop_reason = f"no held-out improvement for {patience} iterations"
+            break
+    run_s = time.perf_counter() - t_run
+    if best[1] is None:
+        raise FloatingPointError(f"direct optimisation failed: {stop_reason}")
+    val_best, z_best, it_best, train_best = best
+    t_best = _times(z_best, ends64, noise)
+    iters = len(train_hist)
+    warnings = []
+    if it_best == 0:
+        warnings.append(
+            "no iterate improved the held-out error over the initialisation "
+            f"({best_init!r}); the result is the initial schedule"
+        )
+    if stop_reason.startswith("non-finite"):
+        warnings.append(f"stopped early: {stop_reason}; the result is the best finite iterate")
+    info = {
+        "train_loss": train_best,
+        "val_loss": val_best,
+        "init_train_loss": train_hist[0] if train_hist else np.nan,
+        "init_val_loss": val_hist[0] if val_hist else np.nan,
+        "train_history": np.asarray(train_hist),
+        "val_history": np.asarray(val_hist),
+        "best_iteration": it_best,
+        "iterations": iters,
+        "stop_reason": stop_reason,
+        "init": best_init,
+        "init_candidates_train_loss": init_losses,
+        "train_batch": int(x_tr.shape[0]),
+        "val_batch": int(x_va.shape[0]),
+        "timings": {
+            "compile_s": compile_s,
+            "run_s": run_s,
+            "per_iteration_s": run_s / max(iters, 1),
+            "reference_s": reference_s,
+            "total_s": time.perf_counter() - t_begin,
+        },
+    }
+    params = {"t_start": float(t_best[0]), "t_end": float(t_best[-1])}
+    options = {
+        "steps": steps,
+        "learning_rate": learning_rate,
+        "patience": patience,
+        "val_fraction": val_fraction if x_T_val is None else None,
+        "init": init if isinstance(init, str) else "user",
+    }
+    return OptimizeResult.from_t(
+        t_best,
+        noise,
+        objective=val_best,
+        penalty=None,
+        method="direct",
+        solver=solver_name,
+        nfe=nfe,
+        params=params,
+        info=info,
+        warnings=tuple(warnings),
+        options=options,
+    )
+
+
+def _ends(lam, t, dtype):
+    return tuple(jnp.asarray(v, dtype) for v in (lam[0], lam[-1], t[0], t[-1]))
+
+
+def _times(z, ends, noise) -> np.ndarray:
+    """The schedule of logits ``z`` in float64 (end points exact)."""
+    with jax.enable_x64(True):
+        e = tuple(jnp.asarray(np.float64(v), jnp.float64) for v in ends)
+        t = np.asarray(_schedule(jnp.asarray(z, jnp.float64), e, noise), np.float64)
+    return t
