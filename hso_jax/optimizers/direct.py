@@ -229,7 +229,9 @@ def optimize_direct(
       of the returned schedule, ``info`` holding ``train_loss`` / ``val_loss`` of the returned
       schedule, their initial values, the histories, ``best_iteration``, ``stop_reason``,
       ``init`` (the chosen candidate and every candidate's training loss) and timings
-      (``compile_s``, ``run_s``, ``per_iteration_s``, ``reference_s``).
+      (``compile_s``, ``run_s``, ``per_iteration_s``, ``reference_s``) and
+      ``step_memory_bytes`` (XLA's memory analysis of one compiled iteration: ``argument``,
+      ``output``, ``temp``; ``None`` where the backend gives none).
 
     Raises:
       TypeError / ValueError naming the argument (model, solver, nfe, noise batches,
@@ -286,6 +288,7 @@ def optimize_direct(
     t_c = time.perf_counter()
     step = _STEP.lower(*args, solver=solver_obj).compile()
     compile_s = time.perf_counter() - t_c
+    memory = _memory(step)
 
     train_hist, val_hist = [], []
     best = (np.inf, None, -1, np.nan)  # (val, z, iteration, train)
@@ -351,6 +354,7 @@ def optimize_direct(
             "reference_s": reference_s,
             "total_s": time.perf_counter() - t_begin,
         },
+        "step_memory_bytes": memory,
     }
     params = {"t_start": float(t_best[0]), "t_end": float(t_best[-1])}
     options = {
@@ -373,6 +377,19 @@ def optimize_direct(
         warnings=tuple(warnings),
         options=options,
     )
+
+
+def _memory(compiled) -> dict[str, int] | None:
+    """XLA's memory analysis of the compiled step (arguments, outputs, temporaries: the
+    activations kept for the reverse pass), or None where the backend gives none."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if m is None:
+        return None
+    keys = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes")
+    return {k.replace("_size_in_bytes", ""): int(getattr(m, k, 0)) for k in keys}
 
 
 def _ends(lam, t, dtype):
