@@ -226,9 +226,9 @@ def _default(fn, keyword: str):
 # --------------------------------------------------------------------------------------
 
 
-def _add_noise_source(p) -> None:
-    """--noise / --betas-file / --alphas-cumprod-file (exactly one)."""
-    src = p.add_mutually_exclusive_group(required=True)
+def _add_noise_source(p, required: bool = True) -> None:
+    """--noise / --betas-file / --alphas-cumprod-file (exactly one when required)."""
+    src = p.add_mutually_exclusive_group(required=required)
     src.add_argument("--noise", choices=sorted(hnoise.PRESETS), help="noise process preset")
     src.add_argument(
         "--betas-file",
@@ -272,23 +272,45 @@ def _export(ts, noise, args, record) -> str:
     return json.dumps(schedules.to_comfyui(ts, noise, end=args.end or "sigma_min")) + "\n"
 
 
+_CLI_MODEL_BASED = ("direct", "gits", "mep-model")
+
+
 def _add_optimize_parser(sub) -> None:
-    from .optimizers.hso import METHODS, SOLVERS
+    from .optimize import MODEL_FREE, SOLVERS
 
     p = sub.add_parser(
         "optimize",
-        help="optimise a schedule with HSO / DM-NonUniform (model-free, seconds)",
+        help="optimise a schedule: HSO / DM-NonUniform (model-free, seconds) or direct / GITS / "
+        "model-aware MEP (--model)",
         description=(
-            "Optimise a sampling schedule for --nfe network evaluations from the noise process "
-            "alone (HSO, DM-NonUniform and their single-level variants). Warnings of the search "
-            "(penalty dominates, local level not converged) go to stderr."
+            "Optimise a sampling schedule for --nfe network evaluations: from the noise process "
+            "alone (HSO, DM-NonUniform and their single-level variants; --noise or a schedule "
+            "file), or from a model's trajectories (direct, gits, mep-model; --model, which "
+            "also gives the noise process). Warnings of the search go to stderr."
         ),
     )
-    _add_noise_source(p)
+    _add_noise_source(p, required=False)
+    p.add_argument(
+        "--model",
+        metavar="NAME_OR_DIR",
+        help="model of the model-based methods: 'mnist' (shipped) or a converted model directory",
+    )
     p.add_argument("--nfe", type=_positive_int, required=True, help="network evaluations (>= 2)")
     p.add_argument("--solver", choices=SOLVERS, default="unipc", help="solver flavour")
-    p.add_argument("--method", choices=METHODS, default="hso", help="optimiser")
+    p.add_argument(
+        "--method", choices=MODEL_FREE + _CLI_MODEL_BASED, default="hso", help="optimiser"
+    )
     p.add_argument("--seed", type=int, default=66, help="seed of the search (default 66)")
+    p.add_argument(
+        "--num-samples",
+        type=_positive_int,
+        default=16,
+        help="model-based methods: initial noises (direct: half trains, half is held out; "
+        "default 16)",
+    )
+    p.add_argument(
+        "--sample-seed", type=int, default=0, help="model-based methods: seed of the noises"
+    )
     _add_export_options(p)
     p.set_defaults(func=_cmd_optimize, parser=p)
 
@@ -297,10 +319,29 @@ def _cmd_optimize(args) -> int:
     from .optimize import optimize
 
     _check_export_args(args)
-    noise, source = _noise_from_args(args)
     if args.nfe < 2:
         raise _UsageError(f"argument --nfe: must be an integer >= 2, got {args.nfe}")
-    res = optimize(noise, args.nfe, method=args.method, solver=args.solver, seed=args.seed)
+    has_noise = any(v is not None for v in (args.noise, args.betas_file, args.alphas_cumprod_file))
+    if args.method in _CLI_MODEL_BASED:
+        if args.model is None:
+            raise _UsageError(f"argument --model: required by --method {args.method}")
+        if has_noise:
+            raise _UsageError(
+                f"--noise / --betas-file / --alphas-cumprod-file do not apply to --method "
+                f"{args.method}: the noise process is the model's"
+            )
+        res, noise, source = _optimize_with_model(args)
+    else:
+        if args.model is not None:
+            raise _UsageError(
+                f"argument --model: only applies to --method {' / '.join(_CLI_MODEL_BASED)}"
+            )
+        if not has_noise:
+            raise _UsageError(
+                "one of the arguments --noise --betas-file --alphas-cumprod-file is required"
+            )
+        noise, source = _noise_from_args(args)
+        res = optimize(noise, args.nfe, method=args.method, solver=args.solver, seed=args.seed)
     for w in res.warnings:
         print(f"warning: {w}", file=sys.stderr)
 
@@ -320,6 +361,27 @@ def _cmd_optimize(args) -> int:
 
     _emit(_export(res.t, noise, args, record), args.out)
     return 0
+
+
+def _optimize_with_model(args):
+    """Model-based methods: load the model, draw the noises, optimise in float32 (the model's
+    precision); the export that follows runs in float64 again."""
+    from .models import zoo
+    from .optimize import optimize
+
+    try:
+        model = zoo.load(args.model)
+        shape = zoo.sample_shape(args.model)
+    except FileNotFoundError as e:
+        raise _UsageError(f"argument --model: {e}") from None
+    with jax.enable_x64(False):
+        x_T = model.noise.prior(jax.random.key(args.sample_seed), (args.num_samples, *shape))
+        res = optimize(
+            model, args.nfe, method=args.method, solver=args.solver, seed=args.seed, x_T=x_T
+        )
+    source = {"model": str(args.model), "num_samples": args.num_samples}
+    source["sample_seed"] = args.sample_seed
+    return res, model.noise, source
 
 
 # --------------------------------------------------------------------------------------

@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import hso_jax as hj
 from hso_jax import io as hio
 from hso_jax import noise as hnoise
 from hso_jax import schedules as S
@@ -244,8 +246,16 @@ def test_optimize_diffusers_from_betas_file(capsys, tmp_path):
     "args, match",
     [
         (["optimize", "--noise", "sd21", "--nfe", "1"], "argument --nfe: must be an integer >= 2"),
-        (["optimize", "--noise", "sd21", "--nfe", "4", "--method", "gits"],
+        (["optimize", "--noise", "sd21", "--nfe", "4", "--method", "ays"],
          "argument --method: invalid choice"),
+        (["optimize", "--noise", "sd21", "--nfe", "4", "--method", "gits"],
+         "argument --model: required by --method gits"),
+        (["optimize", "--model", "mnist", "--nfe", "4"],
+         "argument --model: only applies to --method direct / gits / mep-model"),
+        (["optimize", "--model", "mnist", "--noise", "ddpm", "--nfe", "4", "--method", "direct"],
+         "do not apply to --method direct"),
+        (["optimize", "--model", "no-such-model", "--nfe", "4", "--method", "gits"],
+         "argument --model: .*no-such-model"),
         (["optimize", "--noise", "sd21", "--nfe", "4", "--solver", "heun"],
          "argument --solver: invalid choice"),
         (["optimize", "--noise", "sd21", "--nfe", "4", "--end", "zero"],
@@ -256,3 +266,20 @@ def test_optimize_diffusers_from_betas_file(capsys, tmp_path):
 def test_optimize_bad_arguments_exit_2(capsys, args, match):
     err = bad(capsys, *args)
     assert re.search(match, err), err
+
+
+def test_optimize_model_based_methods(capsys, monkeypatch):
+    """--model plumbing (a Gaussian-mixture stand-in for the zoo model keeps this fast)."""
+    from hso_jax.models import zoo
+
+    ddpm = hnoise.preset("ddpm")
+    gm = hj.models.GaussianMixture(jnp.asarray([[1.0, 0.0], [-1.0, 0.0]]), 0.2)
+    monkeypatch.setattr(zoo, "load", lambda name: gm.denoiser(ddpm))
+    monkeypatch.setattr(zoo, "sample_shape", lambda name: (2,))
+    for method in ("gits", "direct"):
+        argv = ["optimize", "--model", "toy", "--method", method, "--nfe", "4"]
+        rc, out, err = run(capsys, *argv, "--num-samples", "8")
+        assert rc == 0, err
+        rec = hio.validate_record(json.loads(out))
+        assert rec["method"] == method and rec["nfe"] == 4 and len(rec["t"]) == 5
+        assert rec["options"]["model"] == "toy" and rec["options"]["num_samples"] == 8

@@ -44,6 +44,7 @@ from ..noise import (
 __all__ = [
     "load",
     "load_params",
+    "sample_shape",
     "noise_from_scheduler_config",
     "prediction_from_scheduler_config",
     "load_mnist_digits",
@@ -244,6 +245,22 @@ def load(name_or_dir: str | os.PathLike = "mnist") -> Denoiser:
     data_format = meta["hso_jax"].get("data_format", "NHWC")
     fn = unet_fn(config, data_format)
     return Denoiser(fn, noise=noise, prediction=prediction, params=params)
+
+
+def sample_shape(name_or_dir: str | os.PathLike = "mnist") -> tuple[int, ...]:
+    """Shape of one sample of a zoo / converted model, in the layout its Denoiser takes
+    (``(H, W, C)`` for NHWC, ``(C, H, W)`` for NCHW), from its config alone.
+
+    Raises:
+      FileNotFoundError / ValueError as :func:`load_params`.
+    """
+    path = _resolve(name_or_dir)
+    config = _read_json(path / "config.json", "UNet2DModel config")
+    meta = _read_json(path / "hso_jax.json", "hso_jax model metadata")
+    size = config.get("sample_size") or 32
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    c = int(config.get("in_channels", 3))
+    return (c, h, w) if meta.get("data_format", "NHWC") == "NCHW" else (h, w, c)
 
 
 # --------------------------------------------------------------------------------------
