@@ -43,8 +43,17 @@ Outputs (``--out``, default ``benchmarks/results``): ``quality.md``, ``quality.c
 counted NFE) and ``quality_mnist_samples.png`` (NFE 5 samples per schedule). ``--quick`` writes
 ``quality_quick.*`` / ``quality_quick_*.png`` instead, so both can live side by side.
 
+``--trajectory`` adds the trajectory-based optimisers (``quality_trajectory.*``): GITS (one
+schedule per NFE), the model-aware MEP (per HSO flavour) and direct (per solver, warm-started
+from the best of every other schedule on its training batch), for NFE 4-6 and DDIM,
+DPM-Solver++(2M), UniPC-bh2. They see only their own noises (``key(seed + 1)``: a training and
+an equal held-out batch for direct, the teacher batch for GITS / MEP-model), never the
+evaluation noise. MNIST is evaluated there on the demo's 64 noises, whose rtol-1e-5 reference
+ships with the package; the tables add a direct-vs-best-of-the-six summary per model.
+
 Run::
 
+    python benchmarks/quality.py --trajectory     # about 30-40 minutes on a 2-core CPU
     python benchmarks/quality.py --quick          # a few minutes on a 2-core CPU
     python benchmarks/quality.py                  # full grid (MNIST takes long on a CPU)
     python benchmarks/quality.py --models gm2d,gm64d --out /tmp/q
@@ -88,7 +97,12 @@ NOISE = "ddpm"
 ALL_NFES = (4, 5, 6, 8, 10)
 SAMPLE_GRID_NFE = 5
 SCHEDULES = ("time-uniform", "logSNR", "Karras rho=7", "DMN", "HSO", "AYS")
+TRAJECTORY = ("GITS", "MEP-model", "direct")
+ALL_SCHEDULES = SCHEDULES + TRAJECTORY
 OPTIMISED = {"DMN": "dmn", "HSO": "hso"}
+TRAJ_SOLVERS = ("DDIM", "DPM-Solver++(2M)", "UniPC-bh2")
+# solver name -> the factory name optimize(..., method="direct") takes with the same defaults
+DIRECT_SOLVER = {"DDIM": "ddim", "DPM-Solver++(2M)": "dpm-solver-pp", "UniPC-bh2": "unipc"}
 
 # solver name -> (factory, HSO / DMN flavour)
 SOLVERS: dict[str, tuple[Callable[[], Any], str]] = {
@@ -120,6 +134,23 @@ FULL = {
         "mnist": dict(num_samples=8, max_sweeps=3, refine_sweeps=1, batch_size=128),
     },
     "fd_nfes": ALL_NFES,
+}
+# --trajectory: the trajectory-based optimisers (direct, GITS, model-aware MEP) against every
+# other schedule, NFE 4-6, three solvers. MNIST is evaluated on the demo's 64 noises, whose
+# reference (rtol 1e-5) ships with the package; training / teacher noises are separate draws.
+TRAJ = {
+    "samples": {"gm2d": 4096, "gm64d": 4096, "mnist": 64},
+    "nfes": {m: (4, 5, 6) for m in MODELS},
+    "solvers": {m: TRAJ_SOLVERS for m in MODELS},
+    "ref_tol": {"gm2d": None, "gm64d": None, "mnist": 1e-5},
+    "ays": {
+        "gm": dict(num_samples=1024),
+        "mnist": dict(num_samples=8, max_sweeps=1, subdivide=False, candidates=3, batch_size=64),
+    },
+    "fd_nfes": (SAMPLE_GRID_NFE,),
+    "train": {"gm2d": 256, "gm64d": 256, "mnist": 8},  # direct: training = held-out size
+    "teacher": {"gm2d": 256, "gm64d": 256, "mnist": 16},
+    "direct": {"gm": dict(steps=100), "mnist": dict(steps=60)},
 }
 
 
@@ -192,8 +223,9 @@ def _mixture_64d(seed: int):
     return GaussianMixture(means, stds)
 
 
-def build_model(name: str, num_samples: int, seed: int) -> ModelSpec:
-    """The named model with its initial noise (seeded) and AYS data."""
+def build_model(name: str, num_samples: int, seed: int, demo_batch: bool = False) -> ModelSpec:
+    """The named model with its initial noise (seeded) and AYS data. ``demo_batch``: MNIST on
+    the demo's noises (``prior(key(0), (64, 28, 28, 1))``), whose reference ships."""
     noise = preset(NOISE)
     key = jax.random.key(seed)
     k_noise, k_data = jax.random.split(key)
@@ -201,8 +233,11 @@ def build_model(name: str, num_samples: int, seed: int) -> ModelSpec:
         from hso_jax.models.zoo import load, load_mnist_digits
 
         model = load("mnist")
-        x_T = model.noise.prior(k_noise, (num_samples, 28, 28, 1))
         data, _ = load_mnist_digits("train")
+        if demo_batch:
+            x_T = model.noise.prior(jax.random.key(0), (64, 28, 28, 1))
+            return ModelSpec(name, model, x_T, "mnist-v1", data=jnp.asarray(data))
+        x_T = model.noise.prior(k_noise, (num_samples, 28, 28, 1))
         return ModelSpec(name, model, x_T, "quality-mnist-v1", data=jnp.asarray(data))
     gm = _ring_mixture() if name == "gm2d" else _mixture_64d(seed)
     model = gm.denoiser(noise)
@@ -215,6 +250,12 @@ def reference(spec: ModelSpec, tol: float | None, cache_dir) -> Any:
     """Exact PF-ODE solution from ``x_T`` at ``t_max`` to ``t_min`` (cached on disk)."""
     ns = spec.model.noise
     tol = 16.0 * float(jnp.finfo(spec.x_T.dtype).eps) if tol is None else tol
+    if spec.key_id == "mnist-v1":  # the demo's batch: use the reference that ships with it
+        from hso_jax.demo import _seed_cache
+        from hso_jax.evaluation import reference_cache_path
+
+        where = dict(key_id=spec.key_id, rtol=tol, atol=tol, cache_dir=cache_dir)
+        _seed_cache(reference_cache_path(spec.x_T, ns.t_max, ns.t_min, **where), _log)
     return cached_reference(
         spec.model,
         spec.x_T,
@@ -302,6 +343,96 @@ def optimise_ays(spec: ModelSpec, nfe: int, options: dict, seed: int, warm: bool
     return res, timing
 
 
+def optimise_trajectory(spec, nfes, solver_names, cfg, args, baselines) -> tuple[dict, list]:
+    """GITS, MEP-model (per HSO flavour) and direct (per solver) schedules for one model.
+
+    Training / teacher noises are a separate draw (``key(seed + 1)``) from the evaluation
+    noise. ``baselines(nfe, flavour)`` returns the other schedules of the comparison; direct
+    starts from the best of them (and of GITS / MEP-model) on its training batch.
+    """
+    from hso_jax.evaluation import teacher_trajectories
+
+    name, model = spec.name, spec.model
+    n_tr, n_teach = cfg["train"][name], cfg["teacher"][name]
+    x_all = model.noise.prior(
+        jax.random.key(args.seed + 1), (2 * n_tr, *spec.x_T.shape[1:]), spec.x_T.dtype
+    )
+    tol = 1e-4 if name == "mnist" else None
+    train = ModelSpec(name, model, x_all, f"{spec.key_id}-train-seed{args.seed + 1}")
+    _log(f"[{name}] references of {2 * n_tr} training / held-out noises (cached)")
+    ref_all, ref_s = _timed(lambda: reference(train, tol, args.cache_dir))
+    _log(f"[{name}] teacher trajectories of {n_teach} noises (100 points)")
+    teacher, teach_s = _timed(lambda: teacher_trajectories(model, x_all[:n_teach]))
+    out, timings = {}, []
+    flavours = sorted({SOLVERS[s][1] for s in solver_names})
+    direct_opts = cfg["direct"]["gm" if spec.gm is not None else "mnist"]
+    jobs = [("GITS", "any", n) for n in nfes]
+    jobs += [("MEP-model", fl, n) for fl in flavours for n in nfes]
+    jobs += [("direct", sv, n) for sv in solver_names for n in nfes]
+    bar = _progress(len(jobs), f"trajectory optimisers {name}")
+    for label, which, nfe in jobs:
+        bar.set_postfix_str(f"{label} {which} NFE {nfe}")
+        if label == "GITS":
+            run = functools.partial(optimize, model, nfe, method="gits", teacher=teacher)
+        elif label == "MEP-model":
+            run = functools.partial(
+                optimize, model, nfe, method="mep-model", solver=which, teacher=teacher
+            )
+        else:
+            fl = SOLVERS[which][1]
+            init = dict(baselines(nfe, fl))
+            init["GITS"] = out[("GITS", "any", nfe)]
+            init["MEP-model"] = out[("MEP-model", fl, nfe)]
+            run = functools.partial(
+                optimize,
+                model,
+                nfe,
+                method="direct",
+                solver=DIRECT_SOLVER[which],
+                x_T=x_all[:n_tr],
+                reference=ref_all[:n_tr],
+                x_T_val=x_all[n_tr:],
+                reference_val=ref_all[n_tr:],
+                init=init,
+                **direct_opts,
+            )
+        res, cold = _timed(run)
+        out[(label, which, nfe)] = np.asarray(res.t, np.float64)
+        rec = dict(
+            method=label,
+            model=name,
+            flavour=which,
+            nfe=nfe,
+            cold_s=cold,
+            warm_s=None,
+            t_end=float(res.t[-1]),
+            warnings=list(res.warnings),
+        )
+        if label == "direct":
+            i = res.info
+            rec.update(
+                {k: i[k] for k in ("train_loss", "val_loss", "init_train_loss", "init_val_loss")}
+            )
+            rec.update(init=i["init"], iterations=i["iterations"], stop=i["stop_reason"])
+            rec.update(compile_s=i["timings"]["compile_s"], run_s=i["timings"]["run_s"])
+        timings.append(rec)
+        bar.update(1)
+    bar.close()
+    timings.append(
+        dict(
+            method="teacher + references",
+            model=name,
+            flavour="-",
+            nfe=0,
+            cold_s=teach_s + ref_s,
+            warm_s=None,
+            t_end=float("nan"),
+            warnings=[f"teacher {teach_s:.1f} s, training references {ref_s:.1f} s"],
+        )
+    )
+    return out, timings
+
+
 def ays_schedule(noise, res, nfe: int) -> np.ndarray:
     """The AYS schedule for ``nfe``: log-linear interpolation of the finest level's sigmas."""
     sig = np.asarray(res.info["levels"][-1]["sigmas"], np.float64)
@@ -312,8 +443,11 @@ def ays_schedule(noise, res, nfe: int) -> np.ndarray:
     return np.asarray(check_schedule(t, noise, name=f"AYS NFE {nfe}"), np.float64)
 
 
-def schedules_for(noise, nfe: int, flavour: str, optimised: dict, ays) -> dict[str, np.ndarray]:
-    """Every schedule of the comparison for one NFE and one HSO / DMN flavour."""
+def schedules_for(
+    noise, nfe: int, flavour: str, optimised: dict, ays, traj: dict | None = None
+) -> dict[str, np.ndarray]:
+    """Every schedule of the comparison for one NFE and one HSO / DMN flavour (direct, which
+    is per solver, is evaluated separately)."""
     with jax.enable_x64(True):
         out = {
             "time-uniform": schedules.time_uniform(noise, nfe),
@@ -325,6 +459,9 @@ def schedules_for(noise, nfe: int, flavour: str, optimised: dict, ays) -> dict[s
         out[label] = optimised[(label, flavour, nfe)]
     if ays is not None:
         out["AYS"] = ays_schedule(noise, ays, nfe)
+    if traj:
+        out["GITS"] = traj[("GITS", "any", nfe)]
+        out["MEP-model"] = traj[("MEP-model", flavour, nfe)]
     return out
 
 
@@ -402,7 +539,7 @@ def _solver_groups(names: Iterable[str]) -> dict[str, dict[str, Any]]:
     return groups
 
 
-def evaluate_model(spec, ref, nfes, solver_names, optimised, ays, fd, fd_nfes) -> tuple:
+def evaluate_model(spec, ref, nfes, solver_names, optimised, ays, fd, fd_nfes, traj=None):
     """All rows of one model, plus the NFE-5 samples for the image grid."""
     noise = spec.model.noise
     fns = metric_fns(spec)
@@ -412,16 +549,21 @@ def evaluate_model(spec, ref, nfes, solver_names, optimised, ays, fd, fd_nfes) -
     bar = _progress(len(nfes) * len(groups) * 2, f"evaluate {spec.name}")
     for nfe in nfes:
         for flavour, solv in groups.items():
-            ts = schedules_for(noise, nfe, flavour, optimised, ays)
-            for df in (False, True):
-                bar.set_postfix_str(f"NFE {nfe} {'/'.join(solv)}{' +x0' if df else ''}")
-                recs = evaluate_grid(
-                    spec.model, spec.x_T, ref, ts, solv, metrics=fns, denoise_final=df
-                )
-                _merge(rows, spec, flavour, recs, df, ts)
-                bar.update(1)
-            if fd is not None and nfe in fd_nfes:
-                _fd_rows(rows, spec, nfe, ts, solv, fd, grid if nfe == SAMPLE_GRID_NFE else None)
+            ts = schedules_for(noise, nfe, flavour, optimised, ays, traj)
+            parts = [(ts, solv)]
+            if traj:  # direct: one schedule per solver
+                parts += [({"direct": traj[("direct", k, nfe)]}, {k: v}) for k, v in solv.items()]
+            for ts_part, solv_part in parts:
+                for df in (False, True):
+                    bar.set_postfix_str(f"NFE {nfe} {'/'.join(solv_part)}{' +x0' if df else ''}")
+                    recs = evaluate_grid(
+                        spec.model, spec.x_T, ref, ts_part, solv_part, metrics=fns, denoise_final=df
+                    )
+                    _merge(rows, spec, flavour, recs, df, ts_part)
+                if fd is not None and nfe in fd_nfes:
+                    g = grid if nfe == SAMPLE_GRID_NFE else None
+                    _fd_rows(rows, spec, nfe, ts_part, solv_part, fd, g)
+            bar.update(2)
     bar.close()
     return list(rows.values()), grid
 
@@ -468,7 +610,7 @@ def _table(rows, model: str, key: str, second: str | None, lower_better: bool = 
     sub = [r for r in rows if r["model"] == model and key in r]
     if not sub:
         return ""
-    scheds = [s for s in SCHEDULES if any(r["schedule"] == s for r in sub)]
+    scheds = [s for s in ALL_SCHEDULES if any(r["schedule"] == s for r in sub)]
     cells = {(r["solver"], r["nfe"], r["schedule"]): r for r in sub}
     lines = ["| solver | NFE | " + " | ".join(scheds) + " |", "|---|---|" + "---|" * len(scheds)]
     for sv in SOLVERS:
@@ -495,7 +637,7 @@ def winners(rows, model: str, key: str) -> dict[str, int]:
     for r in rows:
         if r["model"] == model and key in r and np.isfinite(r[key]):
             cells.setdefault((r["solver"], r["nfe"]), []).append((r[key], r["schedule"]))
-    count = dict.fromkeys(SCHEDULES, 0)
+    count = dict.fromkeys(ALL_SCHEDULES, 0)
     for vals in cells.values():
         best = min(v for v, _ in vals)
         for v, sc in vals:
@@ -514,6 +656,34 @@ def _timing_table(timings) -> str:
             f"| {t['method']} | {t.get('model', 'all (' + NOISE + ')')} | {t['flavour']} | "
             f"{t['nfe']} | {_fmt(t['cold_s'], '.2f')} | {_fmt(t['warm_s'], '.3f')} | "
             f"{t['t_end']:.4g} | {notes} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def direct_summary(rows, timings, model: str) -> str:
+    """Direct vs the best of the six schedules of the papers, on the evaluation noise."""
+    sub = {(r["solver"], r["nfe"], r["schedule"]): r for r in rows if r["model"] == model}
+    tim = {(t["flavour"], t["nfe"]): t for t in timings if t.get("model") == model}
+    keys = sorted({(sv, n) for sv, n, sc in sub if sc == "direct"}, key=lambda k: (k[0], k[1]))
+    if not keys:
+        return ""
+    lines = [
+        "| solver | NFE | direct | best of the six | which | direct / best | direct train -> "
+        "held-out loss (init) | init | iterations |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for sv, nfe in keys:
+        d = sub[(sv, nfe, "direct")]["rmse"]
+        six = {sc: sub[(sv, nfe, sc)]["rmse"] for sc in SCHEDULES if (sv, nfe, sc) in sub}
+        best = min(six, key=six.get)
+        t = tim.get((sv, nfe), {})
+        loss = (
+            f"{_fmt(t.get('train_loss'), '.4g')} -> {_fmt(t.get('val_loss'), '.4g')} "
+            f"({_fmt(t.get('init_train_loss'), '.4g')} -> {_fmt(t.get('init_val_loss'), '.4g')})"
+        )
+        lines.append(
+            f"| {sv} | {nfe} | {d:.4g} | {six[best]:.4g} | {best} | {d / six[best]:.3f} | "
+            f"{loss} | {t.get('init', '-')} | {t.get('iterations', '-')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -550,6 +720,17 @@ def markdown(result: dict) -> str:
     for name, info in result["models"].items():
         lines.append(f"## {name}\n")
         lines.append(info["description"] + "\n")
+        summary = direct_summary(rows, result["timings"], name)
+        if summary:
+            lines.append(
+                "### direct vs the best of time-uniform / logSNR / Karras / DMN / HSO / AYS\n"
+            )
+            lines.append(
+                "RMSE to the reference on the evaluation noise (never seen by the optimiser); "
+                "losses: mean RMSE on direct's training / held-out batches, at the returned "
+                "schedule and (in brackets) at its initialisation.\n"
+            )
+            lines.append(summary)
         for key, second, title in METRIC_TABLES:
             t = _table(rows, name, key, second)
             if t:
@@ -613,9 +794,10 @@ def plot_errors(rows, model: str, path: Path) -> None:
     sub = [r for r in rows if r["model"] == model]
     solv = [s for s in SOLVERS if any(r["solver"] == s for r in sub)]
     fig, axes = plt.subplots(1, len(solv), figsize=(2.9 * len(solv) + 0.6, 3.0), squeeze=False)
-    colours = dict(zip(SCHEDULES, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"] + ["black", "grey", "olive"]
+    colours = dict(zip(ALL_SCHEDULES, palette, strict=False))
     for ax, sv in zip(axes[0], solv, strict=True):
-        for sc in SCHEDULES:
+        for sc in ALL_SCHEDULES:
             pts = sorted(
                 (r["nfe"], r["rmse"], r["rmse_x0"])
                 for r in sub
@@ -643,7 +825,7 @@ def plot_samples(grid: dict, ref, path: Path, n_show: int = 8) -> None:
     """MNIST samples at NFE 5: one row per schedule (reference on top), one column per solver."""
     plt = _plt()
     solv = list(grid)
-    scheds = [s for s in SCHEDULES if s in grid[solv[0]]]
+    scheds = [s for s in ALL_SCHEDULES if s in grid[solv[0]]]
     rows = ["reference"] + scheds
     fig, axes = plt.subplots(
         len(rows),
@@ -698,7 +880,7 @@ def _describe(spec: ModelSpec, ref, cfg_model: dict, fd) -> tuple[str, dict]:
 
 def run_model(name, cfg, args, optimised, timings, prefix, out) -> tuple[list, dict]:
     n = cfg["samples"][name]
-    spec = build_model(name, n, args.seed)
+    spec = build_model(name, n, args.seed, demo_batch=args.trajectory)
     tol = cfg["ref_tol"][name]
     _log(f"[{name}] reference PF-ODE solve of {n} samples (cached)")
     ref, ref_s = _timed(lambda: reference(spec, tol, args.cache_dir))
@@ -713,7 +895,17 @@ def run_model(name, cfg, args, optimised, timings, prefix, out) -> tuple[list, d
         timings.append(t)
     fd = FDMnist() if name == "mnist" else None
     solver_names = cfg["solvers"].get(name, tuple(SOLVERS))
-    rows, grid = evaluate_model(spec, ref, nfes, solver_names, optimised, ays, fd, cfg["fd_nfes"])
+    traj = None
+    if args.trajectory:
+
+        def baselines(nfe, flavour):
+            return schedules_for(spec.model.noise, nfe, flavour, optimised, ays)
+
+        traj, t = optimise_trajectory(spec, nfes, solver_names, cfg, args, baselines)
+        timings += t
+    rows, grid = evaluate_model(
+        spec, ref, nfes, solver_names, optimised, ays, fd, cfg["fd_nfes"], traj
+    )
     desc, info = _describe(
         spec,
         ref,
@@ -727,6 +919,8 @@ def run_model(name, cfg, args, optimised, timings, prefix, out) -> tuple[list, d
     )
     if ays is not None:
         info["ays_t"] = {n: ays_schedule(spec.model.noise, ays, n).tolist() for n in nfes}
+    if traj is not None:
+        info["trajectory_t"] = {"/".join(map(str, k)): v.tolist() for k, v in traj.items()}
     plot_errors(rows, name, out / f"{prefix}_{name}.png")
     if grid:
         plot_samples(grid, ref, out / f"{prefix}_mnist_samples.png")
@@ -737,6 +931,12 @@ def run_model(name, cfg, args, optimised, timings, prefix, out) -> tuple[list, d
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small settings (< 5 min on 2 cores)")
+    ap.add_argument(
+        "--trajectory",
+        action="store_true",
+        help="the trajectory-based optimisers (direct, GITS, MEP-model) against all others, "
+        "NFE 4-6, DDIM / DPM-Solver++(2M) / UniPC-bh2",
+    )
     ap.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}")
     ap.add_argument("--out", default="benchmarks/results", help="output folder")
     ap.add_argument("--nfe", default=None, help="comma-separated NFEs (overrides the mode's)")
@@ -750,21 +950,24 @@ def parse_args(argv=None):
         ap.error(f"--models must be a subset of {MODELS}, got {bad or args.models}")
     args.nfe = tuple(int(v) for v in args.nfe.split(",")) if args.nfe else None
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if args.quick and args.trajectory:
+        ap.error("--quick and --trajectory are separate modes: choose one")
     return args
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     t_all = time.perf_counter()
-    cfg = QUICK if args.quick else FULL
-    prefix = "quality_quick" if args.quick else "quality"
+    mode = "quick" if args.quick else "trajectory" if args.trajectory else "full"
+    cfg = {"quick": QUICK, "full": FULL, "trajectory": TRAJ}[mode]
+    prefix = {"quick": "quality_quick", "full": "quality", "trajectory": "quality_trajectory"}[mode]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
 
     all_nfes = sorted({n for m in args.models for n in (args.nfe or cfg["nfes"][m])})
     flavours = {SOLVERS[s][1] for m in args.models for s in cfg["solvers"].get(m, SOLVERS)}
-    _log(f"mode {'quick' if args.quick else 'full'}: models {args.models}, NFE {all_nfes}")
+    _log(f"mode {mode}: models {args.models}, NFE {all_nfes}")
     optimised, timings = optimise_model_free(preset(NOISE), all_nfes, flavours)
 
     rows, models = [], {}
@@ -774,7 +977,7 @@ def main(argv=None) -> dict:
         models[name] = info
 
     result = dict(
-        mode="quick" if args.quick else "full",
+        mode=mode,
         command=" ".join([Path(sys.executable).name, *sys.argv]),
         machine=machine,
         settings={k: v for k, v in cfg.items()},
