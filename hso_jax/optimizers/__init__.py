@@ -3,7 +3,11 @@
 * :mod:`~hso_jax.optimizers.de` -- differential evolution (best1bin, deferred), one jit-able loop;
 * :mod:`~hso_jax.optimizers.refine` -- Optax L-BFGS refinement of a lam grid with fixed ends;
 * :mod:`~hso_jax.optimizers.hso` -- HSO (bi-level) and its single-level relatives;
-* :mod:`~hso_jax.optimizers.ays` -- Align Your Steps (imported on use).
+* :mod:`~hso_jax.optimizers.ays` -- Align Your Steps (imported on use);
+* :mod:`~hso_jax.optimizers.direct` -- gradient descent on the held-out sample error through
+  the solver (imported on use);
+* :mod:`~hso_jax.optimizers.gits` -- GITS, dynamic programming on a teacher grid (imported on
+  use).
 
 The public entry point is :func:`hso_jax.optimize`.
 """
