@@ -120,7 +120,9 @@ def test_reaches_the_known_optimum_of_a_gaussian():
 @pytest.fixture(scope="module")
 def unipc_result(gm):
     model, x_T, ref, _, _ = gm
-    return optimize_direct(model, 4, solver="unipc", x_T=x_T, reference=ref, steps=60)
+    return optimize_direct(
+        model, 4, solver="unipc", x_T=x_T, reference=ref, steps=60, learning_rate=0.1
+    )
 
 
 def test_held_out_error_beats_every_baseline(gm, unipc_result):

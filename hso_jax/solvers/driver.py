@@ -68,8 +68,16 @@ def _validate(model, x_T, ts, solver, key, nfe, denoise_final):
     return ts
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "denoise_final", "keep"))
-def _run(model, x_T, ts, solver, key, denoise_final, keep):
+def _check_unroll(unroll) -> int | bool:
+    if isinstance(unroll, bool):
+        return unroll
+    if isinstance(unroll, (int, np.integer)) and unroll >= 1:
+        return int(unroll)
+    raise ValueError(f"unroll must be a bool or an integer >= 1, got {unroll!r}")
+
+
+@functools.partial(jax.jit, static_argnames=("solver", "denoise_final", "keep", "unroll"))
+def _run(model, x_T, ts, solver, key, denoise_final, keep, unroll=1):
     ts = ts.astype(x_T.dtype)
     n = ts.shape[0] - 1
     keys = None if key is None else jax.random.split(key, n)
@@ -81,7 +89,9 @@ def _run(model, x_T, ts, solver, key, denoise_final, keep):
         x_next, state, x0 = solver.step(model, x, state, t_cur, t_next, i, n, k)
         return (x_next, state), ((x_next, x0) if keep else None)
 
-    (x, _), hist = jax.lax.scan(body, (x_T, state), (jnp.arange(n), ts[:-1], ts[1:], keys))
+    (x, _), hist = jax.lax.scan(
+        body, (x_T, state), (jnp.arange(n), ts[:-1], ts[1:], keys), unroll=unroll
+    )
     final = model.x0(x, ts[-1]) if denoise_final else x
     if not keep:
         return final
@@ -145,6 +155,7 @@ def sample(
     nfe: int | None = None,
     denoise_final: bool = False,
     check_finite: bool = False,
+    unroll: int | bool = 1,
 ) -> Array:
     """Sample from ``model`` along the schedule ``ts`` with ``solver``.
 
@@ -160,12 +171,17 @@ def sample(
         only; under ``jit`` / ``grad`` the check is skipped). The message names the first bad
         step and whether the model or the update produced it (found by re-running the
         schedule with :func:`sample_trajectory`, on failure only).
+      unroll: unrolling of the ``lax.scan`` over the steps (``True``: fully unrolled). The
+        result is the same; unrolling costs compile time (one copy of the step per step) and
+        can make reverse-mode gradients w.r.t. ``ts`` several times faster (measured in
+        ``benchmarks/bench_direct.py``; :func:`~hso_jax.optimizers.direct_loss` unrolls).
 
     Returns:
       The sample at ``ts[-1]`` (or its data prediction), same shape and dtype as ``x_T``.
     """
     ts = _validate(model, x_T, ts, solver, key, nfe, denoise_final)
-    out = _run(model, x_T, ts, solver, key, bool(denoise_final), False)
+    unroll = _check_unroll(unroll)
+    out = _run(model, x_T, ts, solver, key, bool(denoise_final), False, unroll)
     if check_finite:
         _check_finite(
             out,
