@@ -225,3 +225,21 @@ def test_ays_dispatch(monkeypatch):
     assert hj.optimize(model, 10, method="ays", solver="ddim", data=data, candidates=7) == "result"
     assert seen["nfe"] == 10 and seen["solver"] == "ddim" and seen["data"] is data
     assert seen["options"] == {"candidates": 7} and seen["key"] is not None
+
+
+def test_a_collapsed_interval_is_reported():
+    """A lower-level optimum with two (numerically) coinciding points must not pass silently:
+    in float32 such a schedule is not strictly decreasing."""
+    from hso_jax.optimizers import hso as H
+    from hso_jax.optimizers.refine import RefineResult
+
+    ns = hj.noise.preset("ddpm")
+    t = jnp.array([0.96, 0.96 - 1e-9, 0.5, 0.2, 0.03], jnp.float64)
+    one = jnp.asarray(1.0)
+    loc = RefineResult(ns.lam(t), one, one, 0.0 * one, 0.0 * one, jnp.asarray(3), True)
+    cfg = H._config("hso", 4, 4, H._check_options("hso", {}))
+    sched = H._schedule(ns, ns.lam(t), t[0], t[-1], 0.15)
+    w = H._warnings(loc, None, 4, 0.15, sched, cfg, {})
+    assert any("degenerate schedule: points 0 and 1 are 1e-09 apart" in s for s in w), w
+    ok = H._schedule(ns, ns.lam(t.at[1].set(0.7)), t[0], t[-1], 0.15)
+    assert not any("degenerate" in s for s in H._warnings(loc, None, 4, 0.15, ok, cfg, {}))

@@ -156,25 +156,24 @@ def test_gradient_wrt_schedule_matches_finite_differences(name):
 
 def test_unrolled_scan_gives_the_same_samples_and_gradients():
     """``unroll`` changes only how the step loop is compiled, not what it computes."""
-    solver = SOLVERS["unipc3_bh2"]
+    solver = SOLVERS["dpm_2m"]
     ts = TS_BATCH[1]
 
     def loss(ts, unroll):
         return jnp.sum(jnp.sin(hj.sample(MODEL, X_T, ts, solver, unroll=unroll)))
 
-    for unroll in (True, 2):
-        np.testing.assert_allclose(
-            np.asarray(hj.sample(MODEL, X_T, ts, solver, unroll=unroll)),
-            np.asarray(hj.sample(MODEL, X_T, ts, solver)),
-            rtol=1e-12,
-            atol=1e-12,
-        )
-        np.testing.assert_allclose(
-            np.asarray(jax.grad(loss)(ts, unroll)),
-            np.asarray(jax.grad(loss)(ts, 1)),
-            rtol=1e-10,
-            atol=1e-12,
-        )
+    np.testing.assert_allclose(
+        np.asarray(hj.sample(MODEL, X_T, ts, solver, unroll=True)),
+        np.asarray(hj.sample(MODEL, X_T, ts, solver)),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    np.testing.assert_allclose(
+        np.asarray(jax.grad(loss)(ts, True)),
+        np.asarray(jax.grad(loss)(ts, 1)),
+        rtol=1e-10,
+        atol=1e-12,
+    )
     for bad in (0, -1, 1.5, "yes"):
         with pytest.raises(ValueError, match=r"unroll must be a bool or an integer >= 1, got"):
             hj.sample(MODEL, X_T, ts, solver, unroll=bad)

@@ -215,13 +215,15 @@ class _Schedule(NamedTuple):
     t_start: Array
     t_end: Array
     max_violation: Array  # largest spacing violation, normalised time
+    spacing: Array  # |u_{i+1} - u_i| per interval, normalised time
 
 
 def _schedule(noise, lam, t_start, t_end, dmin) -> _Schedule:
     t = noise.t_from_lam(lam)
     t = t.at[0].set(t_start).at[-1].set(t_end)  # exact end points
     v = spacing.spacing_violations(noise, t, dmin)
-    return _Schedule(t, t_start, t_end, jnp.max(v))
+    du = jnp.abs(jnp.diff(normalised_time(noise, t)))
+    return _Schedule(t, t_start, t_end, jnp.max(v), du)
 
 
 def _search(noise, seed, lower, upper, spf, table, cfg: _Config):
@@ -590,6 +592,9 @@ def _local_info(loc: RefineResult) -> dict:
     }
 
 
+_COLLAPSED = 1e-6  # interval width (normalised time) below which a schedule is degenerate
+
+
 def _warnings(loc, penalty, nfe, dmin, sched, cfg, info) -> list[str]:
     w = []
     if not bool(loc.converged):
@@ -608,6 +613,16 @@ def _warnings(loc, penalty, nfe, dmin, sched, cfg, info) -> list[str]:
             f"NFE {nfe} (penalty {float(penalty):.4g} >= objective {float(loc.value):.4g}, "
             f"largest violation {viol:.3g} in normalised time); the result is the "
             "least-violating schedule found"
+        )
+    du = np.asarray(sched.spacing, np.float64)
+    k = int(np.argmin(du))
+    if du[k] < _COLLAPSED:
+        w.append(
+            f"degenerate schedule: points {k} and {k + 1} are {du[k]:.2g} apart in normalised "
+            f"time (t = {float(sched.t[k]):.9g}, {float(sched.t[k + 1]):.9g}); the lower-level "
+            "optimum collapsed an interval, which the spacing penalty (seen only by the upper "
+            "level) could not prevent. In float32 the two points may coincide: do not sample "
+            "with this schedule"
         )
     return w
 
