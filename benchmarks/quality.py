@@ -419,6 +419,8 @@ def optimise_trajectory(spec, nfes, solver_names, cfg, args, baselines) -> tuple
             rec.update(compile_s=i["timings"]["compile_s"], run_s=i["timings"]["run_s"])
         timings.append(rec)
         bar.update(1)
+        if label == "direct":
+            jax.clear_caches()  # each direct run compiles its own (large, unrolled) step
     bar.close()
     timings.append(
         dict(
@@ -974,27 +976,34 @@ def main(argv=None) -> dict:
 
     rows, models = [], {}
     for name in args.models:
+        # free the executables of the previous model: XLA's CPU JIT maps memory per
+        # executable, and a full --trajectory run once died in LLVM with "Cannot allocate
+        # memory" (24 GiB free) late in its MNIST evaluation
+        jax.clear_caches()
         r, info = run_model(name, cfg, args, optimised, timings, prefix, out)
         rows += r
         models[name] = info
-
-    result = dict(
-        mode=mode,
-        command=" ".join([Path(sys.executable).name, *sys.argv]),
-        machine=machine,
-        settings={k: v for k, v in cfg.items()},
-        timings=timings,
-        models=models,
-        rows=rows,
-        schedules={f"{lab}/{fl}/{n}": t.tolist() for (lab, fl, n), t in optimised.items()},
-        winners={m: {k: winners(rows, m, k) for k, _, _ in METRIC_TABLES} for m in models},
-    )
-    result["total_s"] = time.perf_counter() - t_all
-    result["machine"]["load_average_end"] = list(os.getloadavg())
-    (out / f"{prefix}.md").write_text(markdown(result))
-    write_csv(rows, out / f"{prefix}.csv")
-    (out / f"{prefix}.json").write_text(json.dumps(result, indent=1, default=_json_default))
-    _log(f"wrote {out}/{prefix}.md, .csv, .json and {prefix}_*.png in {result['total_s']:.1f} s")
+        # written after every model, so a late failure keeps the finished models
+        result = dict(
+            mode=mode,
+            command=" ".join([Path(sys.executable).name, *sys.argv]),
+            machine=machine,
+            settings={k: v for k, v in cfg.items()},
+            timings=timings,
+            models=models,
+            rows=rows,
+            schedules={f"{lab}/{fl}/{n}": t.tolist() for (lab, fl, n), t in optimised.items()},
+            winners={m: {k: winners(rows, m, k) for k, _, _ in METRIC_TABLES} for m in models},
+        )
+        result["total_s"] = time.perf_counter() - t_all
+        result["machine"]["load_average_end"] = list(os.getloadavg())
+        (out / f"{prefix}.md").write_text(markdown(result))
+        write_csv(rows, out / f"{prefix}.csv")
+        (out / f"{prefix}.json").write_text(json.dumps(result, indent=1, default=_json_default))
+        _log(
+            f"wrote {out}/{prefix}.md, .csv, .json ({', '.join(models)}) "
+            f"at {result['total_s']:.1f} s"
+        )
     return result
 
 
