@@ -988,23 +988,28 @@ def main(argv=None) -> dict:
             mode=mode,
             command=" ".join([Path(sys.executable).name, *sys.argv]),
             machine=machine,
-            settings={k: v for k, v in cfg.items()},
+            settings=dict(cfg),
             timings=timings,
             models=models,
             rows=rows,
             schedules={f"{lab}/{fl}/{n}": t.tolist() for (lab, fl, n), t in optimised.items()},
             winners={m: {k: winners(rows, m, k) for k, _, _ in METRIC_TABLES} for m in models},
+            total_s=time.perf_counter() - t_all,
         )
-        result["total_s"] = time.perf_counter() - t_all
-        result["machine"]["load_average_end"] = list(os.getloadavg())
-        (out / f"{prefix}.md").write_text(markdown(result))
-        write_csv(rows, out / f"{prefix}.csv")
-        (out / f"{prefix}.json").write_text(json.dumps(result, indent=1, default=_json_default))
-        _log(
-            f"wrote {out}/{prefix}.md, .csv, .json ({', '.join(models)}) "
-            f"at {result['total_s']:.1f} s"
-        )
+        write_results(result, out, prefix)
     return result
+
+
+def write_results(result: dict, out: Path, prefix: str) -> None:
+    """``<out>/<prefix>.{md,csv,json}`` of the models finished so far."""
+    result["machine"]["load_average_end"] = list(os.getloadavg())
+    (out / f"{prefix}.md").write_text(markdown(result))
+    write_csv(result["rows"], out / f"{prefix}.csv")
+    (out / f"{prefix}.json").write_text(json.dumps(result, indent=1, default=_json_default))
+    _log(
+        f"wrote {out}/{prefix}.md, .csv, .json ({', '.join(result['models'])}) "
+        f"at {result['total_s']:.1f} s"
+    )
 
 
 def _json_default(o):

@@ -238,8 +238,8 @@ def test_a_collapsed_interval_is_reported():
     one = jnp.asarray(1.0)
     loc = RefineResult(ns.lam(t), one, one, 0.0 * one, 0.0 * one, jnp.asarray(3), True)
     cfg = H._config("hso", 4, 4, H._check_options("hso", {}))
-    sched = H._schedule(ns, ns.lam(t), t[0], t[-1], 0.15)
+    sched = H._schedule(ns, ns.lam(t), t[0], t[-1])
     w = H._warnings(loc, None, 4, 0.15, sched, cfg, {})
     assert any("degenerate schedule: points 0 and 1 are 1e-09 apart" in s for s in w), w
-    ok = H._schedule(ns, ns.lam(t.at[1].set(0.7)), t[0], t[-1], 0.15)
+    ok = H._schedule(ns, ns.lam(t.at[1].set(0.7)), t[0], t[-1])
     assert not any("degenerate" in s for s in H._warnings(loc, None, 4, 0.15, ok, cfg, {}))

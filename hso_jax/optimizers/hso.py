@@ -214,16 +214,13 @@ class _Schedule(NamedTuple):
     t: Array  # model times of the refined grid (decreasing)
     t_start: Array
     t_end: Array
-    max_violation: Array  # largest spacing violation, normalised time
     spacing: Array  # |u_{i+1} - u_i| per interval, normalised time
 
 
-def _schedule(noise, lam, t_start, t_end, dmin) -> _Schedule:
+def _schedule(noise, lam, t_start, t_end) -> _Schedule:
     t = noise.t_from_lam(lam)
     t = t.at[0].set(t_start).at[-1].set(t_end)  # exact end points
-    v = spacing.spacing_violations(noise, t, dmin)
-    du = jnp.abs(jnp.diff(normalised_time(noise, t)))
-    return _Schedule(t, t_start, t_end, jnp.max(v), du)
+    return _Schedule(t, t_start, t_end, jnp.abs(jnp.diff(normalised_time(noise, t))))
 
 
 def _search(noise, seed, lower, upper, spf, table, cfg: _Config):
@@ -248,13 +245,13 @@ def _search(noise, seed, lower, upper, spf, table, cfg: _Config):
     )
     t_eps = time_from_normalised(noise, de.x[1])
     t_max = time_from_normalised(noise, de.x[2])
-    return de, _schedule(noise, de.aux.local.lam, t_max, t_eps, spf[0])
+    return de, _schedule(noise, de.aux.local.lam, t_max, t_eps)
 
 
 def _local(noise, rho, t_start, t_end, spf, table, cfg: _Config):
     lam_init = _init_grid(noise, cfg.init, rho, t_start, t_end, cfg.n)
     r, pen = _lower(noise, cfg, lam_init, spf, table)
-    return r, pen, _schedule(noise, r.lam, t_start, t_end, spf[0])
+    return r, pen, _schedule(noise, r.lam, t_start, t_end)
 
 
 # --------------------------------------------------------------------------------------
@@ -605,7 +602,9 @@ def _warnings(loc, penalty, nfe, dmin, sched, cfg, info) -> list[str]:
             f"iterations (relative change {float(loc.rel_change):.3g}); the schedule is the best "
             "iterate"
         )
-    viol = max(float(sched.max_violation), 0.0)
+    du = np.asarray(sched.spacing, np.float64)
+    k = int(np.argmin(du))
+    viol = max(dmin - float(du[k]), 0.0)  # largest spacing violation
     info["max_spacing_violation"] = viol
     if penalty is not None and float(penalty) > 0 and float(penalty) >= float(loc.value):
         w.append(
@@ -614,8 +613,6 @@ def _warnings(loc, penalty, nfe, dmin, sched, cfg, info) -> list[str]:
             f"largest violation {viol:.3g} in normalised time); the result is the "
             "least-violating schedule found"
         )
-    du = np.asarray(sched.spacing, np.float64)
-    k = int(np.argmin(du))
     if du[k] < _COLLAPSED:
         w.append(
             f"degenerate schedule: points {k} and {k + 1} are {du[k]:.2g} apart in normalised "
