@@ -38,6 +38,20 @@ def tiny_params():
     return init_params(TINY, jax.random.key(0))
 
 
+def test_init_params_reuses_one_compiled_initialiser(tiny_params):
+    """Equal configs (object or dict) share the compiled initialiser; the key still matters."""
+    from hso_jax.models.unet import _cached_init
+
+    before = _cached_init.cache_info()
+    again = init_params(UNetConfig.from_dict(TINY), jax.random.key(0))
+    other = init_params(dict(TINY), jax.random.key(1))
+    after = _cached_init.cache_info()
+    assert after.hits == before.hits + 2 and after.misses == before.misses
+    jax.tree_util.tree_map(np.testing.assert_array_equal, again, tiny_params)
+    same = jax.tree_util.tree_map(np.array_equal, other, tiny_params)
+    assert not all(jax.tree_util.tree_leaves(same))
+
+
 def test_shapes_and_layouts(tiny_params):
     x = jax.random.normal(jax.random.key(1), (3, 8, 8, 1), jnp.float32)
     f = jax.jit(unet_fn(TINY))

@@ -614,12 +614,22 @@ def unet_apply(
 def init_params(
     config: UNetConfig | Mapping[str, Any], key: Array, batch: int = 1
 ) -> dict[str, Any]:
-    """Randomly initialised parameters (Flax default initialisers) for ``config``."""
-    cfg = _as_config(config)
+    """Randomly initialised parameters (Flax default initialisers) for ``config``.
+
+    The compiled initialiser is shared between calls with equal configs (compiling it takes
+    tens of seconds on a CPU for a small U-Net).
+    """
+    return _cached_init(_config_key(config), batch)(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_init(key: str, batch: int) -> Callable:
+    cfg = UNetConfig.from_dict(json.loads(key))
     size = cfg.sample_size or 32
     hgt, wid = (size, size) if isinstance(size, int) else tuple(size)
     x = jnp.zeros((batch, hgt, wid, cfg.in_channels), jnp.float32)
-    return jax.jit(UNet2D(cfg).init)(key, x, jnp.zeros((batch,), jnp.float32))["params"]
+    t = jnp.zeros((batch,), jnp.float32)
+    return jax.jit(lambda k: UNet2D(cfg).init(k, x, t)["params"])
 
 
 def count_params(params: Any) -> int:
