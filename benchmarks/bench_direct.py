@@ -131,15 +131,14 @@ def _breakdown(model, x_T, ref, nfe: int) -> dict:
     ends = tuple(jnp.asarray(v, jnp.float32) for v in (lam[0], lam[-1], t[0], t[-1]))
     z = logits_from_lam(jnp.asarray(lam, jnp.float32))
     fwd = jax.jit(direct_loss, static_argnames="solver")
-    vg = jax.jit(jax.value_and_grad(direct_loss), static_argnames="solver")
-    vg_rolled = jax.jit(jax.value_and_grad(direct_loss), static_argnames=("solver", "unroll"))
+    vg = jax.jit(jax.value_and_grad(direct_loss), static_argnames=("solver", "unroll"))
     args = (z, model, solver, x, r, ends)
     return {
         "batch": b,
         "network_call_s": _median_s(jax.jit(model.x0), x, jnp.float32(0.5)),
         "forward_loss_s": _median_s(fwd, *args),
         "value_and_grad_s": _median_s(vg, *args),
-        "value_and_grad_rolled_s": _median_s(vg_rolled, *args, unroll=1),
+        "value_and_grad_rolled_s": _median_s(vg, *args, unroll=1),
     }
 
 
