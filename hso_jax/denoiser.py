@@ -35,9 +35,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .noise import NoiseSchedule
+from .noise import PRESETS, NoiseSchedule, preset
 
-__all__ = ["Denoiser", "PREDICTIONS", "TIME_INPUTS"]
+__all__ = ["Denoiser", "PREDICTIONS", "TIME_INPUTS", "as_denoiser"]
 
 PREDICTIONS = ("eps", "x0", "v", "flow", "score")
 TIME_INPUTS = ("auto", "index", "index-rounded", "t", "sigma_edm", "scaled")
@@ -179,3 +179,72 @@ class Denoiser:
 jax.tree_util.register_pytree_node(
     Denoiser, lambda d: d.tree_flatten(), Denoiser.tree_unflatten
 )
+
+
+def as_denoiser(
+    model: Denoiser | Callable,
+    *,
+    noise: str | NoiseSchedule | None = None,
+    prediction: str | None = None,
+    time_input: str | Callable | None = None,
+    example: str = "hso_jax.Denoiser(model_fn, noise='sd21')",
+) -> Denoiser:
+    """A :class:`Denoiser` from a Denoiser (returned unchanged) or a plain network callable.
+
+    This is how the public entry points (:func:`hso_jax.optimize`, :func:`hso_jax.sample`)
+    accept ``fn(x, t_in)`` directly: ``as_denoiser(fn, noise="sd21")`` is
+    ``Denoiser(fn, noise=hso_jax.noise.preset("sd21"), prediction="eps", time_input="auto")``.
+
+    Args:
+      model: a :class:`Denoiser`, or a callable ``fn(x, t_in)`` (network parameters,
+        conditioning and guidance need an explicit :class:`Denoiser`).
+      noise: for a callable (required): the noise process it was trained under, a preset name
+        (:func:`hso_jax.noise.preset`) or a :class:`~hso_jax.noise.NoiseSchedule`.
+      prediction: for a callable: what it predicts (default ``"eps"``; see :data:`PREDICTIONS`).
+      time_input: for a callable: what it receives as time (default ``"auto"``; see
+        :data:`TIME_INPUTS`).
+      example: the call shown in the error message when ``noise`` is missing.
+
+    Raises:
+      ValueError: a callable without ``noise``, or ``noise`` / ``prediction`` / ``time_input``
+        given with a Denoiser (which carries its own; use ``model.replace(...)``); bad values.
+      TypeError: ``model`` neither a Denoiser nor callable, or ``noise`` of the wrong type.
+    """
+    given = {
+        k: v
+        for k, v in (("noise", noise), ("prediction", prediction), ("time_input", time_input))
+        if v is not None
+    }
+    if isinstance(model, Denoiser):
+        if given:
+            raise ValueError(
+                f"{', '.join(f'{k}=' for k in given)} only apply when the model is a plain "
+                "callable fn(x, t); this model is a hso_jax.Denoiser, which carries its own "
+                f"noise, prediction and time_input (use model.replace({next(iter(given))}=...))"
+            )
+        return model
+    if isinstance(model, NoiseSchedule) or not callable(model):
+        raise TypeError(
+            "model must be a hso_jax.Denoiser or a callable fn(x, t) (with noise=...), got "
+            f"{type(model).__name__}"
+        )
+    if noise is None:
+        raise ValueError(
+            "model is a plain callable fn(x, t): add noise=<the noise process it was trained "
+            f"under>, e.g. {example}; noise is a preset name (one of "
+            f"{sorted(PRESETS)}) or a hso_jax.noise.NoiseSchedule. prediction= says "
+            "what fn returns (default 'eps'; also 'x0', 'v', 'flow', 'score')"
+        )
+    if isinstance(noise, str):
+        noise = preset(noise)  # unknown names: ValueError listing the presets
+    elif not isinstance(noise, NoiseSchedule):
+        raise TypeError(
+            f"noise must be a preset name (one of {sorted(PRESETS)}) or a "
+            f"hso_jax.noise.NoiseSchedule, got {type(noise).__name__}"
+        )
+    return Denoiser(
+        model,
+        noise=noise,
+        prediction="eps" if prediction is None else prediction,
+        time_input="auto" if time_input is None else time_input,
+    )

@@ -5,6 +5,10 @@ steps it spends ``solver.nfe(n)`` network evaluations, plus one with ``denoise_f
 (which returns the data prediction D(x, ts[-1]) -- the "end at sigma = 0" convention of
 diffusers / ComfyUI, whose last step jumps to x0).
 
+``model`` is a :class:`~hso_jax.Denoiser` or a plain network ``fn(x, t_in)`` with
+``noise=`` (preset name or NoiseSchedule), ``prediction=`` (default ``"eps"``) and
+``time_input=`` (default ``"auto"``), exactly as :class:`~hso_jax.Denoiser` takes them.
+
 Everything is a pure function of ``ts``: ``jax.jit``, ``jax.vmap`` over a batch of equal-length
 schedules and ``jax.grad`` w.r.t. ``ts`` all work. Validation runs eagerly on concrete inputs
 and is skipped for traced ones.
@@ -13,13 +17,14 @@ and is skipped for traced ones.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..denoiser import Denoiser
+from ..denoiser import Denoiser, as_denoiser
 from ..schedules import check_schedule
 from .base import Solver
 
@@ -146,7 +151,7 @@ def _check_finite(out, what, locate=None):
 
 
 def sample(
-    model: Denoiser,
+    model: Denoiser | Callable,
     x_T: Array,
     ts: Array,
     solver: Solver,
@@ -156,11 +161,15 @@ def sample(
     denoise_final: bool = False,
     check_finite: bool = False,
     unroll: int | bool = 1,
+    noise: Any = None,
+    prediction: str | None = None,
+    time_input: str | Callable | None = None,
 ) -> Array:
     """Sample from ``model`` along the schedule ``ts`` with ``solver``.
 
     Args:
-      model: the Denoiser.
+      model: a :class:`~hso_jax.Denoiser`, or a plain network callable ``fn(x, t_in)`` together
+        with ``noise=`` (e.g. ``sample(fn, x_T, ts, solver, noise="sd21")``).
       x_T: initial noise at ``ts[0]`` (e.g. ``model.noise.prior(key, shape)``).
       ts: strictly decreasing model times, ``len(ts) = n + 1`` for n steps.
       solver: a solver object, e.g. ``hso_jax.solvers.dpm_solver_pp(order=2)``.
@@ -175,10 +184,24 @@ def sample(
         result is the same; unrolling costs compile time (one copy of the step per step) and
         can make reverse-mode gradients w.r.t. ``ts`` several times faster (measured in
         ``benchmarks/bench_direct.py``; :func:`~hso_jax.optimizers.direct_loss` unrolls).
+      noise: only with a callable ``model`` (required then): the noise process it was trained
+        under, a preset name (:func:`hso_jax.noise.preset`) or a NoiseSchedule.
+      prediction: only with a callable ``model``: what it returns, ``"eps"`` (default), ``"x0"``,
+        ``"v"``, ``"flow"`` or ``"score"``.
+      time_input: only with a callable ``model``: what it receives as time (default ``"auto"``:
+        the continuous step index for discrete-time processes, ``t`` otherwise; see
+        :class:`~hso_jax.Denoiser`).
 
     Returns:
       The sample at ``ts[-1]`` (or its data prediction), same shape and dtype as ``x_T``.
     """
+    model = as_denoiser(
+        model,
+        noise=noise,
+        prediction=prediction,
+        time_input=time_input,
+        example="hso_jax.sample(model_fn, x_T, ts, solver, noise='sd21')",
+    )
     ts = _validate(model, x_T, ts, solver, key, nfe, denoise_final)
     unroll = _check_unroll(unroll)
     out = _run(model, x_T, ts, solver, key, bool(denoise_final), False, unroll)
@@ -192,7 +215,7 @@ def sample(
 
 
 def sample_trajectory(
-    model: Denoiser,
+    model: Denoiser | Callable,
     x_T: Array,
     ts: Array,
     solver: Solver,
@@ -200,8 +223,19 @@ def sample_trajectory(
     *,
     denoise_final: bool = False,
     check_finite: bool = False,
+    noise: Any = None,
+    prediction: str | None = None,
+    time_input: str | Callable | None = None,
 ) -> Trajectory:
-    """Like :func:`sample` but returns every intermediate state and data prediction."""
+    """Like :func:`sample` but returns every intermediate state and data prediction (a callable
+    ``model`` takes ``noise=``, ``prediction=``, ``time_input=`` as there)."""
+    model = as_denoiser(
+        model,
+        noise=noise,
+        prediction=prediction,
+        time_input=time_input,
+        example="hso_jax.sample_trajectory(model_fn, x_T, ts, solver, noise='sd21')",
+    )
     ts = _validate(model, x_T, ts, solver, key, None, denoise_final)
     out = _run(model, x_T, ts, solver, key, bool(denoise_final), True)
     if check_finite:
