@@ -33,13 +33,15 @@ import json
 import math
 import os
 import re
-import tempfile
+import reprlib
+import stat
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
+from ._signals import release_temp, temp_file
 from .noise import NoiseSchedule
 from .optimizers.result import OptimizeResult
 from .schedules import _eval64, check_schedule
@@ -54,11 +56,12 @@ __all__ = [
     "save_schedule",
     "load_schedule",
     "atomic_write_text",
+    "writable_target",
 ]
 
 SCHEMA_VERSION = 1
 SCHEMA = f"hso_jax.schedule/{SCHEMA_VERSION}"
-_SCHEMA_RE = re.compile(r"^hso_jax\.schedule/(\d+)$")
+_SCHEMA_RE = re.compile(r"hso_jax\.schedule/([0-9]{1,9})", re.ASCII)
 _REQUIRED = (
     "schema",
     "t",
@@ -167,7 +170,7 @@ def schedule_record(
         "hso_jax_version": _version(),
         "options": _plain(options or {}, "options"),
     }
-    return validate_record(record, source="schedule_record")
+    return validate_record(record, source="schedule_record", noise=noise)
 
 
 # --------------------------------------------------------------------------------------
@@ -179,25 +182,128 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 8, 6, 80, 80
+_REPR.maxlong = 40
+
+
+def _short(value) -> str:
+    """A bounded repr for messages (deeply nested or huge values stay short)."""
+    return _REPR.repr(value)
+
+
+def _finite(x) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def _number_list(record, key, source, *, n=None) -> list:
     v = record[key]
     if not isinstance(v, list) or not all(_is_number(x) for x in v):
-        raise ScheduleFileError(f"{source}: {key!r} must be a list of numbers, got {v!r:.200}")
+        raise ScheduleFileError(f"{source}: {key!r} must be a list of numbers, got {_short(v)}")
     if n is not None and len(v) != n:
         raise ScheduleFileError(f"{source}: {key!r} has {len(v)} entries, 't' has {n}")
-    if not all(math.isfinite(x) for x in v):
-        raise ScheduleFileError(f"{source}: {key!r} must be finite, got {v}")
+    bad = [i for i, x in enumerate(v) if not _finite(x)]
+    if bad:
+        raise ScheduleFileError(
+            f"{source}: {key!r} must be finite, got {key}[{bad[0]}] = {_short(v[bad[0]])}"
+        )
     return v
 
 
-def validate_record(record: Any, *, source: str = "record") -> dict[str, Any]:
+# Presets whose name fixes the process (VPDiscrete tables, parameter-free EDM / flow), so a
+# record naming them can be checked against them. ``vp-linear`` / ``vp-cosine`` are the default
+# names of parameterised classes: other parameters share the name, so they are not checked.
+_CHECKED_PRESETS = ("sd15", "sd21", "sdxl", "ddpm", "cosine", "edm", "flow")
+# Relative tolerance of the redundant fields (written with full float64 precision).
+_RTOL = 1e-6
+
+
+def _check_redundant(record, source, noise: NoiseSchedule | None) -> None:
+    """``sigmas`` / ``lambdas`` / ``timesteps`` must agree with ``t`` (and each other)."""
+    t, sig, lam = record["t"], record["sigmas"], record["lambdas"]
+    # Any process: sigma_edm = sigma / alpha = exp(-lam), and lam grows as t falls.
+    for i, (s, l) in enumerate(zip(sig, lam, strict=True)):
+        if abs(math.log(s) + l) > _RTOL * max(1.0, abs(l)):
+            raise ScheduleFileError(
+                f"{source}: 'sigmas' and 'lambdas' contradict each other: sigmas[{i}] = {s!r} "
+                f"but exp(-lambdas[{i}]) = {math.exp(-l) if l > -700 else math.inf!r} (sigma_edm "
+                "= exp(-lambda))"
+            )
+    for i in range(len(lam) - 1):
+        if lam[i] > lam[i + 1]:
+            raise ScheduleFileError(
+                f"{source}: 'lambdas' must not decrease while 't' decreases; lambdas[{i}] = "
+                f"{lam[i]!r} > lambdas[{i + 1}] = {lam[i + 1]!r}"
+            )
+    ks = record["timesteps"]
+    if ks is not None:
+        for i in range(len(ks) - 1):
+            if ks[i] < ks[i + 1]:
+                raise ScheduleFileError(
+                    f"{source}: 'timesteps' must not increase while 't' decreases; timesteps"
+                    f"[{i}] = {ks[i]} < timesteps[{i + 1}] = {ks[i + 1]}"
+                )
+    if noise is None:
+        from .noise import preset
+
+        if record["noise"] not in _CHECKED_PRESETS:
+            return
+        noise = preset(record["noise"])
+    t64 = np.asarray(t, np.float64)
+    for key, method, got in (("sigmas", "sigma_edm", sig), ("lambdas", "lam", lam)):
+        want = _eval64(noise, method, t64)
+        got = np.asarray(got, np.float64)
+        scale = np.maximum(1.0, np.abs(want)) if key == "lambdas" else np.abs(want)
+        err = np.abs(got - want) > _RTOL * scale
+        if not np.all(np.isfinite(want)) or np.any(err):
+            i = int(np.argmax(err | ~np.isfinite(want)))
+            raise ScheduleFileError(
+                f"{source}: {key!r} contradicts 't' under noise {noise.name!r}: {key}[{i}] = "
+                f"{float(got[i])!r}, but t[{i}] = {t[i]!r} gives {float(want[i])!r}"
+            )
+    if ks is not None and not noise.is_discrete:
+        raise ScheduleFileError(
+            f"{source}: 'timesteps' must be null for the continuous-time noise {noise.name!r}, "
+            f"got {_short(ks)}"
+        )
+    if ks is not None:
+        n = noise.num_steps
+        # The nearest training step of t: |k + 1 - N t| <= 1/2 (either neighbour on a tie).
+        dist = np.abs(np.asarray(ks, np.float64) + 1.0 - n * t64)
+        if np.any(dist > 0.5 + 1e-6):
+            i = int(np.argmax(dist > 0.5 + 1e-6))
+            raise ScheduleFileError(
+                f"{source}: 'timesteps' contradicts 't' under noise {noise.name!r}: "
+                f"timesteps[{i}] = {ks[i]}, but t[{i}] = {t[i]!r} is step "
+                f"{int(noise.index_from_t(t64[i]))} (round({n} t) - 1)"
+            )
+
+
+def validate_record(
+    record: Any, *, source: str = "record", noise: NoiseSchedule | None = None
+) -> dict[str, Any]:
     """Check a schedule record against the schema; return it unchanged.
+
+    The redundant fields must agree with ``t``: always ``sigmas = exp(-lambdas)`` (relative
+    tolerance 1e-6), ``lambdas`` non-decreasing and ``timesteps`` non-increasing; and, when
+    ``noise`` is given or ``record["noise"]`` names a preset that fixes the process (``sd15``,
+    ``sd21``, ``sdxl``, ``ddpm``, ``cosine``, ``edm``, ``flow``), ``sigmas`` / ``lambdas``
+    equal that process's values at ``t`` and ``timesteps`` its nearest training steps (``null``
+    for continuous-time processes).
+
+    Args:
+      record: the parsed JSON object.
+      source: name of the file or object in messages.
+      noise: the process the record was made with, if known (overrides the preset lookup).
 
     Raises:
       ScheduleFileError (a ``ValueError``): not an object, no / foreign ``schema`` tag, a newer
-        schema version, missing fields, or fields of the wrong type or shape (``t`` must be
+        schema version, missing fields, fields of the wrong type or shape (``t`` must be
         finite and strictly decreasing with >= 2 points; ``sigmas`` / ``lambdas`` /
-        ``timesteps`` must match its length).
+        ``timesteps`` must match its length), or redundant fields that contradict ``t``.
     """
     if not isinstance(record, dict):
         raise ScheduleFileError(
@@ -208,20 +314,21 @@ def validate_record(record: Any, *, source: str = "record") -> dict[str, Any]:
         raise ScheduleFileError(
             f"{source}: not a hso_jax schedule file (no 'schema' key; expected {SCHEMA!r})"
         )
-    m = _SCHEMA_RE.match(str(record["schema"]))
-    if not isinstance(record["schema"], str) or m is None:
+    schema = record["schema"]
+    m = _SCHEMA_RE.fullmatch(schema) if isinstance(schema, str) else None
+    if m is None:
         raise ScheduleFileError(
-            f"{source}: not a hso_jax schedule file: schema is {record['schema']!r}, expected "
+            f"{source}: not a hso_jax schedule file: schema is {_short(schema)}, expected "
             f"{SCHEMA!r}"
         )
     version = int(m.group(1))
     if version > SCHEMA_VERSION:
         raise ScheduleFileError(
-            f"{source}: written with a newer schema ({record['schema']!r}); this hso_jax "
+            f"{source}: written with a newer schema ({schema!r}); this hso_jax "
             f"({_version()}) reads up to {SCHEMA!r}: upgrade hso_jax"
         )
     if version < 1:
-        raise ScheduleFileError(f"{source}: invalid schema version {record['schema']!r}")
+        raise ScheduleFileError(f"{source}: invalid schema version {schema!r}")
     missing = [k for k in _REQUIRED if k not in record]
     if missing:
         raise ScheduleFileError(f"{source}: missing field(s) {missing}")
@@ -237,15 +344,15 @@ def validate_record(record: Any, *, source: str = "record") -> dict[str, Any]:
             )
     sig = _number_list(record, "sigmas", source, n=len(t))
     if any(s <= 0 for s in sig):
-        raise ScheduleFileError(f"{source}: 'sigmas' must be > 0, got {sig}")
+        raise ScheduleFileError(f"{source}: 'sigmas' must be > 0, got {_short(sig)}")
     _number_list(record, "lambdas", source, n=len(t))
     ks = record["timesteps"]
     if ks is not None:
         if not isinstance(ks, list) or not all(
-            isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in ks
+            isinstance(k, int) and not isinstance(k, bool) and 0 <= k < 2**53 for k in ks
         ):
             raise ScheduleFileError(
-                f"{source}: 'timesteps' must be null or a list of integers >= 0, got {ks!r:.200}"
+                f"{source}: 'timesteps' must be null or a list of integers >= 0, got {_short(ks)}"
             )
         if len(ks) != len(t):
             raise ScheduleFileError(
@@ -254,20 +361,25 @@ def validate_record(record: Any, *, source: str = "record") -> dict[str, Any]:
     for key in ("noise", "method", "hso_jax_version"):
         if not isinstance(record[key], str) or not record[key]:
             raise ScheduleFileError(
-                f"{source}: {key!r} must be a non-empty string, got {record[key]!r}"
+                f"{source}: {key!r} must be a non-empty string, got {_short(record[key])}"
             )
     if record["solver"] is not None and not isinstance(record["solver"], str):
         raise ScheduleFileError(
-            f"{source}: 'solver' must be a string or null, got {record['solver']!r}"
+            f"{source}: 'solver' must be a string or null, got {_short(record['solver'])}"
         )
     nfe = record["nfe"]
     if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
-        raise ScheduleFileError(f"{source}: 'nfe' must be an integer >= 1, got {nfe!r}")
+        raise ScheduleFileError(f"{source}: 'nfe' must be an integer >= 1, got {_short(nfe)}")
     obj = record["objective"]
     if obj is not None and not _is_number(obj):
-        raise ScheduleFileError(f"{source}: 'objective' must be a number or null, got {obj!r}")
+        raise ScheduleFileError(
+            f"{source}: 'objective' must be a number or null, got {_short(obj)}"
+        )
     if not isinstance(record["options"], dict):
-        raise ScheduleFileError(f"{source}: 'options' must be an object, got {record['options']!r}")
+        raise ScheduleFileError(
+            f"{source}: 'options' must be an object, got {_short(record['options'])}"
+        )
+    _check_redundant(record, source, noise)
     return record
 
 
@@ -309,15 +421,66 @@ def dumps_record(result_or_dict) -> str:
     return json.dumps(record, indent=2) + "\n"
 
 
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def writable_target(path) -> Path:
+    """The file that :func:`atomic_write_text` would replace for ``path``.
+
+    Symbolic links are followed (a link is written through, its target replaced, the link kept).
+    A target that exists must be a regular file: directories, named pipes, devices and sockets
+    cannot be replaced atomically and are refused.
+
+    Raises:
+      ValueError: the (resolved) target exists and is not a regular file.
+      OSError: the link cannot be resolved (e.g. a loop).
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        st = target.stat()
+    except FileNotFoundError:
+        return target
+    if not stat.S_ISREG(st.st_mode):
+        via = f" (the target of the link {str(path)!r})" if target != path else ""
+        raise ValueError(
+            f"path {str(target)!r}{via} is {_file_kind(st.st_mode)}, not a regular file; "
+            "schedule output is written atomically (a new file renamed into place), so the "
+            "target must be a regular file or not exist yet"
+        )
+    return target
+
+
 def atomic_write_text(path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically: temp file in the same directory, fsync,
-    ``os.replace``. On any error the temp file is removed and an existing ``path`` is left as it
-    was. A new file gets mode 0o644; an existing file keeps its mode."""
+    ``os.replace``. On any error (or SIGINT / SIGTERM under the CLI) the temp file is removed and
+    an existing ``path`` is left as it was. A new file gets mode 0o644; an existing file keeps its
+    mode. A symbolic link is written through: its target is replaced (atomically, in the
+    target's directory) and the link stays a link.
+
+    Returns:
+      The path written (the link's target for a link).
+
+    Raises:
+      TypeError: ``text`` is not a str.
+      ValueError: the target exists and is not a regular file (directory, FIFO, device, socket).
+      OSError: the directory does not exist or is not writable, the disk is full, ...
+    """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
-    path = Path(path)
+    path = writable_target(path)
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -329,6 +492,8 @@ def atomic_write_text(path, text: str) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    finally:
+        release_temp(tmp)
     return path
 
 
@@ -350,6 +515,10 @@ def save_schedule(path, result_or_dict) -> Path:
     return atomic_write_text(path, dumps_record(result_or_dict))
 
 
+# A schedule file is a few kilobytes; anything far larger is not one (and is not read whole).
+MAX_FILE_BYTES = 16 * 2**20
+
+
 def load_schedule(path) -> dict[str, Any]:
     """Load and validate a schedule file written by :func:`save_schedule`.
 
@@ -357,14 +526,32 @@ def load_schedule(path) -> dict[str, Any]:
       The record dict (lists and floats as stored; ``jnp.asarray(rec["t"])`` is the schedule).
 
     Raises:
-      ScheduleFileError (a ``ValueError``): the file is not valid JSON (corrupt or truncated),
-        not a hso_jax schedule (no / foreign ``schema``), from a newer schema version, or
-        fails :func:`validate_record`.
-      OSError: the file cannot be read.
+      ScheduleFileError (a ``ValueError``): the file is not a regular file (a directory, FIFO,
+        device), larger than ``MAX_FILE_BYTES``, not UTF-8, not valid JSON (corrupt, truncated,
+        nested too deeply, numbers beyond Python's limits), not a hso_jax schedule (no /
+        foreign ``schema``), from a newer schema version, or fails :func:`validate_record`
+        (including redundant fields that contradict ``t``).
+      OSError: the file cannot be opened (missing, no permission).
     """
     path = Path(path)
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; the fstat below rejects it.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        text = path.read_text(encoding="utf-8")
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ScheduleFileError(f"{path}: not a schedule file: it is {_file_kind(st.st_mode)}")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ScheduleFileError(
+            f"{path}: too large for a schedule file (more than {MAX_FILE_BYTES} bytes)"
+        )
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ScheduleFileError(f"{path}: not a text (UTF-8) JSON file: {e}") from None
     try:
@@ -374,4 +561,10 @@ def load_schedule(path) -> dict[str, Any]:
             f"{path}: not valid JSON (corrupt or truncated file): {e.msg} at line {e.lineno} "
             f"column {e.colno}"
         ) from None
+    except RecursionError:
+        raise ScheduleFileError(
+            f"{path}: not a schedule file: JSON nested too deeply to parse"
+        ) from None
+    except ValueError as e:  # e.g. an integer literal with more digits than Python converts
+        raise ScheduleFileError(f"{path}: not a schedule file: invalid JSON value: {e}") from None
     return validate_record(record, source=str(path))

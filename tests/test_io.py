@@ -259,3 +259,119 @@ def test_save_rejects_other_types(tmp_path):
     with pytest.raises(TypeError, match="must be an OptimizeResult"):
         hio.dumps_record("record")
     assert _files(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------
+# Hostile files and contradicting redundant fields
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("[" * 100000, "nested too deeply"),
+        ("{" * 50000, "not valid JSON|nested too deeply"),
+        ('{"t": [' + "9" * 5000 + "]}", "invalid JSON value"),
+        (json.dumps({"schema": "hso_jax.schedule/" + "1" * 5000}), "schema is"),
+        (json.dumps({"schema": [[[[[[["deep"]]]]]]] * 1000}), "schema is"),
+        ('"just a string"', "expected a JSON object, got str"),
+    ],
+)
+def test_hostile_files_give_schedule_file_error(tmp_path, text, match):
+    path = tmp_path / "hostile.json"
+    path.write_text(text)
+    with pytest.raises(hio.ScheduleFileError, match=match):
+        hio.load_schedule(path)
+
+
+def test_huge_numbers_and_non_regular_files(tmp_path, record):
+    path = _write(tmp_path / "big.json", dict(record, t=[10**400] + record["t"][1:]))
+    with pytest.raises(hio.ScheduleFileError, match="'t' must be finite"):
+        hio.load_schedule(path)
+    with pytest.raises(hio.ScheduleFileError, match="it is a directory"):
+        hio.load_schedule(tmp_path)
+    os.mkfifo(tmp_path / "fifo")  # opening must not block waiting for a writer
+    with pytest.raises(hio.ScheduleFileError, match=r"it is a named pipe \(FIFO\)"):
+        hio.load_schedule(tmp_path / "fifo")
+    with pytest.raises(hio.ScheduleFileError, match="character device"):
+        hio.load_schedule("/dev/zero")
+    (tmp_path / "large.json").write_bytes(b" " * (hio.MAX_FILE_BYTES + 1))
+    with pytest.raises(hio.ScheduleFileError, match="too large"):
+        hio.load_schedule(tmp_path / "large.json")
+
+
+def _scaled(r, key, factor):
+    return dict(r, **{key: [x * factor for x in r[key]]})
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        # sigmas alone changed: contradicts the lambdas (any process)
+        (lambda r: _scaled(r, "sigmas", 1.01), "'sigmas' and 'lambdas' contradict each other"),
+        # sigmas and lambdas changed together: consistent with each other, not with t
+        (lambda r: dict(_scaled(r, "sigmas", 1.01),
+                        lambdas=[x - np.log(1.01) for x in r["lambdas"]]),
+         "'sigmas' contradicts 't' under noise 'sd15'"),
+        (lambda r: dict(r, timesteps=[k + 3 for k in r["timesteps"]]),
+         r"'timesteps' contradicts 't'.*timesteps\[0\] = 1002.*step 999"),
+        (lambda r: dict(r, timesteps=r["timesteps"][::-1]), "'timesteps' must not increase"),
+        (lambda r: dict(r, lambdas=r["lambdas"][::-1], sigmas=r["sigmas"][::-1]),
+         "'lambdas' must not decrease"),
+        (lambda r: dict(r, noise="edm"), "'sigmas' contradicts 't' under noise 'edm'"),
+        # an unknown process is still checked for sigma = exp(-lambda)
+        (lambda r: dict(_scaled(r, "sigmas", 1.01), noise="custom:betas.npy"),
+         "'sigmas' and 'lambdas' contradict"),
+    ],
+)
+def test_redundant_fields_must_agree_with_t(tmp_path, record, mutate, match):
+    path = _write(tmp_path / "bad.json", mutate(dict(record)))
+    with pytest.raises(hio.ScheduleFileError, match=match):
+        hio.load_schedule(path)
+
+
+def test_redundant_fields_checked_against_given_noise(record):
+    from hso_jax.noise import EDM
+
+    ns = EDM(t_max=120.0)  # parameterised process: checked when given, not from its name
+    rec = hio.schedule_record(S.karras(ns, 4), ns, method="karras")
+    hio.validate_record(rec)
+    with pytest.raises(hio.ScheduleFileError, match="contradicts 't' under noise 'vp-linear'"):
+        hio.validate_record(dict(record, timesteps=None), noise=hj.noise.VPLinear())
+    with pytest.raises(hio.ScheduleFileError, match="must be null for the continuous-time"):
+        hio.validate_record(dict(rec, timesteps=[3, 2, 1, 0, 0]), noise=ns)
+
+
+# --------------------------------------------------------------------------------------
+# Output targets: symbolic links, non-regular files
+# --------------------------------------------------------------------------------------
+
+
+def test_save_writes_through_symlink(tmp_path, record):
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "target.json"
+    target.write_text("old")
+    os.chmod(target, 0o600)
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    assert hio.save_schedule(link, record) == target
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert hio.load_schedule(target)["t"] == record["t"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert _files(tmp_path / "real") == ["target.json"]  # temp file made next to the target
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "real" / "new.json")
+    hio.save_schedule(dangling, record)
+    assert dangling.is_symlink() and (tmp_path / "real" / "new.json").is_file()
+
+
+def test_save_refuses_non_regular_targets(tmp_path, record):
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "link").symlink_to("/dev/null")
+    for path, kind in ((tmp_path / "fifo", "is a named pipe"), (tmp_path, "is a directory"),
+                       (tmp_path / "link", "the target of the link.* is a character device")):
+        with pytest.raises(ValueError, match=kind):
+            hio.save_schedule(path, record)
+    assert stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode)
+    assert (tmp_path / "link").is_symlink()
+    assert _files(tmp_path) == ["fifo", "link"]
