@@ -16,6 +16,9 @@ a half-written file and concurrent writers of the same entry are harmless. On re
 cannot be parsed, fails its checksum, or describes another problem is reported with a
 ``UserWarning``, recomputed and rewritten -- never used.
 
+An unwritable cache (read-only or full disk, a file where the folder should be) never loses a
+finished solve: the result is returned with a ``UserWarning`` that it could not be cached.
+
 Cache directory: ``cache_dir`` if given, else ``$HSO_JAX_CACHE/references`` or
 ``~/.cache/hso_jax/references``. Bump ``CACHE_VERSION`` to invalidate every entry when the
 reference computation itself changes.
@@ -28,7 +31,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +39,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from .._signals import release_temp, temp_file
 
 __all__ = ["cached_reference", "reference_cache_path", "default_cache_dir", "CACHE_VERSION"]
 
@@ -143,9 +147,9 @@ def reference_cache_path(
 
 def _load(path: Path, meta: dict, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
     """The cached array, ``None`` if missing; warns and returns ``None`` if unusable."""
-    if not path.exists():
-        return None
     try:
+        if not path.exists():
+            return None
         with np.load(path, allow_pickle=False) as f:
             missing = {"x_ref", "meta", "checksum"} - set(f.files)
             if missing:
@@ -182,7 +186,7 @@ def _save(path: Path, arr: np.ndarray, meta: dict, key: str) -> None:
         meta=np.array(meta_json.decode()),
         checksum=np.array(_checksum(meta_json, arr)),
     )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    fd, tmp = temp_file(path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(buf.getvalue())
@@ -192,6 +196,8 @@ def _save(path: Path, arr: np.ndarray, meta: dict, key: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        release_temp(tmp)
 
 
 def cached_reference(
@@ -229,6 +235,10 @@ def cached_reference(
       The reference state at ``t_end``, a JAX array with the shape of ``x_T`` (dtype as
       ``solve`` returned it).
 
+    Warns:
+      UserWarning: an unusable cached file (recomputed), or a result that could not be written
+        to the cache (returned uncached).
+
     Raises:
       TypeError / ValueError: bad ``key_id``, non-float or non-finite ``x_T``, non-finite times
       or tolerances, or a ``solve`` result with the wrong shape or NaN/inf (never cached).
@@ -250,5 +260,13 @@ def cached_reference(
         )
     if not np.all(np.isfinite(out)):
         raise ValueError("solve returned NaN/inf values; nothing cached")
-    _save(path, out, meta, key)
+    try:
+        _save(path, out, meta, key)
+    except OSError as e:  # read-only / full / missing cache: the finished solve is not lost
+        warnings.warn(
+            f"could not cache the reference solution at {path}: {type(e).__name__}: {e}; "
+            "returning it uncached (set cache_dir or $HSO_JAX_CACHE to a writable folder)",
+            UserWarning,
+            stacklevel=2,
+        )
     return jnp.asarray(out)
