@@ -6,7 +6,9 @@ through JAX afterwards and tearing the interpreter down while XLA's threads stil
 seen to crash (SIGSEGV). So :func:`stop_on_signals`:
 
 1. raises :class:`Interrupted` (a ``KeyboardInterrupt``) in the main thread, so ``finally``
-   blocks run and the caller can clean up and report one line;
+   blocks run and the caller can clean up and report one line (where Python cannot raise it --
+   inside a gc callback or ``__del__``, e.g. JAX's -- it would print "Exception ignored" and a
+   traceback; the unraisable hook ends the process there instead);
 2. and, because the main thread may be stuck in native code, a watcher thread woken through
    :func:`signal.set_wakeup_fd` (written by the C-level handler, no GIL needed) gives it
    ``grace`` seconds; if the caller has not finished by then it runs the registered cleanups,
@@ -79,6 +81,10 @@ def on_interrupt(cleanup: Callable[[], None]) -> Iterator[None]:
         _CLEANUPS.append(cleanup)
     try:
         yield
+    except Interrupted:
+        with _LOCK, contextlib.suppress(Exception):
+            cleanup()
+        raise
     finally:
         with _LOCK:
             if cleanup in _CLEANUPS:
@@ -118,19 +124,27 @@ def finish_interrupted(prog: str, exc: Interrupted) -> None:
     os._exit(exc.exit_code)
 
 
+class Guard:
+    """What :func:`stop_on_signals` yields; set ``prog`` to change the message's program name."""
+
+    def __init__(self, prog: str):
+        self.prog = prog
+
+
 @contextlib.contextmanager
-def stop_on_signals(prog: str, *, grace: float = 1.0) -> Iterator[None]:
+def stop_on_signals(prog: str, *, grace: float = 1.0) -> Iterator[Guard]:
     """Turn SIGINT / SIGTERM into :class:`Interrupted` and guarantee an exit within ``grace``.
 
     Outside the main thread (where Python cannot install handlers) this does nothing. The
     previous handlers and wakeup fd are restored on exit.
 
     Args:
-      prog: program name of the one-line message.
+      prog: program name of the one-line message (``guard.prog`` may change it later).
       grace: seconds the main thread gets to unwind before the watcher ends the process.
     """
+    guard = Guard(prog)
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield guard
         return
     r, w = os.pipe()
     os.set_blocking(w, False)
@@ -156,8 +170,17 @@ def stop_on_signals(prog: str, *, grace: float = 1.0) -> Iterator[None]:
             signum = next((b for b in data if b in EXIT_CODES), None)
         if stop.wait(grace):
             return
-        finish_interrupted(prog, Interrupted(state.get("signum", signum)))
+        finish_interrupted(guard.prog, Interrupted(state.get("signum", signum)))
 
+    def unraisable(info):
+        # The exception was raised inside a gc callback or __del__, where Python only prints
+        # it ("Exception ignored in ...", with a traceback): end the process here instead.
+        if isinstance(info.exc_value, Interrupted):
+            finish_interrupted(guard.prog, info.exc_value)
+        old_hook(info)
+
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable
     old = {s: signal.getsignal(s) for s in EXIT_CODES}
     old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
     for s in EXIT_CODES:
@@ -165,9 +188,10 @@ def stop_on_signals(prog: str, *, grace: float = 1.0) -> Iterator[None]:
     watcher = threading.Thread(target=watch, name="hso_jax-signal-watcher", daemon=True)
     watcher.start()
     try:
-        yield
+        yield guard
     finally:
         stop.set()
+        sys.unraisablehook = old_hook
         for s, h in old.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
         signal.set_wakeup_fd(old_fd)

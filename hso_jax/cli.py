@@ -18,10 +18,13 @@ precision.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import math
+import os
 import re
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,9 +32,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from . import _signals, schedules
 from . import io as hio
 from . import noise as hnoise
-from . import schedules
 
 __all__ = ["main", "build_parser"]
 
@@ -45,14 +48,23 @@ class _UsageError(Exception):
 # --------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {v}")
-    return v
+def _int_at_least(lo: int):
+    """An argparse type: an integer >= ``lo``."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+_positive_int = _int_at_least(1)
 
 
 def _finite_float(text: str) -> float:
@@ -73,12 +85,25 @@ def _positive_float(text: str) -> float:
 
 
 def _emit(text: str, out: str | None) -> None:
-    """Write command output to stdout, or atomically to ``out``."""
-    if out is None:
+    """Write command output to stdout (``out`` None or ``"-"``), or atomically to ``out``
+    (through a symbolic link to its target)."""
+    if out is None or out == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
         hio.atomic_write_text(out, text)
+
+
+def _check_out_file(out: str | None) -> None:
+    """Refuse an --out target that cannot be replaced atomically before any work is done."""
+    if out is None or out == "-":
+        return
+    try:
+        hio.writable_target(out)
+    except ValueError as e:
+        raise _UsageError(f"argument --out: {e} (use --out - for standard output)") from None
+    except OSError as e:
+        raise _UsageError(f"argument --out: cannot resolve {out!r}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -141,10 +166,21 @@ def _add_schedules_parser(sub) -> None:
     p.set_defaults(func=_cmd_schedules, parser=p)
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def _read_vector(path: str, option: str) -> np.ndarray:
     try:
         if Path(path).suffix == ".npy":
+            with open(path, "rb") as f:
+                if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+                    # np.load would try it as a pickle and advise loading it unsafely.
+                    raise ValueError("not a NumPy .npy file (no .npy header)")
             v = np.load(path, allow_pickle=False)
+            if v.dtype.kind not in "fiu":
+                raise ValueError(
+                    f"expected real numbers (a float or integer array), got dtype {v.dtype}"
+                )
         else:
             v = np.loadtxt(path, dtype=np.float64, comments="#", ndmin=1)
         v = np.asarray(v, dtype=np.float64)
@@ -255,12 +291,18 @@ def _add_export_options(p) -> None:
         choices=schedules.COMFYUI_ENDS,
         help="end convention for --format comfyui (default sigma_min)",
     )
-    p.add_argument("--out", metavar="FILE", help="write here (atomically) instead of stdout")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write here (atomically; through a symbolic link to its target) instead of "
+        "stdout; '-' is stdout",
+    )
 
 
 def _check_export_args(args) -> None:
     if args.end is not None and args.format != "comfyui":
         raise _UsageError(f"argument --end: only applies to --format comfyui, not {args.format}")
+    _check_out_file(args.out)
 
 
 def _export(ts, noise, args, record) -> str:
@@ -295,7 +337,7 @@ def _add_optimize_parser(sub) -> None:
         metavar="NAME_OR_DIR",
         help="model of the model-based methods: 'mnist' (shipped) or a converted model directory",
     )
-    p.add_argument("--nfe", type=_positive_int, required=True, help="network evaluations (>= 2)")
+    p.add_argument("--nfe", type=_int_at_least(2), required=True, help="network evaluations (>= 2)")
     p.add_argument("--solver", choices=SOLVERS, default="unipc", help="solver flavour")
     p.add_argument(
         "--method", choices=MODEL_FREE + _CLI_MODEL_BASED, default="hso", help="optimiser"
@@ -319,8 +361,6 @@ def _cmd_optimize(args) -> int:
     from .optimize import optimize
 
     _check_export_args(args)
-    if args.nfe < 2:
-        raise _UsageError(f"argument --nfe: must be an integer >= 2, got {args.nfe}")
     has_noise = any(v is not None for v in (args.noise, args.betas_file, args.alphas_cumprod_file))
     if args.method in _CLI_MODEL_BASED:
         if args.model is None:
@@ -403,9 +443,14 @@ def _add_demo_parser(sub) -> None:
         ),
     )
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help="output folder")
-    p.add_argument("--nfe", type=_positive_int, default=5, help="network evaluations (default 5)")
     p.add_argument(
-        "--num-samples", type=_positive_int, default=64, help="initial noises (default 64)"
+        "--nfe", type=_int_at_least(2), default=5, help="network evaluations (>= 2, default 5)"
+    )
+    p.add_argument(
+        "--num-samples",
+        type=_int_at_least(2),
+        default=64,
+        help="initial noises (>= 2, default 64)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     p.add_argument("--full", action="store_true", help="also run Align Your Steps (minutes)")
@@ -414,18 +459,66 @@ def _add_demo_parser(sub) -> None:
     p.set_defaults(func=_cmd_demo, parser=p, x64=False)
 
 
+def _check_out_dir(out: str) -> None:
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise _UsageError(f"argument --out: {out!r} exists and is not a folder")
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(
-        args.out,
-        nfe=args.nfe,
-        num_samples=args.num_samples,
-        seed=args.seed,
-        full=args.full,
-        fd=not args.no_fd,
-    )
+    _check_out_dir(args.out)
+    with _undo_on_interrupt(args.out):
+        run_demo(
+            args.out,
+            nfe=args.nfe,
+            num_samples=args.num_samples,
+            seed=args.seed,
+            full=args.full,
+            fd=not args.no_fd,
+        )
     return 0
+
+
+def _entries(folder: Path) -> dict[str, tuple]:
+    """Identity of each top-level entry of ``folder`` (empty if it does not exist)."""
+    try:
+        names = [e.name for e in os.scandir(folder)]
+    except OSError:
+        return {}
+    out = {}
+    for name in names:
+        with contextlib.suppress(OSError):
+            st = os.lstat(folder / name)
+            out[name] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return out
+
+
+@contextlib.contextmanager
+def _undo_on_interrupt(out: str):
+    """If SIGINT / SIGTERM stops the command, remove what it wrote into the folder ``out``:
+    the top-level entries it created or replaced (a half-written file among them), and the
+    folder itself if it created it. Entries that were there and untouched stay."""
+    folder = Path(out).absolute()
+    existed = folder.is_dir()
+    before = _entries(folder)
+
+    def undo() -> None:
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        for name, ident in _entries(folder).items():
+            if before.get(name) != ident:
+                path = folder / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+
+    with _signals.on_interrupt(undo):
+        yield
 
 
 # --------------------------------------------------------------------------------------
@@ -457,8 +550,10 @@ def _add_convert_parser(sub) -> None:
 def _cmd_convert(args) -> int:
     from .models.convert import convert
 
+    _check_out_dir(args.out)
     try:
-        out = convert(args.diffusers, args.out, data_format=args.data_format)
+        with _undo_on_interrupt(args.out):
+            out = convert(args.diffusers, args.out, data_format=args.data_format)
     except FileNotFoundError as e:  # a file the diffusers folder must have is missing
         raise _UsageError(f"argument --diffusers: {e}") from None
     print(out)
@@ -490,14 +585,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``hso-jax`` with ``argv`` (default ``sys.argv[1:]``); return the exit status.
 
     0: success; 2: bad arguments or input rejected by the library (one-line message on
-    stderr); 1: the output could not be written.
+    stderr); 1: the output could not be written. SIGINT (Ctrl-C) / SIGTERM end the process
+    within about a second, even during an XLA compilation: one line on stderr, exit status
+    130 / 143, no traceback, and no partial output (temporary files are removed; ``demo`` and
+    ``convert`` remove what they had written into ``--out``).
     """
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # argparse: --help (0) or a usage error (2), already printed
-        return e.code if isinstance(e.code, int) else 2
-    prog = args.parser.prog
+        with _signals.stop_on_signals("hso-jax") as guard:
+            parser = build_parser()  # imports the optimisers: may take a moment
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit as e:  # argparse: --help (0) or a usage error (2), printed
+                return e.code if isinstance(e.code, int) else 2
+            guard.prog = args.parser.prog
+            return _run(args, guard.prog)
+    except _signals.Interrupted as e:
+        _signals.finish_interrupted(guard.prog, e)  # does not return
+        raise  # pragma: no cover
+
+
+def _run(args, prog: str) -> int:
     try:
         # Exported schedules carry full float64 precision, whatever the caller's JAX config.
         with jax.enable_x64(getattr(args, "x64", True)):

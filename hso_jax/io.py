@@ -446,19 +446,18 @@ def writable_target(path) -> Path:
       OSError: the link cannot be resolved (e.g. a loop).
     """
     path = Path(path)
-    target = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
-        st = target.stat()
-    except FileNotFoundError:
-        return target
-    if not stat.S_ISREG(st.st_mode):
-        via = f" (the target of the link {str(path)!r})" if target != path else ""
+        st = os.stat(path)  # follows links
+    except FileNotFoundError:  # a new file, or a link to one
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        via = f" (a link to {os.readlink(path)!r})" if path.is_symlink() else ""
         raise ValueError(
-            f"path {str(target)!r}{via} is {_file_kind(st.st_mode)}, not a regular file; "
-            "schedule output is written atomically (a new file renamed into place), so the "
-            "target must be a regular file or not exist yet"
+            f"path {str(path)!r}{via} is {_file_kind(st.st_mode)}, not a regular file; "
+            "output is written atomically (a new file renamed into place), so the target must "
+            "be a regular file or not exist yet"
         )
-    return target
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def atomic_write_text(path, text: str) -> Path:

@@ -1,9 +1,14 @@
 """The ``hso-jax`` command, run in-process through ``main(argv)``."""
 
 import json
+import os
 import re
+import signal
+import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -283,3 +288,167 @@ def test_optimize_model_based_methods(capsys, monkeypatch):
         rec = hio.validate_record(json.loads(out))
         assert rec["method"] == method and rec["nfe"] == 4 and len(rec["t"]) == 5
         assert rec["options"]["model"] == "toy" and rec["options"]["num_samples"] == 8
+
+
+# ----------------------------------------------------------------------------- --out targets
+
+
+SCHED = ["schedules", "--noise", "sd21", "--nfe", "5", "--kind", "karras"]
+
+
+def test_out_dash_is_stdout(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run(capsys, *SCHED, "--out", "-")
+    assert rc == 0 and err == "" and list(tmp_path.iterdir()) == []
+    assert hio.validate_record(json.loads(out))["nfe"] == 5
+
+
+def test_out_writes_through_symlink(capsys, tmp_path):
+    target = tmp_path / "target.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    rc, out, err = run(capsys, *SCHED, "--out", str(link))
+    assert rc == 0 and out == "" and err == ""
+    assert link.is_symlink() and hio.load_schedule(target)["nfe"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "target.json"]
+
+
+def test_out_refuses_non_regular_targets_before_working(capsys, tmp_path, monkeypatch):
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "null").symlink_to("/dev/null")
+
+    def never(*a, **k):
+        raise AssertionError("optimised before checking --out")
+
+    monkeypatch.setattr(sys.modules["hso_jax.optimize"], "optimize", never)
+    for name, kind in (("fifo", "a named pipe"), (".", "a directory"),
+                       ("null", "a character device")):
+        for argv in (SCHED, ["optimize", "--noise", "sd21", "--nfe", "4"]):
+            err = bad(capsys, *argv, "--out", str(tmp_path / name))
+            assert re.search(f"argument --out: .*is {kind}.*not a regular file.*--out -", err), err
+    assert stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode) and (tmp_path / "null").is_symlink()
+
+
+# ----------------------------------------------------------------------------- smaller ones
+
+
+def test_nfe_minimum_is_stated_correctly(capsys):
+    assert main(["optimize", "--help"]) == 0
+    assert main(["demo", "--help"]) == 0
+    helptext = capsys.readouterr().out
+    assert "network evaluations (>= 2)" in helptext and ">= 1" not in helptext
+    for argv in (["optimize", "--noise", "sd21", "--nfe", "0"], ["demo", "--nfe", "1"],
+                 ["optimize", "--noise", "sd21", "--nfe", "x"]):
+        assert "argument --nfe: must be an integer >= 2" in bad(capsys, *argv)
+    assert "argument --num-samples: must be an integer >= 2, got 1" in bad(
+        capsys, "demo", "--num-samples", "1")
+
+
+def test_betas_npy_must_be_real_and_a_npy_file(capsys, tmp_path):
+    betas = hnoise.scaled_linear_betas()
+    np.save(tmp_path / "complex.npy", betas + 1e-3j)
+    base = ["--nfe", "3", "--kind", "karras"]
+    err = bad(capsys, "schedules", "--betas-file", str(tmp_path / "complex.npy"), *base)
+    assert "argument --betas-file: cannot read" in err and "complex128" in err
+    (tmp_path / "random.npy").write_bytes(np.random.default_rng(0).bytes(256))
+    err = bad(capsys, "schedules", "--betas-file", str(tmp_path / "random.npy"), *base)
+    assert "not a NumPy .npy file" in err and "pickle" not in err
+    np.save(tmp_path / "bool.npy", np.ones(10, bool))
+    err = bad(capsys, "schedules", "--alphas-cumprod-file", str(tmp_path / "bool.npy"), *base)
+    assert "expected real numbers" in err and "bool" in err
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+
+def _cli():
+    exe = Path(sys.executable).with_name("hso-jax")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "hso_jax.cli"]
+
+
+class _Lines:
+    """Collect a pipe's lines with their arrival time, in a thread."""
+
+    def __init__(self, pipe):
+        self.lines = []
+        self._t = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self._t.start()
+
+    def _read(self, pipe):
+        for line in pipe:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def join(self):
+        self._t.join(timeout=10)
+        return [line for _, line in self.lines]
+
+
+def _spawn(argv, **env):
+    return subprocess.Popen(_cli() + argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+
+
+def _stop(p, signum, timeout=6.0):
+    """Send ``signum``; return (exit status, seconds until the process ended)."""
+    t0 = time.monotonic()
+    p.send_signal(signum)
+    try:
+        rc = p.wait(timeout=60)
+    finally:
+        p.kill()
+    return rc, time.monotonic() - t0
+
+
+def test_sigint_during_compilation_stops_at_once(tmp_path):
+    """A real run, signalled while XLA compiles (seen in JAX's compile log): exit 130 within
+    about a second (not at the end of the compilation), one line, no traceback, no file."""
+    out = tmp_path / "s.json"
+    p = _spawn(["optimize", "--noise", "sd21", "--nfe", "8", "--out", str(out)],
+               JAX_LOG_COMPILES="1")
+    err = _Lines(p.stderr)
+    pending, deadline = {}, time.monotonic() + 240
+    while time.monotonic() < deadline and p.poll() is None:
+        for _, line in err.lines[len(pending.get("seen", [])):]:
+            m = re.search(r"Finished jaxpr to MLIR module conversion (jit\(\w+\))", line)
+            if m:
+                pending[m.group(1)] = time.monotonic()
+            m = re.search(r"Finished XLA compilation of (jit\(\w+\))", line)
+            if m:
+                pending.pop(m.group(1), None)
+        pending["seen"] = list(err.lines)
+        # a compilation that has run for 0.3 s: signal it now
+        if any(time.monotonic() - t > 0.3 for k, t in pending.items() if k != "seen"):
+            break
+        time.sleep(0.02)
+    else:
+        p.kill()
+        pytest.skip("the run ended before any compilation took 0.3 s")
+    rc, took = _stop(p, signal.SIGINT)
+    lines = err.join()
+    assert rc == 130, lines[-5:]
+    assert took < 5.0  # grace 1 s; an XLA compilation is not waited for
+    assert not any("Traceback" in line or "Exception ignored" in line for line in lines)
+    assert [line for line in lines if "interrupted" in line] == [
+        "hso-jax optimize: interrupted by SIGINT, stopped"]
+    assert p.stdout.read() == "" and list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_demo_removes_its_output_folder(tmp_path):
+    out, cache = tmp_path / "demo", tmp_path / "cache"
+    p = _spawn(["demo", "--out", str(out), "--num-samples", "2", "--no-fd"],
+               HSO_JAX_CACHE=str(cache), PYTHONUNBUFFERED="1")
+    lines = _Lines(p.stdout)
+    deadline = time.monotonic() + 240
+    while not any(line.startswith("[1/4]") for _, line in lines.lines):
+        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside the reference solve
+    assert out.is_dir()
+    rc, took = _stop(p, signal.SIGTERM)
+    err = p.stderr.read()
+    assert rc == 143 and took < 5.0, err
+    assert "Traceback" not in err and "Exception ignored" not in err
+    assert err.strip().splitlines()[-1] == "hso-jax demo: interrupted by SIGTERM, stopped"
+    assert not out.exists()  # the folder the run created is gone
+    assert not list(cache.rglob("*.tmp")) if cache.exists() else True
