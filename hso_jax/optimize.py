@@ -1,17 +1,27 @@
 """``hso_jax.optimize``: one entry point for every schedule optimiser.
 
-Model-free methods (need only the noise process; a :class:`~hso_jax.Denoiser` or a
-:class:`~hso_jax.noise.NoiseSchedule` is accepted):
+The model is a :class:`~hso_jax.Denoiser`, a plain JAX network ``fn(x, t_in)`` with
+``noise=`` (preset name or :class:`~hso_jax.noise.NoiseSchedule`), ``prediction=`` (default
+``"eps"``) and ``time_input=`` (default ``"auto"``) -- the arguments of
+:class:`~hso_jax.Denoiser` -- or, for the model-free methods, just a
+:class:`~hso_jax.noise.NoiseSchedule`::
+
+    res = hso_jax.optimize(model_fn, nfe=5, noise="sd21")     # HSO, eps-prediction network
+    res = hso_jax.optimize(hso_jax.noise.preset("sd21"), nfe=5, solver=hso_jax.solvers.unipc())
+
+Model-free methods (need only the noise process; given a network they do not call it, and say
+so in ``res.warnings``):
 
 * ``"hso"`` -- Hierarchical Schedule Optimization: differential evolution over the Karras
   initialisation family ``(rho, t_eps, T_max)``, each candidate refined by L-BFGS under the
   Midpoint Error Proxy, scored by the Spacing-Penalized Fitness (default);
-* ``"hso-dmn"`` -- the same bi-level search with the DM-NonUniform objective;
+* ``"hso-dmn"`` -- the same bi-level search with the DM-NonUniform objective (HSO's truncNum
+  rule);
 * ``"mep-local"`` -- the lower level alone (MEP) from Karras ``rho = 7``;
-* ``"dmn"`` -- the lower level alone with the DM-NonUniform objective from its recommended
-  initialisation (DM-NonUniform, CVPR 2024).
+* ``"dmn"`` -- DM-NonUniform (CVPR 2024) as its authors ship it: the DMN objective with the
+  official truncNum 3, minimised from its recommended initialisation.
 
-Model-based (need a :class:`~hso_jax.Denoiser`):
+Model-based (call the network):
 
 * ``"ays"`` -- Align Your Steps (``data=``, ``key=``; see
   :func:`hso_jax.optimizers.ays.optimize_ays`);
@@ -22,24 +32,32 @@ Model-based (need a :class:`~hso_jax.Denoiser`):
 * ``"mep-model"`` -- HSO's bi-level search on the MEP with the true network term tabulated
   along teacher trajectories (``x_T=``; :mod:`hso_jax.objectives.mep_model`).
 
-Solvers: ``"unipc"`` and ``"dpm-solver-pp"`` (multistep, NFE + 1 points) and ``"ddim"``
-(NFE optimised points plus the fixed final point ``t_min``); see
-:mod:`hso_jax.optimizers.hso`.
+Solvers: ``"unipc"`` and ``"dpm-solver-pp"`` (multistep, NFE + 1 points; identical schedules
+for the HSO family, whose objectives do not depend on the multistep solver) and ``"ddim"``
+(NFE optimised points plus the fixed final point ``t_min``), or a solver object of one of these
+kinds (the flavour follows its type); see :mod:`hso_jax.optimizers.hso`.
+
+``hso_jax.optimize`` (the attribute of the package) is the function, which shadows this module;
+the tables therefore live on the function too: ``hso_jax.optimize.METHODS``, ``.MODEL_FREE``,
+``.MODEL_BASED`` and ``.SOLVERS`` are the same objects as ``from hso_jax.optimize import
+METHODS`` etc.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from .denoiser import Denoiser
+from .denoiser import Denoiser, as_denoiser
 from .noise import NoiseSchedule
 from .optimizers._trajectory import TEACHER_OPTIONS
 from .optimizers.hso import METHODS as _HSO_METHODS
 from .optimizers.hso import OPTIONS as _HSO_OPTIONS
 from .optimizers.hso import SOLVERS as _HSO_SOLVERS
-from .optimizers.hso import optimize_hso
+from .optimizers.hso import optimize_hso, solver_flavour
 from .optimizers.result import OptimizeResult
 
 __all__ = ["optimize", "METHODS", "MODEL_FREE", "MODEL_BASED", "SOLVERS"]
@@ -52,26 +70,52 @@ SOLVERS = _HSO_SOLVERS
 
 
 def optimize(
-    model_or_noise: Denoiser | NoiseSchedule,
+    model: Denoiser | Callable | NoiseSchedule,
     nfe: int,
     method: str = "hso",
-    solver: str = "unipc",
+    solver: Any = "unipc",
     seed: int = 66,
+    *,
+    noise: str | NoiseSchedule | None = None,
+    prediction: str | None = None,
+    time_input: str | Callable | None = None,
     **options: Any,
 ) -> OptimizeResult:
     """Optimise a sampling schedule for ``nfe`` network evaluations.
 
+    Example: ``hso_jax.optimize(model_fn, nfe=5, noise="sd21")`` -- HSO's schedule for an
+    eps-prediction network trained under Stable Diffusion 2.1's noise.
+
     Args:
-      model_or_noise: a :class:`~hso_jax.Denoiser` (its ``noise`` is used by the model-free
-        methods) or a :class:`~hso_jax.noise.NoiseSchedule` (model-free methods only).
+      model: a :class:`~hso_jax.Denoiser`; a plain network callable ``fn(x, t_in)`` with
+        ``noise=`` (it is wrapped as ``Denoiser(fn, noise, prediction, time_input)``; network
+        parameters, conditioning and guidance need an explicit Denoiser); or a
+        :class:`~hso_jax.noise.NoiseSchedule` (model-free methods only). The model-free
+        methods use only the model's noise process and do not call the network (a warning
+        in ``res.warnings`` says so).
       nfe: network evaluations of the sampler the schedule is for (integer >= 2).
       method: one of ``"hso"`` (default), ``"hso-dmn"``, ``"mep-local"``, ``"dmn"`` (model-free)
-        or ``"ays"``, ``"direct"``, ``"gits"``, ``"mep-model"`` (model-based).
-      solver: ``"unipc"`` (default), ``"dpm-solver-pp"`` or ``"ddim"`` (the HSO flavours); for
-        ``"ays"``, ``"direct"`` and ``"gits"`` any factory name of :mod:`hso_jax.solvers` or a
-        solver object.
+        or ``"ays"``, ``"direct"``, ``"gits"``, ``"mep-model"`` (model-based); the tables
+        ``optimize.METHODS``, ``optimize.MODEL_FREE``, ``optimize.MODEL_BASED``.
+      solver: the sampler the schedule is for. HSO family (``"hso"``, ``"hso-dmn"``,
+        ``"mep-local"``, ``"dmn"``, ``"mep-model"``): ``"unipc"`` (default),
+        ``"dpm-solver-pp"`` or ``"ddim"``, or a solver object whose type picks the flavour
+        (:class:`~hso_jax.solvers.UniPC`, multistep :class:`~hso_jax.solvers.DPMSolverPP`,
+        :class:`~hso_jax.solvers.DDIM`). ``"unipc"`` and ``"dpm-solver-pp"`` give identical
+        schedules (the MEP and DMN objectives do not depend on the multistep solver; the
+        official HSO code has the UniPC and DDIM flavours only); the name is recorded in the
+        result. ``"ays"``, ``"direct"``, ``"gits"``: any factory name of
+        :mod:`hso_jax.solvers` or a solver object.
       seed: integer seed of the search (official HSO seed 66); the same seed gives the same
         result. For ``"ays"`` it makes the key when ``key=`` is not given.
+      noise: only with a callable ``model``, and required then: the noise process it was
+        trained under, a preset name (:func:`hso_jax.noise.preset`, e.g. ``"sd21"``) or a
+        :class:`~hso_jax.noise.NoiseSchedule`.
+      prediction: only with a callable ``model``: what it returns, ``"eps"`` (default), ``"x0"``,
+        ``"v"``, ``"flow"`` or ``"score"``.
+      time_input: only with a callable ``model``: what it receives as time, ``"auto"`` (default:
+        the continuous step index ``N t - 1`` for discrete-time processes, ``t`` otherwise),
+        ``"index"``, ``"index-rounded"``, ``"t"``, ``"sigma_edm"``, ``"scaled"`` or a callable.
       **options: method options (unknown names raise ``ValueError``):
 
         * all HSO-family methods: ``p`` (eps_tilde exponent, 2), ``frame`` (``"vp"`` |
@@ -83,7 +127,12 @@ def optimize(
           (((3, 16), (0.01, 0.03), (0.96, 1.0)) for rho, t_eps, T_max in normalised time);
         * ``"mep-local"``, ``"dmn"``: ``t_start``, ``t_end``, ``init`` (``"karras"``,
           ``"logsnr"``, ``"time"``, ``"quadratic"``), ``rho`` (7, Karras init);
-        * ``"dmn"``, ``"hso-dmn"``: ``trunc_num`` (None = HSO's rule);
+        * ``"dmn"``, ``"hso-dmn"``: ``trunc_num``, a non-negative integer or ``"hso"`` (HSO's
+          rule: 0 for N <= 5, 3 for N = 6, 7, 0 for N >= 8, from ``get_ts_lambdas`` in HSO's
+          ``stages_step_optim.py``). Default for ``"dmn"``: 3, as in DM-NonUniform's official
+          ``step_optim.py`` (``trunc_num="hso"`` gives this function's behaviour before it
+          followed the official code); for ``"hso-dmn"``: ``"hso"``. ``info["trunc_num"]``
+          reports the value used;
         * ``"ays"``: ``key``, ``data`` and the options of ``optimize_ays``;
         * ``"direct"``: ``x_T`` (required), ``reference``, ``x_T_val``, ``reference_val``,
           ``val_fraction``, ``init`` (warm start: a schedule, an OptimizeResult or a dict of
@@ -102,16 +151,36 @@ def optimize(
       ``warnings`` (nothing is dropped silently).
 
     Raises:
-      TypeError / ValueError on invalid input, naming the argument and what is allowed.
+      TypeError / ValueError on invalid input, naming the argument and what is allowed; a
+      callable ``model`` without ``noise=`` raises ``ValueError`` saying what to add.
     """
-    if isinstance(model_or_noise, Denoiser):
-        noise = model_or_noise.noise
-    elif isinstance(model_or_noise, NoiseSchedule):
-        noise = model_or_noise
+    if isinstance(model, NoiseSchedule):
+        given = [
+            k
+            for k, v in (("noise", noise), ("prediction", prediction), ("time_input", time_input))
+            if v is not None
+        ]
+        if given:
+            raise ValueError(
+                f"{', '.join(k + '=' for k in given)} only apply when model is a plain callable "
+                "fn(x, t); model is already a NoiseSchedule"
+            )
+        noise_schedule = model
+    elif isinstance(model, Denoiser) or callable(model):
+        model = as_denoiser(
+            model,
+            noise=noise,
+            prediction=prediction,
+            time_input=time_input,
+            example=f"hso_jax.optimize(model_fn, nfe={nfe!r}, noise='sd21')",
+        )
+        noise_schedule = model.noise
     else:
         raise TypeError(
-            "model_or_noise must be a hso_jax.Denoiser or a hso_jax.noise.NoiseSchedule "
-            f"(e.g. hso_jax.noise.preset('sd21')), got {type(model_or_noise).__name__}"
+            "model must be a hso_jax.Denoiser, a callable fn(x, t) with noise=... (e.g. "
+            "hso_jax.optimize(model_fn, nfe=5, noise='sd21')), or a hso_jax.noise.NoiseSchedule "
+            f"for the model-free methods (e.g. hso_jax.noise.preset('sd21')), got "
+            f"{type(model).__name__}"
         )
     if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)):
         raise TypeError(f"nfe must be an integer >= 2, got {nfe!r}")
@@ -124,17 +193,24 @@ def optimize(
         raise TypeError(f"seed must be an integer, got {seed!r}")
 
     if method in MODEL_BASED:
-        return _model_based(model_or_noise, nfe, method, solver, int(seed), options)
+        return _model_based(model, nfe, method, solver, int(seed), options)
 
-    if not isinstance(solver, str) or solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS} for method={method!r}, got {solver!r}")
+    solver = solver_flavour(solver, method)
     known = _HSO_OPTIONS[method]
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(
             f"unknown option(s) {unknown} for method={method!r}; known options: {sorted(known)}"
         )
-    return optimize_hso(noise, nfe, method=method, solver=solver, seed=int(seed), **options)
+    res = optimize_hso(noise_schedule, nfe, method=method, solver=solver, seed=int(seed), **options)
+    if isinstance(model, Denoiser):
+        note = (
+            f"the network was not called: method={method!r} is model-free and uses only the "
+            f"model's noise process ({getattr(noise_schedule, 'name', '') or noise_schedule!r}); "
+            f"the methods that evaluate the network are {', '.join(map(repr, MODEL_BASED))}"
+        )
+        res = dataclasses.replace(res, warnings=res.warnings + (note,))
+    return res
 
 
 def _ays(model, nfe: int, solver, seed: int, options: dict) -> OptimizeResult:
@@ -182,8 +258,7 @@ def _mep_model(model, nfe: int, solver, seed: int, options: dict) -> OptimizeRes
     from .objectives.mep_model import mep_table
     from .optimizers._trajectory import teacher_from_options
 
-    if not isinstance(solver, str) or solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS} for method='mep-model', got {solver!r}")
+    solver = solver_flavour(solver, "mep-model")
     teacher_opts = {k: options[k] for k in _TEACHER if k in options}
     search_opts = {k: v for k, v in options.items() if k not in _TEACHER}
     known = _HSO_OPTIONS["mep-model"]
@@ -203,3 +278,11 @@ def _mep_model(model, nfe: int, solver, seed: int, options: dict) -> OptimizeRes
     res.info.update(teacher_info)
     res.info["timings"]["teacher_s"] = teacher_s
     return res
+
+
+# The package attribute ``hso_jax.optimize`` is the function (it shadows this module), so the
+# tables are reachable from it as well.
+optimize.METHODS = METHODS
+optimize.MODEL_FREE = MODEL_FREE
+optimize.MODEL_BASED = MODEL_BASED
+optimize.SOLVERS = SOLVERS

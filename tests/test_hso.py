@@ -160,7 +160,51 @@ def test_dmn_single_level():
     hj.schedules.check_schedule(r.t, SD21)
     assert r.params["init"] == "time"  # DM-NonUniform's recommendation for latent models
     assert r.objective <= r.info["init_objective"]
-    np.testing.assert_allclose(float(ob.dmn(SD21)(jnp.asarray(r.t))), r.objective, rtol=1e-9)
+    assert (r.info["trunc_num"], r.info["trunc_num_rule"]) == (3, "fixed")  # official truncNum
+    got = float(ob.dmn(SD21, trunc_num=3)(jnp.asarray(r.t)))
+    np.testing.assert_allclose(got, r.objective, rtol=1e-9)
+
+
+# DM-NonUniform's official step_optim.py (scxue/DM-NonUniform, truncNum 3, trust-constr), NFE 5:
+# DDPM linear betas from uniform lam -> timesteps and objective; Stable Diffusion's
+# scaled-linear betas from uniform t -> t (three decimals) and objective.
+DMN_OFFICIAL = {
+    "ddpm": ((np.array([999, 658, 498, 309, 100, 0]) + 1) / 1000, 51.18),
+    "sd15": (np.array([1.0, 0.602, 0.376, 0.208, 0.080, 0.001]), 13.48),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DMN_OFFICIAL))
+def test_dmn_reproduces_the_official_code(name):
+    ns = hj.noise.preset(name)
+    t_off, f_off = DMN_OFFICIAL[name]
+    # the objective is the official one: its value at the official (rounded) schedule
+    np.testing.assert_allclose(float(ob.dmn(ns, trunc_num=3)(jnp.asarray(t_off))), f_off, atol=0.01)
+    r = hj.optimize(ns, 5, method="dmn")
+    assert r.params["init"] == ("time" if name == "sd15" else "logsnr")
+    # the official values are rounded (timesteps to integers, t to 1e-3, objective to 1e-2)
+    np.testing.assert_allclose(r.t, t_off, atol=1.5e-3)
+    np.testing.assert_allclose(r.objective, f_off, atol=0.01)
+    if name == "ddpm":
+        assert np.all(np.abs(r.timesteps - np.array([999, 658, 498, 309, 100, 0])) <= 1)
+    assert r.info["local"]["converged"] and not r.warnings
+
+
+def test_dmn_hso_rule_is_one_keyword_away():
+    """``trunc_num="hso"``: HSO's rule (truncNum 0 at N = 5), the behaviour before the default
+    followed the official code; under the official objective it is far worse than the official
+    optimum (51.18)."""
+    ns = hj.noise.preset("ddpm")
+    r = hj.optimize(ns, 5, method="dmn", trunc_num="hso")
+    assert (r.info["trunc_num"], r.info["trunc_num_rule"]) == (0, "hso")
+    np.testing.assert_allclose(float(ob.dmn(ns, trunc_num=0)(jnp.asarray(r.t))), r.objective)
+    assert float(ob.dmn(ns, trunc_num=3)(jnp.asarray(r.t))) > 2 * 51.18
+    # defaults: 3 (official) for "dmn", HSO's rule (None) for the bi-level "hso-dmn"
+    assert hso_mod._check_options("dmn", {})["trunc_num"] == 3
+    assert hso_mod._check_options("hso-dmn", {})["trunc_num"] is None
+    for bad in (-1, "official", 2.5, True):
+        with pytest.raises(ValueError, match=r"trunc_num must be .*'hso'"):
+            hj.optimize(ns, 5, method="dmn", trunc_num=bad)
 
 
 def test_generalised_box_and_family():
@@ -184,7 +228,7 @@ def test_generalised_box_and_family():
 
 
 def test_bad_inputs():
-    with pytest.raises(TypeError, match="model_or_noise"):
+    with pytest.raises(TypeError, match="model must be"):
         hj.optimize("sd21", 4)
     with pytest.raises(ValueError, match="nfe"):
         hj.optimize(SD21, 1)

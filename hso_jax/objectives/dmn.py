@@ -25,8 +25,15 @@ Every node carries the error weight ``eps_tilde_j = sigma_j^2 / alpha_j`` (see
   + sum_{multistep steps s < truncNum} || (eps_tilde_k J_{s,k})_k ||_2
   + sum_j | sum_{multistep steps s >= truncNum} eps_tilde_j J_{s,j} |
 
-(signed in the last sum: errors of later steps may cancel). ``truncNum`` is 3 in the
-DM-NonUniform code; HSO's port uses 0 for N <= 5, 3 for N = 6, 7 and 0 for N >= 8 (default).
+(signed in the last sum: errors of later steps may cancel). ``truncNum`` is
+:data:`DMN_TRUNC_NUM` = 3 in the DM-NonUniform code (``StepOptim.sel_lambdas_lof_obj`` in
+``step_optim.py``, for every N; the default of ``method="dmn"`` in :func:`hso_jax.optimize`).
+HSO's port (``StepOptim.get_ts_lambdas`` in ``stages_step_optim.py``, when no truncNum is
+passed) uses 0 for N <= 5, 3 for N = 6, 7 and 0 for N >= 8 (:func:`hso_trunc_num`; the default
+of this factory, ``trunc_num=None`` or ``"hso"``, and of ``method="hso-dmn"``). The two differ a
+lot for N <= 5 and N >= 8: on DDPM's linear betas at N = 5 the official optimum is timesteps
+[999, 658, 498, 309, 100, 0] (objective 51.18 at truncNum 3) where HSO's rule gives
+[999, 815, 397, 157, 50, 0] (186 under truncNum 3).
 
 Reference: Xue et al., "Accelerating Diffusion Sampling with Optimized Time Steps" (CVPR 2024),
 Sec. 3-4 and ``step_optim.py``; HSO (AAAI 2026), DMN ablation.
@@ -42,9 +49,11 @@ import numpy as np
 from ..noise import NoiseSchedule
 from .mep import Objective, _check_frame, _check_p, log_eps_tilde
 
-__all__ = ["dmn", "step_orders", "step_weights", "hso_trunc_num"]
+__all__ = ["DMN_TRUNC_NUM", "dmn", "step_orders", "step_weights", "hso_trunc_num"]
 
 Array = Any
+
+DMN_TRUNC_NUM = 3  # DM-NonUniform's truncNum (official step_optim.py)
 
 
 def hso_trunc_num(n_intervals: int) -> int:
@@ -116,14 +125,15 @@ def step_weights(lam: Array) -> tuple[Array, np.ndarray]:
 
 
 def dmn(
-    noise: NoiseSchedule, *, trunc_num: int | None = None, p: float = 2.0, frame: str = "vp"
+    noise: NoiseSchedule, *, trunc_num: int | str | None = None, p: float = 2.0, frame: str = "vp"
 ) -> Objective:
     """DM-NonUniform error bound of a schedule.
 
     Args:
       noise: the noise process.
-      trunc_num: truncNum (see module docstring); ``None`` applies HSO's rule for the number of
-        intervals of the schedule the objective is called on.
+      trunc_num: truncNum (see module docstring): a non-negative integer (the DM-NonUniform
+        code's is :data:`DMN_TRUNC_NUM` = 3), or ``None`` / ``"hso"`` for HSO's rule applied to
+        the number of intervals of the schedule the objective is called on.
       p: exponent of ``sigma`` in the node error weight (2 in both official codes).
       frame: ``"vp"`` (default) or ``"native"`` node weights, see :mod:`hso_jax.objectives.mep`.
 
@@ -135,10 +145,15 @@ def dmn(
       mu)`` replaces ``|c_j|`` by ``sqrt(c_j^2 + mu^2) - mu`` (``-> |c_j|`` as ``mu -> 0``)
       for continuation (:func:`hso_jax.optimizers.refine.refine_continuation`).
     """
-    if trunc_num is not None and (
+    if trunc_num == "hso":
+        trunc_num = None
+    elif trunc_num is not None and (
         isinstance(trunc_num, bool) or not isinstance(trunc_num, (int, np.integer)) or trunc_num < 0
     ):
-        raise ValueError(f"trunc_num must be a non-negative integer or None, got {trunc_num!r}")
+        raise ValueError(
+            "trunc_num must be a non-negative integer (DM-NonUniform: 3) or 'hso' / None "
+            f"(HSO's rule), got {trunc_num!r}"
+        )
     p = _check_p(p)
     frame = _check_frame(frame)
 

@@ -23,10 +23,16 @@ and flow processes; log-sigma normalised to [0, 1] for EDM), intersected with th
 range ``[u(t_min), u(t_max)]`` (e.g. ``T_max <= 0.9946`` for VP-cosine, ``<= 0.999`` for flow;
 for EDM the box is sigma in [52.3, 80] at the start and [0.00222, 0.00275] at the end).
 
-Solver flavours (NFE network evaluations):
+Solver flavours (NFE network evaluations), chosen by name or by a solver object's type
+(:func:`solver_flavour`: :class:`~hso_jax.solvers.UniPC`, multistep
+:class:`~hso_jax.solvers.DPMSolverPP`, :class:`~hso_jax.solvers.DDIM`):
 
 * ``"unipc"`` / ``"dpm-solver-pp"`` (multistep): N = NFE intervals, NFE + 1 optimised points;
-  the network is called at the first NFE of them.
+  the network is called at the first NFE of them. The two give *identical* schedules: the
+  objectives (MEP, DMN) depend on the lam grid and the noise process, not on the multistep
+  solver, and the official HSO code has only two flavours (``run_unipc_search`` and
+  ``run_ddim_search``). The name is kept so that the result (and its exports) records the
+  solver the schedule is meant for.
 * ``"ddim"``: N = NFE - 1 optimised intervals (NFE points, one network call at each), then the
   final DDIM step from ``t_eps`` to the first training step (``t_min``, index 0) that is fixed
   and not optimised; ``d_min`` is still ``d_min(NFE)``. The returned ``t`` holds the NFE
@@ -37,11 +43,20 @@ Methods: ``"hso"`` (bi-level, MEP), ``"hso-dmn"`` (bi-level, DMN), ``"mep-model"
 the model-aware MEP of :mod:`hso_jax.objectives.mep_model` on a table of teacher predictions,
 passed as a traced argument so that one executable serves every table of the same size),
 ``"mep-local"`` (lower level
-alone, MEP, from Karras rho = 7), ``"dmn"`` (lower level alone, DMN, from DM-NonUniform's
+alone, MEP, from Karras rho = 7), ``"dmn"`` (DM-NonUniform as its authors ship it: the lower
+level alone with the DMN objective at the official truncNum 3, from DM-NonUniform's
 recommended initialisation: uniform in t for latent models -- presets sd15 / sd21 / sdxl --
 and uniform in lam otherwise). Single-level methods use the end points ``t_start`` (default
 ``t_max``) and ``t_end`` (default ``t_min``; for DDIM the centre of HSO's ``t_eps`` box,
 normalised time 0.02, because the final step to ``t_min`` is fixed).
+
+truncNum of the DMN objective (option ``trunc_num``, see :mod:`hso_jax.objectives.dmn`):
+``"dmn"`` defaults to 3, the value hard-coded in DM-NonUniform's ``step_optim.py`` (it
+reproduces the official schedules: DDPM linear NFE 5 -> timesteps [999, 658, 498, 309, 100, 0],
+objective 51.18); ``"hso-dmn"`` defaults to ``"hso"``, HSO's rule (0 for N <= 5, 3 for
+N = 6, 7, 0 for N >= 8; ``StepOptim.get_ts_lambdas`` in HSO's ``stages_step_optim.py``).
+Either is one keyword away: ``trunc_num="hso"`` (the behaviour of ``"dmn"`` before it followed
+the official code) or ``trunc_num=3``.
 
 Everything numerical runs in float64 (``jax.enable_x64`` inside), so the result does not
 depend on the caller's ``jax_enable_x64``. The whole search (DE generations, every lower-level
@@ -68,8 +83,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import solvers
 from ..noise import NoiseSchedule
-from ..objectives import dmn, mep, mep_model, spacing
+from ..objectives import dmn, hso_trunc_num, mep, mep_model, spacing
+from ..objectives.dmn import DMN_TRUNC_NUM
 from ..objectives.spacing import d_min, normalised_time, time_from_normalised
 from .de import differential_evolution
 from .refine import RefineResult, refine, refine_continuation
@@ -84,6 +101,7 @@ __all__ = [
     "karras_lam",
     "n_intervals",
     "optimize_hso",
+    "solver_flavour",
 ]
 
 Array = Any
@@ -109,6 +127,41 @@ OPTIONS = {
 # --------------------------------------------------------------------------------------
 # Pure pieces (jit / vmap-able)
 # --------------------------------------------------------------------------------------
+
+
+def solver_flavour(solver: Any, method: str = "hso") -> str:
+    """HSO's solver flavour (one of :data:`SOLVERS`) of a solver name or object.
+
+    Objects map by type: :class:`~hso_jax.solvers.UniPC` -> ``"unipc"``, multistep
+    :class:`~hso_jax.solvers.DPMSolverPP` -> ``"dpm-solver-pp"``, :class:`~hso_jax.solvers.DDIM`
+    -> ``"ddim"`` (the order and other settings do not change the schedule). ``method`` only
+    names the method in error messages.
+    """
+    if isinstance(solver, str):
+        if solver in SOLVERS:
+            return solver
+        raise ValueError(
+            f"solver must be one of {SOLVERS} or a solver object of these kinds (e.g. "
+            f"hso_jax.solvers.unipc()) for method={method!r}, got {solver!r}"
+        )
+    kinds = (
+        (solvers.UniPC, "unipc"),
+        (solvers.DPMSolverPP, "dpm-solver-pp"),
+        (solvers.DDIM, "ddim"),
+    )
+    for cls, name in kinds:
+        if isinstance(solver, cls):
+            return name
+    if isinstance(solver, solvers.Solver):
+        raise ValueError(
+            f"method={method!r} has schedule flavours for UniPC, DPM-Solver++ (multistep) and "
+            f"DDIM solver objects, got {type(solver).__name__}; for another solver with one "
+            "network call per step, solver='unipc' gives NFE + 1 points"
+        )
+    raise TypeError(
+        f"solver must be one of {SOLVERS} or a hso_jax solver object (e.g. "
+        f"hso_jax.solvers.unipc()) for method={method!r}, got {type(solver).__name__}"
+    )
 
 
 def n_intervals(solver: str, nfe: int) -> int:
@@ -334,6 +387,21 @@ def _check_bounds(bounds):
     return b
 
 
+def _trunc_num(method: str, tn) -> int | None:
+    """``trunc_num`` option -> the objective's (``None`` = HSO's rule). Default: 3 (the official
+    DM-NonUniform value) for ``"dmn"``, HSO's rule for ``"hso-dmn"``."""
+    if tn is None:
+        tn = DMN_TRUNC_NUM if method == "dmn" else "hso"
+    if isinstance(tn, str) and tn == "hso":
+        return None
+    if isinstance(tn, bool) or not isinstance(tn, (int, np.integer)) or tn < 0:
+        raise ValueError(
+            f"trunc_num must be a non-negative integer (DM-NonUniform: {DMN_TRUNC_NUM}) or 'hso' "
+            f"(HSO's rule: 0 for N <= 5, 3 for N = 6, 7, 0 for N >= 8), got {tn!r}"
+        )
+    return int(tn)
+
+
 def _check_options(method: str, options: dict) -> dict:
     known = OPTIONS[method]
     bad = sorted(set(options) - set(known))
@@ -353,8 +421,7 @@ def _check_options(method: str, options: dict) -> dict:
     if out["frame"] not in ("vp", "native"):
         raise ValueError(f"frame must be one of ('vp', 'native'), got {out['frame']!r}")
     if "trunc_num" in known:
-        tn = o.get("trunc_num")
-        out["trunc_num"] = None if tn is None else _num("trunc_num", tn, 0, integer=True)
+        out["trunc_num"] = _trunc_num(method, o.get("trunc_num"))
     if method in ("hso", "hso-dmn", "mep-model"):
         mut = o.get("mutation", (0.5, 1.0))
         if not (isinstance(mut, (tuple, list)) and len(mut) == 2):
@@ -397,7 +464,7 @@ def optimize_hso(
     nfe: int,
     *,
     method: str = "hso",
-    solver: str = "unipc",
+    solver: Any = "unipc",
     seed: int = 66,
     table=None,
     **options,
@@ -408,8 +475,7 @@ def optimize_hso(
     trajectories (built by :func:`hso_jax.optimize`); the other methods are model-free."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    solver = solver_flavour(solver, method)
     if (method == "mep-model") != (table is not None):
         raise ValueError("table is required by method='mep-model' and only by it")
     opts = _check_options(method, options)
@@ -480,6 +546,7 @@ def _bilevel(noise, nfe, n, method, solver, seed, opts, options, table=None) -> 
         "timings": timings,
         "key_impl": "rbg",
     }
+    info.update(_trunc_info(cfg))
     warnings = _warnings(loc, penalty, nfe, dmin, sched, cfg, info)
     if not bool(de.converged):
         warnings.append(
@@ -560,6 +627,7 @@ def _single(noise, nfe, n, method, solver, opts, options) -> OptimizeResult:
         "local": _local_info(loc),
         "timings": timings,
     }
+    info.update(_trunc_info(cfg))
     warnings = _warnings(loc, None, nfe, dmin, sched, cfg, info)
     params = {"t_start": float(t_start), "t_end": float(t_end), "init": init}
     if init == "karras":
@@ -577,6 +645,16 @@ def _single(noise, nfe, n, method, solver, opts, options) -> OptimizeResult:
         warnings,
         dict(options),
     )
+
+
+def _trunc_info(cfg: _Config) -> dict:
+    """The truncNum a DMN objective used: ``trunc_num`` (effective, for N intervals) and
+    ``trunc_num_rule`` (``"hso"`` or ``"fixed"``); nothing for the other objectives."""
+    if cfg.objective != "dmn":
+        return {}
+    if cfg.trunc_num is None:
+        return {"trunc_num": hso_trunc_num(cfg.n), "trunc_num_rule": "hso"}
+    return {"trunc_num": min(cfg.trunc_num, cfg.n), "trunc_num_rule": "fixed"}
 
 
 def _local_info(loc: RefineResult) -> dict:
