@@ -246,13 +246,21 @@ def _check_redundant(record, source, noise: NoiseSchedule | None) -> None:
                     f"{source}: 'timesteps' must not increase while 't' decreases; timesteps"
                     f"[{i}] = {ks[i]} < timesteps[{i + 1}] = {ks[i + 1]}"
                 )
-    if noise is None:
+    from_name = noise is None
+    if from_name:
         from .noise import preset
 
         if record["noise"] not in _CHECKED_PRESETS:
             return
         noise = preset(record["noise"])
     t64 = np.asarray(t, np.float64)
+    # The time range: a discrete table fixes it (t in [1/N, 1]); EDM / flow share their names
+    # with other ranges, so their range is checked only when the process is given.
+    if not from_name or noise.is_discrete:
+        try:
+            check_schedule(t64, noise, name="'t'")
+        except ValueError as e:
+            raise ScheduleFileError(f"{source}: {e} (noise {noise.name!r})") from None
     for key, method, got in (("sigmas", "sigma_edm", sig), ("lambdas", "lam", lam)):
         want = _eval64(noise, method, t64)
         got = np.asarray(got, np.float64)
