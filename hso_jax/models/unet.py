@@ -51,6 +51,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "UNet2D",
@@ -251,9 +252,41 @@ def timestep_embedding(
     return emb
 
 
-def _group_norm(groups: int, eps: float, name: str) -> nn.GroupNorm:
-    # use_fast_variance=False: two-pass variance, as torch computes it (matters for 1e-4 parity).
-    return nn.GroupNorm(num_groups=groups, epsilon=eps, use_fast_variance=False, name=name)
+class GroupNorm(nn.Module):
+    """Group normalisation (Wu & He 2018) over NHWC inputs, parameters ``scale`` and ``bias``.
+
+    ``y = (x - mu_g) / sqrt(var_g + eps) * scale + bias`` with the mean and the (two-pass, as
+    torch computes it) variance of each sample over H, W and the ``C / groups`` channels of
+    group g. The statistics are reduced over H * W per channel first and then summed within
+    each group: the same numbers as a reduction over a (B, H, W, G, C/G) view (flax's
+    ``nn.GroupNorm``), but XLA's CPU backend runs it 3-4x faster.
+    """
+
+    num_groups: int
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b, c = x.shape[0], x.shape[-1]
+        g = self.num_groups
+        if c % g:
+            raise ValueError(f"{c} channels are not divisible by num_groups = {g}")
+        n = math.prod(x.shape[1:-1]) * (c // g)
+        axes = tuple(range(1, x.ndim - 1))
+
+        def per_group(s):  # (B, C) per-channel sums -> (B, 1.., C) group means per channel
+            m = s.reshape(b, g, c // g).sum(-1) / n
+            return jnp.repeat(m, c // g, axis=-1).reshape(b, *([1] * len(axes)), c)
+
+        mean = per_group(jnp.sum(x, axis=axes))
+        var = per_group(jnp.sum(jnp.square(x - mean), axis=axes))
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        return (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+
+
+def _group_norm(groups: int, eps: float, name: str) -> GroupNorm:
+    return GroupNorm(num_groups=groups, epsilon=eps, name=name)
 
 
 def _conv(features: int, kernel: int, name: str, stride: int = 1, padding: Any = 1) -> nn.Conv:
@@ -627,8 +660,9 @@ def _cached_init(key: str, batch: int) -> Callable:
     cfg = UNetConfig.from_dict(json.loads(key))
     size = cfg.sample_size or 32
     hgt, wid = (size, size) if isinstance(size, int) else tuple(size)
-    x = jnp.zeros((batch, hgt, wid, cfg.in_channels), jnp.float32)
-    t = jnp.zeros((batch,), jnp.float32)
+    # numpy, not jnp: a first call under a trace (eval_shape) must not cache tracers.
+    x = np.zeros((batch, hgt, wid, cfg.in_channels), np.float32)
+    t = np.zeros((batch,), np.float32)
     return jax.jit(lambda k: UNet2D(cfg).init(k, x, t)["params"])
 
 
