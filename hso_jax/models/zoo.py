@@ -23,9 +23,11 @@ class, so "the last 500" would all be nines; the held-out ``"test"`` split is in
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +52,17 @@ __all__ = [
     "load_mnist_digits",
     "ZOO_DIR",
     "ZOO_MODELS",
+    "ZOO_ALIASES",
+    "MNIST_ID",
     "MODEL_FORMAT",
 ]
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
-ZOO_MODELS = ("mnist",)
+# Shipped models by name; "mnist" is the current default MNIST model. A model's id (its
+# directory name) keys every cache computed with it, so a new model never meets old entries.
+ZOO_ALIASES = {"mnist": "mnist-v2"}
+ZOO_MODELS = ("mnist", "mnist-v2")
+MNIST_ID = ZOO_ALIASES["mnist"]
 MODEL_FORMAT = "hso_jax-unet"
 PARAMS_SUBDIR = "params"
 _PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
@@ -114,7 +122,7 @@ def prediction_from_scheduler_config(sched: dict[str, Any]) -> str:
 
 def _resolve(name_or_dir: str | os.PathLike) -> Path:
     if isinstance(name_or_dir, str) and name_or_dir in ZOO_MODELS:
-        return ZOO_DIR / name_or_dir
+        return ZOO_DIR / ZOO_ALIASES.get(name_or_dir, name_or_dir)
     path = Path(name_or_dir)
     if not path.is_dir():
         raise FileNotFoundError(
@@ -139,12 +147,76 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return out
 
 
-def restore_checkpoint(ckpt: Path, target: Any | None = None) -> Any:
-    """Restore an Orbax checkpoint of a parameter pytree, with clear errors.
+MANIFEST = "MANIFEST.sha256"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _checkpoint_files(ckpt: Path) -> list[str]:
+    return sorted(
+        p.relative_to(ckpt).as_posix()
+        for p in ckpt.rglob("*")
+        if p.is_file() and p.name != MANIFEST
+    )
+
+
+def write_manifest(ckpt: Path) -> None:
+    """Write ``MANIFEST.sha256`` (``sha256  relative/path`` per file) into a checkpoint dir."""
+    ckpt = Path(ckpt)
+    lines = [f"{_sha256(ckpt / rel)}  {rel}" for rel in _checkpoint_files(ckpt)]
+    (ckpt / MANIFEST).write_text("\n".join(lines) + "\n")
+
+
+def verify_manifest(ckpt: Path) -> bool:
+    """Check every file of a checkpoint against its ``MANIFEST.sha256``.
+
+    Returns:
+      ``True`` when verified, ``False`` when the directory has no manifest (written before
+      manifests existed; the caller decides whether that is acceptable).
+
+    Raises:
+      ValueError: a file is missing, added, or its checksum differs; the message names it.
+    """
+    ckpt = Path(ckpt)
+    path = ckpt / MANIFEST
+    if not path.is_file():
+        return False
+    want: dict[str, str] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        digest, sep, rel = line.partition("  ")
+        if not sep or len(digest) != 64:
+            raise ValueError(f"corrupt checksum manifest {path}, line {n}: {line[:80]!r}")
+        want[rel] = digest
+    have = _checkpoint_files(ckpt)
+    for rel in sorted(set(want) - set(have)):
+        raise ValueError(f"checkpoint {ckpt}: file {rel} listed in {MANIFEST} is missing")
+    for rel in sorted(set(have) - set(want)):
+        raise ValueError(f"checkpoint {ckpt}: file {rel} is not listed in {MANIFEST}")
+    for rel in have:
+        if _sha256(ckpt / rel) != want[rel]:
+            raise ValueError(
+                f"checkpoint {ckpt}: file {rel} does not match its checksum in {MANIFEST} "
+                "(corrupted or modified)"
+            )
+    return True
+
+
+def restore_checkpoint(
+    ckpt: Path, target: Any | None = None, require_manifest: bool = False
+) -> Any:
+    """Restore an Orbax checkpoint of a pytree, verified against its checksum manifest.
 
     Args:
       ckpt: checkpoint directory.
       target: optional abstract pytree (``jax.ShapeDtypeStruct`` leaves) the checkpoint must match.
+      require_manifest: raise if the directory has no ``MANIFEST.sha256``; otherwise a
+        checkpoint without one (written before manifests existed) loads with a warning.
     """
     import orbax.checkpoint as ocp
 
@@ -154,25 +226,31 @@ def restore_checkpoint(ckpt: Path, target: Any | None = None) -> Any:
             f"missing checkpoint directory {ckpt}; expected an Orbax checkpoint of the Flax "
             "parameter dict there"
         )
+    if not verify_manifest(ckpt):
+        msg = f"checkpoint {ckpt} has no {MANIFEST}; its files cannot be verified"
+        if require_manifest:
+            raise ValueError(msg)
+        warnings.warn(msg + " (re-save it to add one)", stacklevel=2)
     try:
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(ckpt, target) if target is not None else ckptr.restore(ckpt)
     except Exception as e:  # orbax / tensorstore raise many types; re-raise one clear error
         raise ValueError(
             f"corrupt or incompatible checkpoint at {ckpt}: could not restore an Orbax checkpoint "
-            f"of the parameter dict ({type(e).__name__}: {str(e)[:300]})"
+            f"({type(e).__name__}: {str(e)[:300]})"
         ) from e
     return params
 
 
 def save_checkpoint(ckpt: Path, params: Any) -> None:
-    """Save a parameter pytree with Orbax (overwrites)."""
+    """Save a pytree with Orbax (overwrites) and write its checksum manifest."""
     import orbax.checkpoint as ocp
 
     ckpt = Path(ckpt).resolve()
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(ckpt, params, force=True)
         ckptr.wait_until_finished()
+    write_manifest(ckpt)
 
 
 def load_params(name_or_dir: str | os.PathLike) -> tuple[dict[str, Any], Any, dict[str, Any]]:
@@ -207,7 +285,8 @@ def load_params(name_or_dir: str | os.PathLike) -> tuple[dict[str, Any], Any, di
         "params"
     ]
     ckpt = path / meta.get("checkpoint", PARAMS_SUBDIR)
-    params = restore_checkpoint(ckpt)
+    # The shipped models carry a manifest; a user's directory from an older converter may not.
+    params = restore_checkpoint(ckpt, require_manifest=path.resolve().parent == ZOO_DIR)
     want = jax.tree_util.tree_map(lambda a: (tuple(a.shape), str(a.dtype)), abstract)
     got = jax.tree_util.tree_map(lambda a: (tuple(a.shape), str(a.dtype)), params)
     if want != got:
