@@ -6,8 +6,8 @@ every network call of the solver. Measured on the shipped MNIST model
 ``x_T = model.noise.prior(key(seed), (B_train + B_val, 28, 28, 1))`` split B_train / B_val:
 
 * references: the exact PF-ODE solutions from ``x_T`` (``cached_reference``, rtol = atol =
-  1e-4, key ``mnist-v1``), computed once and passed in, so their cost (reported separately; a
-  cache hit only loads a file) is not in the optimisation time;
+  1e-4, key ``hso_jax.models.zoo.MNIST_ID``), computed once and passed in, so their cost
+  (reported separately; a cache hit only loads a file) is not in the optimisation time;
 * main run (the target "optimise a 5-step schedule in under 2 minutes warm on 2 CPU cores"):
   NFE 5, UniPC, B_train = B_val = 8, 60 steps, default patience, called twice in one process.
   Cold = first call (tracing + XLA compilation of the step + run), warm = second call with the
@@ -48,13 +48,14 @@ import numpy as np
 
 import hso_jax as hj
 from hso_jax.evaluation import cached_reference
+from hso_jax.models.zoo import MNIST_ID
 from hso_jax.optimizers.direct import direct_loss, optimize_direct
 from hso_jax.optimizers.refine import logits_from_lam
 
 OUT = Path(__file__).resolve().parent / "results"
 SHAPE = (28, 28, 1)
 SOLVER = "unipc"
-KEY_ID = "mnist-v1"
+KEY_ID = MNIST_ID
 TOL = 1e-4
 MAIN = (5, 8)  # (NFE, B_train)
 SCALING = [(5, 8), (8, 8), (5, 16)]

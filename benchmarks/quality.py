@@ -88,6 +88,7 @@ import numpy as np
 
 from hso_jax import schedules, solvers
 from hso_jax.evaluation import cached_reference, evaluate_grid, psnr, rmse
+from hso_jax.models.zoo import MNIST_ID
 from hso_jax.noise import preset
 from hso_jax.optimize import optimize
 from hso_jax.schedules import check_schedule
@@ -238,9 +239,9 @@ def build_model(name: str, num_samples: int, seed: int, demo_batch: bool = False
         data, _ = load_mnist_digits("train")
         if demo_batch:
             x_T = model.noise.prior(jax.random.key(0), (64, 28, 28, 1))
-            return ModelSpec(name, model, x_T, "mnist-v1", data=jnp.asarray(data))
+            return ModelSpec(name, model, x_T, MNIST_ID, data=jnp.asarray(data))
         x_T = model.noise.prior(k_noise, (num_samples, 28, 28, 1))
-        return ModelSpec(name, model, x_T, "quality-mnist-v1", data=jnp.asarray(data))
+        return ModelSpec(name, model, x_T, f"quality-{MNIST_ID}", data=jnp.asarray(data))
     gm = _ring_mixture() if name == "gm2d" else _mixture_64d(seed)
     model = gm.denoiser(noise)
     x_T = noise.prior(k_noise, (num_samples, gm.dim))
@@ -252,7 +253,7 @@ def reference(spec: ModelSpec, tol: float | None, cache_dir) -> Any:
     """Exact PF-ODE solution from ``x_T`` at ``t_max`` to ``t_min`` (cached on disk)."""
     ns = spec.model.noise
     tol = 16.0 * float(jnp.finfo(spec.x_T.dtype).eps) if tol is None else tol
-    if spec.key_id == "mnist-v1":  # the demo's batch: use the reference that ships with it
+    if spec.key_id == MNIST_ID:  # the demo's batch: use the reference that ships with it
         from hso_jax.demo import _seed_cache
         from hso_jax.evaluation import reference_cache_path
 
@@ -719,6 +720,13 @@ def markdown(result: dict) -> str:
         "every method gets the same final data-prediction step (NFE + 1, counted). Bold: best "
         "schedule of the row. All models use the `ddpm` process.\n"
     )
+    if result.get("merged"):
+        k = result["merged"]
+        lines.append(
+            f"Rows of {', '.join(k['models'])} are kept from an earlier run (`{k['command']}`, "
+            f"{k['total_s']:.1f} s, load average at start {k['load_average']}); the model-free "
+            "optimiser timings and the other models' rows are from the command above.\n"
+        )
     lines.append("## Optimiser wall time\n")
     lines.append(_timing_table(result["timings"]))
     for name, info in result["models"].items():
@@ -947,6 +955,12 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="seed of x_T, mixtures and AYS")
     ap.add_argument("--cache-dir", default=None, help="reference cache (default ~/.cache)")
     ap.add_argument("--skip", default="", help="comma-separated optimisers to skip (AYS)")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other models' rows of the mode's existing result file in --out and "
+        "replace only --models (recorded in the result)",
+    )
     args = ap.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = sorted(set(args.models) - set(MODELS))
@@ -974,7 +988,20 @@ def main(argv=None) -> dict:
     _log(f"mode {mode}: models {args.models}, NFE {all_nfes}")
     optimised, timings = optimise_model_free(preset(NOISE), all_nfes, flavours)
 
-    rows, models = [], {}
+    rows, models, kept = [], {}, None
+    if args.merge and (out / f"{prefix}.json").is_file():
+        old = json.loads((out / f"{prefix}.json").read_text())
+        keep = [m for m in old["models"] if m not in args.models]
+        kept = dict(
+            models=keep,
+            command=old["command"],
+            total_s=old["total_s"],
+            load_average=old["machine"].get("load_average"),
+        )
+        models = {m: old["models"][m] for m in keep}
+        rows = [r for r in old["rows"] if r["model"] in keep]
+        # model-free optimiser timings (no "model" key) come from this run
+        timings += [t for t in old["timings"] if t.get("model") in keep]
     for name in args.models:
         # free the executables of the previous model: XLA's CPU JIT maps memory per
         # executable, and a full --trajectory run once died in LLVM with "Cannot allocate
@@ -996,6 +1023,8 @@ def main(argv=None) -> dict:
             winners={m: {k: winners(rows, m, k) for k, _, _ in METRIC_TABLES} for m in models},
             total_s=time.perf_counter() - t_all,
         )
+        if kept:
+            result["merged"] = kept
         write_results(result, out, prefix)
     return result
 
