@@ -13,6 +13,13 @@ and binds ``_cmd_<name>``) and ``_cmd_<name>(args) -> int``; :func:`build_parser
 the library's validation errors, printed as one line on stderr without a traceback), 1 when the
 output cannot be written. Commands run with float64 enabled, so exported schedules carry full
 precision.
+
+Every subcommand turns on the package's persistent compilation cache at start-up
+(``$HSO_JAX_CACHE/xla`` or ``~/.cache/hso_jax/xla``; see :mod:`hso_jax._compile_cache`), so a
+repeated ``hso-jax optimize`` with the same shapes does not compile its search again.
+``HSO_JAX_COMPILE_CACHE=0`` turns it off; a ``jax_compilation_cache_dir`` of the user's
+(``JAX_COMPILATION_CACHE_DIR``) is used as it is; an unwritable cache folder gives one warning
+line on stderr and the command runs without it.
 """
 
 from __future__ import annotations
@@ -26,13 +33,14 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from . import _signals, schedules
+from . import _compile_cache, _signals, schedules
 from . import io as hio
 from . import noise as hnoise
 
@@ -604,10 +612,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise  # pragma: no cover
 
 
+def _start_compile_cache(prog: str) -> None:
+    """Turn the persistent compilation cache on; its warning (an unwritable folder) becomes one
+    line on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _compile_cache.enable()
+    for w in caught:
+        print(f"{prog}: warning: {w.message}", file=sys.stderr)
+
+
 def _run(args, prog: str) -> int:
     try:
+        _start_compile_cache(prog)
         # Exported schedules carry full float64 precision, whatever the caller's JAX config.
-        with jax.enable_x64(getattr(args, "x64", True)):
+        with _compile_cache.cache_everything(), jax.enable_x64(getattr(args, "x64", True)):
             return args.func(args)
     except _UsageError as e:
         args.parser.print_usage(sys.stderr)

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from ._compile_cache import enable as _enable_compile_cache
 from .denoiser import Denoiser, as_denoiser
 from .noise import NoiseSchedule
 from .optimizers._trajectory import TEACHER_OPTIONS
@@ -191,6 +192,7 @@ def optimize(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer, got {seed!r}")
+    _enable_compile_cache()  # the persistent compilation cache (hso_jax._compile_cache)
 
     if method in MODEL_BASED:
         return _model_based(model, nfe, method, solver, int(seed), options)
