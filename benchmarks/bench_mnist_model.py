@@ -133,27 +133,32 @@ def candidate_configs() -> dict[str, dict[str, Any]]:
         "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
     }
     return {
-        "v1 (32,64,64)": v1,
-        "(32,32,64)": {**v1, "block_out_channels": [32, 32, 64]},
-        "(16,32,64)": {**v1, "block_out_channels": [16, 32, 64], "norm_num_groups": 8},
-        "(32,64,128)": {**v1, "block_out_channels": [32, 64, 128]},
-        "(32,64,64) no attn@7": {
+        "v1:32-64-64": v1,
+        "32-32-64": {**v1, "block_out_channels": [32, 32, 64]},
+        "v2:16-32-64": {**v1, "block_out_channels": [16, 32, 64]},
+        "32-64-128": {**v1, "block_out_channels": [32, 64, 128]},
+        "32-64-64-no-attn": {
             **v1,
             "down_block_types": ["DownBlock2D"] * 3,
             "up_block_types": ["UpBlock2D"] * 3,
         },
-        "(32,64,64) lpb 2": {**v1, "layers_per_block": 2},
+        "32-64-64-lpb2": {**v1, "layers_per_block": 2},
     }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--configs", default=None, help="comma-separated subset of the names")
+    p.add_argument(
+        "--configs", default=None, help=f"comma-separated subset of {list(candidate_configs())}"
+    )
     p.add_argument("--batches", default="32,64")
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args()
     cands = candidate_configs()
     names = list(cands) if a.configs is None else a.configs.split(",")
+    bad = sorted(set(names) - set(cands))
+    if bad:
+        p.error(f"unknown --configs {bad}; known: {list(cands)}")
     batches = tuple(int(b) for b in a.batches.split(","))
     gn = groupnorm_rows()
     rows = []
