@@ -2,10 +2,19 @@
 
 Measures, per (noise, solver, NFE):
 
-* cold wall time: the first call after ``jax.clear_caches()`` and clearing the search's
-  executable cache (tracing + XLA compilation + run), with its CPU time (``process_time``,
-  less sensitive to other processes on a shared machine) and the compile / run split;
-* warm wall time: the same call again (median and minimum of ``--repeats`` calls);
+* the time to a schedule three ways: **cold** -- the first ``hso_jax.optimize`` call in a new
+  process with an empty persistent compilation cache (tracing + XLA compilation + run);
+  **cache hit** -- the same in another new process that finds the executable in the persistent
+  cache written by the first (``hso_jax._compile_cache``; tracing + loading + run); **warm** --
+  the same call again in the same process (median and minimum of ``--repeats`` calls). The new
+  processes' wall times from start to exit (interpreter, ``import hso_jax``, the call) are
+  reported too. Beside them, the official SciPy search (``hso_scipy_reference.py``) on the same
+  problem, for the SD 2.1 cases it covers: its stored wall time by default, or measured now
+  with ``--scipy run`` (tens of seconds to minutes per case);
+* in-process cold: the first call after ``jax.clear_caches()`` and clearing the search's
+  executable cache, with its CPU time (``process_time``, less sensitive to other processes on
+  a shared machine) and the trace / compile / run split (the persistent cache is turned off
+  in the benchmark's own process, so this is a real compilation);
 * the result: SPF fitness, MEP, penalty, generations, timesteps, warnings;
 
 and, once:
@@ -18,17 +27,22 @@ and, once:
 * observation 2: does the penalty dominate for NFE 6-15 (UniPC, SD 2.1)? (full search per NFE,
   report penalty / objective and whether the "penalty dominates" warning fires).
 
-Writes ``benchmarks/results/bench_hso.{json,md}``. ``--quick``: SD 2.1 only, UniPC NFE 4, 5 and
-DDIM NFE 4, fewer repeats, no NFE 6-15 sweep. Run with ``nice`` on a shared machine.
+Writes ``benchmarks/results/bench_hso.{json,md}`` (``--out`` another folder). ``--quick``: SD 2.1
+only, UniPC NFE 4, 5 and DDIM NFE 4, fewer repeats, no NFE 6-15 sweep. Run with ``nice`` on a
+shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +55,31 @@ from hso_jax import objectives as ob
 from hso_jax.optimizers import hso as hso_mod
 from hso_jax.optimizers.refine import refine
 
-OUT = Path(__file__).resolve().parent / "results"
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results"
+SCIPY_RESULTS = OUT / "hso_scipy_reference.json"
+# Noise processes the SciPy reference implements (hso_scipy_reference.SD21).
+SCIPY_NOISES = ("sd21",)
+
+# One search in a new process; prints its timings as JSON on the last line of stdout.
+_NEW_PROCESS = """
+import json, sys, time
+t0 = time.perf_counter()
+import hso_jax as hj
+t1 = time.perf_counter()
+r = hj.optimize(hj.noise.preset(sys.argv[1]), int(sys.argv[3]), solver=sys.argv[2])
+t2 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "call_s": t2 - t1, "timings": r.info["timings"],
+                  "t": r.t.tolist()}))
+"""
+# Environment variables that would change where (or whether) the new processes cache.
+_CACHE_VARIABLES = (
+    "HSO_JAX_CACHE",
+    "HSO_JAX_COMPILE_CACHE",
+    "JAX_COMPILATION_CACHE_DIR",
+    "JAX_ENABLE_COMPILATION_CACHE",
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+)
 
 
 def _clear():
@@ -49,7 +87,7 @@ def _clear():
     jax.clear_caches()
 
 
-def _case(noise_name: str, solver: str, nfe: int, repeats: int) -> dict:
+def _case(noise_name: str, solver: str, nfe: int, repeats: int, scipy: str) -> dict:
     ns = hj.noise.preset(noise_name)
     _clear()
     c0, w0 = time.process_time(), time.perf_counter()
@@ -62,6 +100,9 @@ def _case(noise_name: str, solver: str, nfe: int, repeats: int) -> dict:
         r2 = hj.optimize(ns, nfe, solver=solver)
         warm.append(time.perf_counter() - w0)
         assert not r2.info["timings"]["cold"] and np.array_equal(r2.t, r.t)
+    new = _cold_and_cache_hit(noise_name, solver, nfe)
+    if not np.allclose(new["cold"]["t"], r.t, rtol=1e-12, atol=0):
+        raise RuntimeError(f"the new process found another schedule: {new['cold']['t']} != {r.t}")
     return {
         "noise": noise_name,
         "solver": solver,
@@ -75,6 +116,8 @@ def _case(noise_name: str, solver: str, nfe: int, repeats: int) -> dict:
         "cold_run_s": r.info["timings"]["run_s"],
         "warm_median_s": statistics.median(warm),
         "warm_min_s": min(warm),
+        "new_process": new,
+        "scipy": _scipy_wall(noise_name, solver, nfe, scipy),
         "fitness": r.info["fitness"],
         "objective": r.objective,
         "penalty": r.penalty,
@@ -87,6 +130,71 @@ def _case(noise_name: str, solver: str, nfe: int, repeats: int) -> dict:
         "timesteps": None if r.timesteps is None else r.timesteps.tolist(),
         "t": r.t.tolist(),
         "warnings": list(r.warnings),
+    }
+
+
+def _new_process(noise_name: str, solver: str, nfe: int, cache_root: str) -> dict:
+    """One ``hso_jax.optimize`` call in a new Python process whose package cache is
+    ``cache_root``; its wall time from start to exit and the call's own timings."""
+    env = {k: v for k, v in os.environ.items() if k not in _CACHE_VARIABLES}
+    env["HSO_JAX_CACHE"] = cache_root
+    cmd = [sys.executable, "-c", _NEW_PROCESS, noise_name, solver, str(nfe)]
+    w0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - w0
+    if p.returncode != 0:
+        raise RuntimeError(f"new-process search failed ({p.returncode}):\n{p.stderr}")
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    tm = out["timings"]
+    return {
+        "process_wall_s": wall,
+        "import_s": out["import_s"],
+        "call_s": out["call_s"],
+        "trace_s": tm["trace_s"],
+        "compile_s": tm["compile_s"],
+        "run_s": tm["run_s"],
+        "cache_entries": len(list((Path(cache_root) / "xla").glob("*-cache"))),
+        "t": out["t"],
+    }
+
+
+def _cold_and_cache_hit(noise_name: str, solver: str, nfe: int) -> dict:
+    """Two new processes sharing a fresh persistent cache: the first compiles (cold), the
+    second loads what the first stored (cache hit)."""
+    with tempfile.TemporaryDirectory(prefix="bench_hso_cache_") as root:
+        cold = _new_process(noise_name, solver, nfe, root)
+        hit = _new_process(noise_name, solver, nfe, root)
+    if cold["t"] != hit["t"]:
+        raise RuntimeError(f"cache hit changed the schedule: {cold['t']} != {hit['t']}")
+    return {"cold": cold, "cache_hit": hit}
+
+
+def _scipy_module():
+    spec = importlib.util.spec_from_file_location(
+        "hso_scipy_reference", HERE / "hso_scipy_reference.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _scipy_wall(noise_name: str, solver: str, nfe: int, mode: str) -> dict | None:
+    """Wall time of the official SciPy search on the same problem: stored
+    (``hso_scipy_reference.json``) or measured now; None where it has no such case."""
+    if mode == "none" or noise_name not in SCIPY_NOISES:
+        return None
+    if mode == "run":
+        r = _scipy_module().run_case(solver, nfe)
+        return {"wall_s": r["wall_s"], "fitness": r["fitness"], "source": "measured now"}
+    if not SCIPY_RESULTS.exists():
+        return None
+    case = json.loads(SCIPY_RESULTS.read_text())["cases"].get(f"{solver}:{nfe}")
+    if case is None:
+        return None
+    return {
+        "wall_s": case["wall_s"],
+        "fitness": case["fitness"],
+        "source": f"stored ({SCIPY_RESULTS.name})",
     }
 
 
@@ -179,11 +287,50 @@ def _markdown(res: dict) -> str:
     meta = res["meta"]
     md += [
         f"Machine: {meta['machine']}, {meta['cpus']} CPUs, load average at start "
-        f"{meta['load_start']}, JAX {meta['jax']} ({meta['backend']}); "
-        f"mode: {'quick' if meta['quick'] else 'full'}.",
-        "Cold = first call after `jax.clear_caches()` (tracing + compilation + run); CPU = "
-        "process CPU time of that call (less sensitive to other processes); warm = the same "
-        "call again (median).",
+        f"{meta['load_start']}, at end {meta.get('load_end', '?')}, JAX {meta['jax']} "
+        f"({meta['backend']}); mode: {'quick' if meta['quick'] else 'full'}.",
+        "",
+        "## Time to a schedule: cold, cache hit, warm, and the official SciPy search",
+        "",
+        "Cold = the first `hso_jax.optimize` call in a new process with an empty persistent "
+        "compilation cache (tracing + XLA compilation + run); cache hit = the same call in "
+        "another new process that loads the executable the first one stored (tracing + loading "
+        "+ run); warm = the call repeated in the same process (median). In brackets: the new "
+        "process from start to exit (interpreter, `import hso_jax`, the call), what a repeated "
+        "`hso-jax optimize` costs. SciPy = the official search (SciPy differential evolution + "
+        "trust-constr, `benchmarks/hso_scipy_reference.py`) on the same problem, where it "
+        "covers it (SD 2.1).",
+        "",
+        "| noise | solver | NFE | cold s (process s) | cache hit s (process s) | warm s | "
+        "official SciPy s | SciPy / cache hit | SciPy / warm |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    sources = set()
+    for c in res["cases"]:
+        cold, hit = c["new_process"]["cold"], c["new_process"]["cache_hit"]
+        sp = c.get("scipy")
+        if sp is None:
+            scipy_cols = "- | - | -"
+        else:
+            sources.add(sp["source"])
+            scipy_cols = (
+                f"{sp['wall_s']:.1f} | {sp['wall_s'] / hit['call_s']:.0f}x | "
+                f"{sp['wall_s'] / c['warm_median_s']:.0f}x"
+            )
+        md.append(
+            f"| {c['noise']} | {c['solver']} | {c['nfe']} | {cold['call_s']:.2f} "
+            f"({cold['process_wall_s']:.2f}) | {hit['call_s']:.2f} ({hit['process_wall_s']:.2f}) "
+            f"| {c['warm_median_s']:.3f} | {scipy_cols} |"
+        )
+    if sources:
+        md += ["", f"SciPy times: {', '.join(sorted(sources))}."]
+    md += [
+        "",
+        "## In-process detail",
+        "",
+        "Cold = first call after `jax.clear_caches()` in the benchmark's process (persistent "
+        "cache off: tracing + compilation + run); CPU = process CPU time of that call (less "
+        "sensitive to other processes); warm = the same call again (median).",
         "",
         "| noise | solver | NFE | cold wall s | cold CPU s | trace + compile s (CPU) | warm s | "
         "lower-level solves/s | generations | fitness | penalty | timesteps | warnings |",
@@ -242,7 +389,23 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument(
+        "--scipy",
+        choices=("stored", "run", "none"),
+        default="stored",
+        help="official SciPy search column: stored wall times (hso_scipy_reference.json), "
+        "measured now (slow), or none",
+    )
     args = ap.parse_args(argv)
+    # The in-process cold column must compile: no persistent cache in this process (the new
+    # processes of the cold / cache-hit columns get their own, fresh one).
+    os.environ["HSO_JAX_COMPILE_CACHE"] = "0"
+    if jax.config.jax_compilation_cache_dir:
+        print(
+            f"note: jax_compilation_cache_dir is set ({jax.config.jax_compilation_cache_dir}); "
+            "the in-process cold column may be cache hits",
+            flush=True,
+        )
     repeats = args.repeats or (3 if args.quick else 7)
     if args.quick:
         plan = [("sd21", "unipc", 4), ("sd21", "unipc", 5), ("sd21", "ddim", 4)]
@@ -262,15 +425,20 @@ def main(argv=None):
             "backend": jax.default_backend(),
             "quick": args.quick,
             "repeats": repeats,
+            "scipy": args.scipy,
         },
         "cases": [],
     }
     for noise, solver, nfe in plan:
-        c = _case(noise, solver, nfe, repeats)
+        c = _case(noise, solver, nfe, repeats, args.scipy)
         res["cases"].append(c)
+        new = c["new_process"]
         print(
-            f"{noise} {solver} NFE {nfe}: cold {c['cold_wall_s']:.2f} s (CPU {c['cold_cpu_s']:.2f}"
-            f" s), warm {c['warm_median_s']:.3f} s, fitness {c['fitness']:.8g}, "
+            f"{noise} {solver} NFE {nfe}: in-process cold {c['cold_wall_s']:.2f} s (CPU "
+            f"{c['cold_cpu_s']:.2f} s); new process cold {new['cold']['call_s']:.2f} s "
+            f"(process {new['cold']['process_wall_s']:.2f} s), cache hit "
+            f"{new['cache_hit']['call_s']:.2f} s (process {new['cache_hit']['process_wall_s']:.2f}"
+            f" s); warm {c['warm_median_s']:.3f} s; fitness {c['fitness']:.8g}, "
             f"timesteps {c['timesteps']}",
             flush=True,
         )
