@@ -35,7 +35,9 @@ It is left alone (nothing here changes any JAX setting) when:
 An unwritable folder (read-only, a file where the folder should be, no space) is reported once
 per process with a ``UserWarning`` and the program continues without the persistent cache;
 nothing is lost but the compilation time. Should a write fail later, JAX itself warns and goes
-on.
+on. A damaged entry (say, from a process killed while writing it) fails JAX's decompression
+check: JAX warns, compiles again and gives the same result, but does not replace the entry, so
+the warning comes back on every run until the folder is deleted.
 """
 
 from __future__ import annotations
