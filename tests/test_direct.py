@@ -173,6 +173,8 @@ def test_errors(gm):
         hj.optimize(DDPM, 4, method="direct", x_T=x_T)
     with pytest.raises(ValueError, match="reference"):
         optimize_direct(model, 4, x_T=x_T, reference=ref[:3])
+    with pytest.raises(ValueError, match=r"x_T has shape \(64, 3\)"):  # the ring is 2-D
+        optimize_direct(model, 4, x_T=jnp.zeros((64, 3)))
     with pytest.raises(ValueError, match="val_fraction"):
         optimize_direct(model, 4, x_T=x_T, reference=ref, val_fraction=1.0)
     with pytest.raises(ValueError, match="init"):

@@ -319,10 +319,13 @@ def _nan_after(t_bad):
 
 def test_nan_model_is_reported_with_the_first_bad_step():
     model = _nan_after(float(TS[3]) + 1e-9)  # finite at steps 0-2, NaN from step 3 on
-    out = hj.sample(model, X_T, TS, S.dpm_solver_pp(2))  # default: no check
+    out = hj.sample(model, X_T, TS, S.dpm_solver_pp(2), check_finite=False)  # as it is
     assert not np.all(np.isfinite(np.asarray(out)))
     with pytest.raises(FloatingPointError, match=r"model returned NaN/inf at step 3"):
-        hj.sample(model, X_T, TS, S.dpm_solver_pp(2), check_finite=True)
+        hj.sample(model, X_T, TS, S.dpm_solver_pp(2))  # checked by default (eager)
+    # under jit the check is skipped: the caller gets the array
+    jitted = jax.jit(lambda x: hj.sample(model, x, TS, S.dpm_solver_pp(2)))(X_T)
+    assert not np.all(np.isfinite(np.asarray(jitted)))
     with pytest.raises(FloatingPointError, match=r"sample_trajectory .*step 3"):
         hj.sample_trajectory(model, X_T, TS, S.dpm_solver_pp(2), check_finite=True)
     with pytest.raises(FloatingPointError, match="x_T itself"):
@@ -346,3 +349,18 @@ def test_float32_inputs_stay_float32_and_agree_with_float64(name):
     out64 = _sample(MODEL, TS_BATCH[0], solver)
     assert out32.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(out32), np.asarray(out64), rtol=2e-5, atol=2e-5)
+
+
+def test_wrongly_shaped_x_T_is_named():
+    """A batch of the wrong sample shape gets one ValueError naming x_T and both shapes."""
+    gm = hj.models.GaussianMixture(jnp.zeros((2, 3)), jnp.ones(2), jnp.ones(2) / 2)
+    model = gm.denoiser(NS)
+    ts = TS
+    bad = jnp.zeros((4, 5))  # the mixture lives in 3-D
+    with pytest.raises(ValueError, match=r"x_T has shape \(4, 5\)"):
+        hj.sample(model, bad, ts, S.dpm_solver_pp(2))
+    with pytest.raises(ValueError, match=r"x_T has shape \(4, 5\)"):
+        hj.sample_trajectory(model, bad, ts, S.ddim())
+    from hso_jax.solvers.driver import check_model_input
+
+    check_model_input(model, jnp.zeros((4, 3)), ts[0])  # the right shape passes

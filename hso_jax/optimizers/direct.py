@@ -51,6 +51,7 @@ from ..denoiser import Denoiser
 from ..evaluation.reference import reference_solve
 from ..schedules import check_schedule
 from ..solvers import sample
+from ..solvers.driver import check_model_input
 from ._trajectory import check_model, check_noise_batch, resolve_solver
 from .refine import lam_from_logits, logits_from_lam
 from .result import OptimizeResult
@@ -258,6 +259,7 @@ def optimize_direct(
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {callback!r}")
     x_T = check_noise_batch("x_T", x_T, "direct")
+    check_model_input(model, x_T, model.noise.t_max)
     if x_T_val is not None:
         x_T_val = check_noise_batch("x_T_val", x_T_val, "direct")
         if x_T_val.shape[1:] != x_T.shape[1:] or x_T_val.dtype != x_T.dtype:

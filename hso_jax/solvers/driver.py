@@ -28,7 +28,7 @@ from ..denoiser import Denoiser, as_denoiser
 from ..schedules import check_schedule
 from .base import Solver
 
-__all__ = ["sample", "sample_trajectory", "Trajectory"]
+__all__ = ["sample", "sample_trajectory", "Trajectory", "check_model_input"]
 
 Array = Any
 
@@ -71,6 +71,31 @@ def _validate(model, x_T, ts, solver, key, nfe, denoise_final):
                 f"{' and denoise_final' if denoise_final else ''} needs {expected} points"
             )
     return ts
+
+
+def check_model_input(model: Denoiser, x: Array, t: Array, name: str = "x_T") -> None:
+    """Raise ``ValueError`` naming ``name`` if ``model`` cannot map a state of ``x``'s shape.
+
+    Traces ``model.x0(x, t)`` abstractly (``jax.eval_shape``: no network evaluation, no
+    compilation) and checks that it accepts ``x`` and returns a prediction of the same shape,
+    so that a wrongly shaped batch gets one clear error instead of a broadcasting error from
+    inside the solver.
+    """
+    spec = jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+    t_spec = jax.ShapeDtypeStruct((), jnp.result_type(x))
+    try:
+        out = jax.eval_shape(model.x0, spec, t_spec)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"{name} has shape {tuple(spec.shape)}, which the model does not accept: "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        ) from e
+    if tuple(out.shape) != tuple(spec.shape):
+        raise ValueError(
+            f"{name} has shape {tuple(spec.shape)}, but the model maps it to a prediction of "
+            f"shape {tuple(out.shape)}; {name} must be a batch of states of the model's sample "
+            "shape, (B, *sample_shape)"
+        )
 
 
 def _check_unroll(unroll) -> int | bool:
@@ -159,7 +184,7 @@ def sample(
     *,
     nfe: int | None = None,
     denoise_final: bool = False,
-    check_finite: bool = False,
+    check_finite: bool = True,
     unroll: int | bool = 1,
     noise: Any = None,
     prediction: str | None = None,
@@ -176,10 +201,12 @@ def sample(
       key: PRNG key, required by stochastic solvers.
       nfe: if given, checks that ``ts`` spends exactly this many network evaluations.
       denoise_final: return D(x, ts[-1]) after the last step (one more network evaluation).
-      check_finite: raise ``FloatingPointError`` if the result contains NaN / inf (eager calls
-        only; under ``jit`` / ``grad`` the check is skipped). The message names the first bad
-        step and whether the model or the update produced it (found by re-running the
-        schedule with :func:`sample_trajectory`, on failure only).
+      check_finite: raise ``FloatingPointError`` if the result contains NaN / inf (default on;
+        eager calls only: under ``jit`` / ``grad`` / ``vmap`` the check is skipped). The
+        message names the first bad step and whether the model or the update produced it
+        (found by re-running the schedule with :func:`sample_trajectory`, on failure only).
+        The check costs one host copy of the result (about 10 us for 64 x 28 x 28 floats);
+        ``False`` returns non-finite results as they are.
       unroll: unrolling of the ``lax.scan`` over the steps (``True``: fully unrolled). The
         result is the same; unrolling costs compile time (one copy of the step per step) and
         can make reverse-mode gradients w.r.t. ``ts`` several times faster (measured in
@@ -204,7 +231,11 @@ def sample(
     )
     ts = _validate(model, x_T, ts, solver, key, nfe, denoise_final)
     unroll = _check_unroll(unroll)
-    out = _run(model, x_T, ts, solver, key, bool(denoise_final), False, unroll)
+    try:
+        out = _run(model, x_T, ts, solver, key, bool(denoise_final), False, unroll)
+    except (TypeError, ValueError) as e:
+        check_model_input(model, x_T, ts[0])  # names x_T if its shape is what failed
+        raise e
     if check_finite:
         _check_finite(
             out,
@@ -222,7 +253,7 @@ def sample_trajectory(
     key: Array | None = None,
     *,
     denoise_final: bool = False,
-    check_finite: bool = False,
+    check_finite: bool = True,
     noise: Any = None,
     prediction: str | None = None,
     time_input: str | Callable | None = None,
@@ -237,7 +268,11 @@ def sample_trajectory(
         example="hso_jax.sample_trajectory(model_fn, x_T, ts, solver, noise='sd21')",
     )
     ts = _validate(model, x_T, ts, solver, key, None, denoise_final)
-    out = _run(model, x_T, ts, solver, key, bool(denoise_final), True)
+    try:
+        out = _run(model, x_T, ts, solver, key, bool(denoise_final), True)
+    except (TypeError, ValueError) as e:
+        check_model_input(model, x_T, ts[0])
+        raise e
     if check_finite:
         _check_finite(out, f"sample_trajectory with {type(solver).__name__}", lambda: out)
     return out
