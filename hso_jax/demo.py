@@ -17,7 +17,7 @@ on top) and ``schedules.png`` (sigma vs step, log scale) to the output folder it
 Cost. The shipped UNet costs about 5 ms per image and network call on a 2-core CPU, and the
 reference needs about 1,500 calls per sample at ``rtol = atol = 1e-5``. So that the default run
 takes minutes, not an hour, the reference for the default batch (64 noises, seed 0) ships with
-the package (``models/zoo/mnist/demo_reference/``, written by this same code); it is copied into
+the package (``models/zoo/mnist-v2/demo_reference/``, written by this same code); it is copied into
 the reference cache and checked like any cache entry (checksum, problem description). Any other
 ``num_samples`` / ``seed`` / tolerance computes its reference once and caches it.
 
@@ -38,12 +38,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .models.zoo import MNIST_ID
+
 __all__ = ["run_demo", "DEFAULT_OUT"]
 
 DEFAULT_OUT = "hso_jax_out/demo"
 
 
-SHIPPED_REFERENCES = Path(__file__).parent / "models" / "zoo" / "mnist" / "demo_reference"
+SHIPPED_REFERENCES = Path(__file__).parent / "models" / "zoo" / MNIST_ID / "demo_reference"
 
 
 def _solvers():
@@ -72,16 +74,27 @@ def _schedules_for(ns, nfe: int, flavour: str, optimised: dict[str, Any]) -> dic
     return out
 
 
-def _seed_cache(path: Path, log) -> None:
+def _seed_cache(path: Path, log) -> bool:
     """Copy the shipped reference for this exact problem into the cache, if there is one and
-    the cache lacks it (the cache then validates it like any entry)."""
+    the cache lacks it (the cache then validates it like any entry).
+
+    Returns ``False`` when there is a shipped reference but the cache cannot take it (read-only
+    or full): the caller then reads it where it ships."""
     shipped = SHIPPED_REFERENCES / path.name
     if shipped.is_file() and not path.exists():
         import shutil
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shipped, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shipped, path)
+        except OSError as e:
+            log(
+                f"      warning: cannot copy the shipped reference into the cache ({e}); "
+                "reading it from the package"
+            )
+            return False
         log(f"      using the shipped reference {shipped.name}")
+    return True
 
 
 @jax.jit
@@ -112,7 +125,8 @@ def _optimise(model, nfe: int, flavours, full: bool, key, log) -> tuple[dict, di
         optimised[label], timings[label] = {}, {}
         for flavour in flavours:
             t0 = time.perf_counter()
-            res = optimize(model, nfe, method=method, solver=flavour)
+            # Model-free: the noise process is all they use.
+            res = optimize(model.noise, nfe, method=method, solver=flavour)
             timings[label][flavour] = time.perf_counter() - t0
             optimised[label][flavour] = np.asarray(res.t)  # DDIM flavour ends at t_min
             for w in res.warnings:
@@ -176,7 +190,7 @@ def run_demo(
     seed: int = 0,
     full: bool = False,
     model=None,
-    model_id: str = "mnist-v1",
+    model_id: str = MNIST_ID,
     fd: bool = True,
     rtol: float = 1e-5,
     atol: float = 1e-5,
@@ -224,7 +238,8 @@ def run_demo(
     log(f"[1/4] reference: exact PF-ODE solution of {num_samples} noises (diffrax, cached)")
     t0 = time.perf_counter()
     where = dict(key_id=model_id, rtol=rtol, atol=atol, cache_dir=cache_dir)
-    _seed_cache(reference_cache_path(x_T, ns.t_max, ns.t_min, **where), log)
+    if not _seed_cache(reference_cache_path(x_T, ns.t_max, ns.t_min, **where), log):
+        where["cache_dir"] = SHIPPED_REFERENCES
     ref = cached_reference(model, x_T, ns.t_max, ns.t_min, **where)
     t_ref = time.perf_counter() - t0
 
@@ -290,8 +305,7 @@ def run_demo(
         "rows": rows,
         "fd_mnist": fd_values,
         "schedules": {
-            name: {f: np.asarray(v[f]).tolist() for f in flavours}
-            for name, v in optimised.items()
+            name: {f: np.asarray(v[f]).tolist() for f in flavours} for name, v in optimised.items()
         },
         "reference_seconds": t_ref,
         "sampling_seconds": t_sample,
@@ -320,8 +334,7 @@ def run_demo(
 
 def _format(rows: list[dict[str, Any]], nfe: int) -> str:
     head = (
-        "| solver | schedule | NFE | RMSE | PSNR | RMSE +x0 | PSNR +x0 | FD-MNIST "
-        "| optimise (s) |"
+        "| solver | schedule | NFE | RMSE | PSNR | RMSE +x0 | PSNR +x0 | FD-MNIST | optimise (s) |"
     )
     lines = [head, "|" + "---|" * 9]
     best = {}

@@ -10,6 +10,7 @@ import hso_jax as hj
 from hso_jax.cli import main
 from hso_jax.demo import SHIPPED_REFERENCES, _seed_cache, run_demo
 from hso_jax.evaluation.cache import cached_reference, reference_cache_path
+from hso_jax.models.zoo import MNIST_ID
 
 
 def test_demo_smoke(tmp_path, capsys):
@@ -39,7 +40,7 @@ def test_demo_cli_arguments(capsys):
     assert main(["demo", "--help"]) == 0
     assert "results.md" in capsys.readouterr().out
     assert main(["demo", "--num-samples", "0"]) == 2
-    assert "argument --num-samples: must be an integer >= 1" in capsys.readouterr().err
+    assert "argument --num-samples: must be an integer >= 2" in capsys.readouterr().err
     with pytest.raises(ValueError, match="num_samples must be an integer >= 2, got 1"):
         run_demo("unused", num_samples=1)
 
@@ -48,7 +49,7 @@ def test_shipped_reference_is_a_valid_cache_hit_and_the_models_solution(tmp_path
     model = hj.models.load("mnist")
     ns = model.noise
     x_T = ns.prior(jax.random.key(0), (64, 28, 28, 1))  # the demo's default batch
-    where = dict(key_id="mnist-v1", rtol=1e-5, atol=1e-5, cache_dir=tmp_path)
+    where = dict(key_id=MNIST_ID, rtol=1e-5, atol=1e-5, cache_dir=tmp_path)
     path = reference_cache_path(x_T, ns.t_max, ns.t_min, **where)
     assert (SHIPPED_REFERENCES / path.name).is_file()
     _seed_cache(path, lambda *a: None)
@@ -61,3 +62,24 @@ def test_shipped_reference_is_a_valid_cache_hit_and_the_models_solution(tmp_path
     # (rtol 1e-3 differs from rtol 1e-5 by about 0.03 RMSE on this model)
     loose = hj.evaluation.reference_solve(model, x_T[:2], ns.t_max, ns.t_min, rtol=1e-3, atol=1e-3)
     assert np.sqrt(np.mean((np.asarray(loose) - ref[:2]) ** 2)) < 0.08
+
+
+def test_unwritable_cache_reads_the_shipped_reference(tmp_path):
+    """A cache that cannot take the shipped reference (a file where the folder should be):
+    _seed_cache says so, and the shipped file itself is a valid cache entry to read."""
+    model = hj.models.load("mnist")
+    ns = model.noise
+    x_T = ns.prior(jax.random.key(0), (64, 28, 28, 1))
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a folder")
+    where = dict(key_id=MNIST_ID, rtol=1e-5, atol=1e-5)
+    path = reference_cache_path(x_T, ns.t_max, ns.t_min, cache_dir=blocker, **where)
+    assert _seed_cache(path, lambda *a: None) is False
+
+    def no_solve(*args, **kwargs):
+        raise AssertionError("the shipped reference was not used")
+
+    ref = cached_reference(
+        model, x_T, ns.t_max, ns.t_min, solve=no_solve, cache_dir=SHIPPED_REFERENCES, **where
+    )
+    assert ref.shape == x_T.shape

@@ -174,9 +174,9 @@ def test_sigterm_saves_state_and_exits_143(tmp_path):
 def test_shipped_checkpoints_are_verified(tmp_path):
     """Bits flipped in a copy of a shipped model are caught by its manifest, naming the file."""
     from hso_jax.models import load
-    from hso_jax.models.zoo import ZOO_DIR, restore_checkpoint
+    from hso_jax.models.zoo import MNIST_ID, ZOO_DIR, restore_checkpoint
 
-    src = ZOO_DIR / "mnist"
+    src = ZOO_DIR / MNIST_ID
     dst = tmp_path / "mnist"
     shutil.copytree(src, dst)
     files = [

@@ -636,8 +636,7 @@ each epoch is a fresh permutation.
 - Training time: {summary["train_time_s"]:.0f} s ({mins:.1f} min, {summary["s_per_step"]:.3f} s
   per step) on a 2-core CPU ({summary["machine"]}), jax {summary["jax_version"]}.
 - Reproduce (resumable: the full state is saved every 5 minutes and on Ctrl-C / SIGTERM;
-  continue with `--resume RUN_DIR`):
-  `python -m hso_jax.models.train --run-dir RUN_DIR --out {out.name} --recipe v2`
+  continue with `--resume RUN_DIR`): `{summary["command"]}`
 
 ## Held-out eps-prediction MSE (500 digits, fixed noise seed 1234)
 
@@ -647,6 +646,8 @@ each epoch is a fresh permutation.
 
 `tests/test_zoo.py` checks these with margin (thresholds listed there).
 """
+    if summary.get("notes"):
+        card += f"\n## Notes\n\n{summary['notes']}\n"
     if (out / "sample_eval.json").is_file():
         card += sample_eval_section(json.loads((out / "sample_eval.json").read_text()))
     if (out / "recipe_comparison.json").is_file():

@@ -191,7 +191,10 @@ def verify_manifest(ckpt: Path) -> bool:
     for n, line in enumerate(path.read_text().splitlines(), 1):
         digest, sep, rel = line.partition("  ")
         if not sep or len(digest) != 64:
-            raise ValueError(f"corrupt checksum manifest {path}, line {n}: {line[:80]!r}")
+            raise ValueError(
+                f"checkpoint {ckpt}: corrupt checksum manifest {MANIFEST}, line {n}: "
+                f"{line[:80]!r}"
+            )
         want[rel] = digest
     have = _checkpoint_files(ckpt)
     for rel in sorted(set(want) - set(have)):
