@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -296,6 +297,13 @@ def make_train_step(
     return step_fn, init_state(config, recipe)
 
 
+@functools.lru_cache(maxsize=8)
+def _shared_step(config_key: str, recipe: Recipe):
+    """One compiled step per (architecture, recipe) and process: a resumed or repeated run in
+    the same process does not recompile."""
+    return make_train_step(json.loads(config_key), recipe)[0]
+
+
 # The recipes compared in the model card. "v1" is the first shipped model's (903 steps); "v2"
 # the current default model's.
 RECIPES: dict[str, Recipe] = {
@@ -458,8 +466,8 @@ def train(
         run = {"recipe": dataclasses.asdict(recipe), "config": config, "train_time_s": 0.0}
         run["out"] = None if out is None else str(out)
         state = None
-    step_fn, init = make_train_step(config, recipe)
-    state = init if state is None else state
+    step_fn = _shared_step(json.dumps(config, sort_keys=True), recipe)
+    state = init_state(config, recipe) if state is None else state
     log_path = run_dir / "loss_log.csv"
     run_dir.mkdir(parents=True, exist_ok=True)
     start = int(state.step)
