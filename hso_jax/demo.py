@@ -14,9 +14,9 @@ process's ``t_min``, cached on disk):
 It writes ``results.md``, ``results.json``, ``samples.png`` (one row per schedule, the reference
 on top) and ``schedules.png`` (sigma vs step, log scale) to the output folder it prints.
 
-Cost. The shipped UNet costs about 5 ms per image and network call on a 2-core CPU, and the
+Cost. The shipped UNet costs about 2-3 ms per image and network call on a 2-core CPU, and the
 reference needs about 1,500 calls per sample at ``rtol = atol = 1e-5``. So that the default run
-takes minutes, not an hour, the reference for the default batch (64 noises, seed 0) ships with
+takes about a minute, not several, the reference for the default batch (64 noises, seed 0) ships with
 the package (``models/zoo/mnist-v2/demo_reference/``, written by this same code); it is copied into
 the reference cache and checked like any cache entry (checksum, problem description). Any other
 ``num_samples`` / ``seed`` / tolerance computes its reference once and caches it.
