@@ -15,11 +15,12 @@ It writes ``results.md``, ``results.json``, ``samples.png`` (one row per schedul
 on top) and ``schedules.png`` (sigma vs step, log scale) to the output folder it prints.
 
 Cost. The shipped UNet costs about 2-3 ms per image and network call on a 2-core CPU, and the
-reference needs about 1,500 calls per sample at ``rtol = atol = 1e-5``. So that the default run
-takes about a minute, not several, the reference for the default batch (64 noises, seed 0) ships with
-the package (``models/zoo/mnist-v2/demo_reference/``, written by this same code); it is copied into
-the reference cache and checked like any cache entry (checksum, problem description). Any other
-``num_samples`` / ``seed`` / tolerance computes its reference once and caches it.
+reference needs about 1,500 calls per sample at ``rtol = atol = 1e-5``. So that the default
+run takes about a minute, not several, the reference for the default batch (64 noises, seed 0)
+ships with the package (``models/zoo/mnist-v2/demo_reference/``, written by this same code); it
+is copied into the reference cache and checked like any cache entry (checksum, problem
+description). Any other ``num_samples`` / ``seed`` / tolerance computes its reference once and
+caches it.
 
 Solver flavours. HSO and DM-NonUniform optimise two schedules each: the DDIM flavour (NFE
 optimised points, then the fixed final step to ``t_min``) for DDIM, and the multistep flavour
