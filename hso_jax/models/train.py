@@ -445,7 +445,6 @@ def train(
     Returns:
       A summary dict; ``summary["finished"]`` says whether the run reached ``recipe.steps``.
     """
-    import jax
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
@@ -518,7 +517,6 @@ def train(
     }
     if summary["finished"] and finalize and out is not None:
         summary.update(export_model(run_dir, out, state=state, run=run))
-    jax.block_until_ready(state)
     return summary
 
 
