@@ -58,6 +58,18 @@ N = 6, 7, 0 for N >= 8; ``StepOptim.get_ts_lambdas`` in HSO's ``stages_step_opti
 Either is one keyword away: ``trunc_num="hso"`` (the behaviour of ``"dmn"`` before it followed
 the official code) or ``trunc_num=3``.
 
+Cost of ``"hso-dmn"``: DMN is not smooth (its ``|.|`` terms), so the lower level is a
+four-stage continuation (:func:`~hso_jax.optimizers.refine.refine_continuation`) of up to
+``local_maxiter`` = 100 L-BFGS iterations per stage, and the stages use them (the smoothed
+curvature grows like ``1 / mu``): 300-400 iterations per lower-level solve, against tens for
+MEP, and the DE seldom meets its tolerance on this fitness, so it runs its ``maxiter``
+generations. Measured on SD 2.1's process with UniPC (2-core CPU, shared with other jobs, so
+the absolute times are pessimistic): NFE 10, ``"hso"`` 0.12 s and ``"hso-dmn"`` 112 s of
+execution (4,260 lower-level solves); NFE 20, 0.2 s against 243 s. Fewer stages are not free:
+from the time-uniform grid at NFE 10 the DMN objective after 1, 2, 4 stages is 2.60, 1.88,
+1.60. The cost scales with the options ``maxiter`` (generations; ``maxiter=10``: 660 solves,
+objective 2.84 against 2.79) and ``popsize``; ``"dmn"`` (one lower-level solve) takes 0.02 s.
+
 Everything numerical runs in float64 (``jax.enable_x64`` inside), so the result does not
 depend on the caller's ``jax_enable_x64``. The whole search (DE generations, every lower-level
 solve, polish) is one compiled function per (process type, N, structural options); ``d_min``,
