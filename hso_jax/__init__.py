@@ -1,23 +1,50 @@
-"""hso_jax: optimised sampling schedules for diffusion models, in JAX."""
+"""hso_jax: optimised sampling schedules for diffusion models, in JAX.
 
-from . import evaluation, io, models, noise, optimizers, schedules, solvers
-from .denoiser import Denoiser
-from .optimize import optimize
-from .solvers import sample, sample_trajectory
+The subpackages and the top-level names load on first use (PEP 562), so ``import hso_jax``
+costs milliseconds and the ``hso-jax`` command can take charge of Ctrl-C before JAX loads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Denoiser",
-    "evaluation",
-    "io",
-    "models",
-    "noise",
-    "optimize",
-    "optimizers",
-    "sample",
-    "sample_trajectory",
-    "schedules",
-    "solvers",
-    "__version__",
-]
+_SUBMODULES = ("evaluation", "io", "models", "noise", "optimizers", "schedules", "solvers")
+_OBJECTS = {  # name -> the module that defines it
+    "Denoiser": "denoiser",
+    "optimize": "optimize",
+    "sample": "solvers",
+    "sample_trajectory": "solvers",
+}
+
+__all__ = sorted((*_SUBMODULES, *_OBJECTS, "__version__"))
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _OBJECTS:
+        value = getattr(importlib.import_module(f".{_OBJECTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """The package's module type: importing the submodule ``hso_jax.optimize`` must not replace
+    the function ``hso_jax.optimize`` (the import system binds a submodule on its parent)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "optimize" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

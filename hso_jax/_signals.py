@@ -37,6 +37,7 @@ __all__ = [
     "temp_file",
     "release_temp",
     "finish_interrupted",
+    "exit_at_once",
 ]
 
 # The shell's convention: 128 + signal number.
@@ -122,6 +123,30 @@ def finish_interrupted(prog: str, exc: Interrupted) -> None:
     with contextlib.suppress(OSError):
         os.write(2, _message(prog, exc.name))
     os._exit(exc.exit_code)
+
+
+@contextlib.contextmanager
+def exit_at_once(prog: str) -> Iterator[None]:
+    """SIGINT / SIGTERM end the process at once: cleanups, one line, exit status 130 / 143.
+
+    For phases with nothing to unwind in which raising would be worse than exiting: importing
+    JAX, whose extension turns an exception raised inside its initialisation into an
+    ``ImportError``. Outside the main thread this does nothing; the previous handlers are
+    restored on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        finish_interrupted(prog, Interrupted(signum))
+
+    previous = {s: signal.signal(s, handler) for s in EXIT_CODES}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 class Guard:

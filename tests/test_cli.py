@@ -434,6 +434,32 @@ def test_sigint_during_compilation_stops_at_once(tmp_path):
     assert p.stdout.read() == "" and list(tmp_path.iterdir()) == []
 
 
+def test_sigint_while_importing_stops_at_once():
+    """Signalled while Python imports JAX (seen in ``-X importtime``'s log): the same one line
+    and exit status as later, no traceback (``python -m hso_jax`` is what ``hso-jax`` runs)."""
+    p = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "hso_jax", "optimize",
+                          "--noise", "sd21", "--nfe", "8"], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = _Lines(p.stderr)
+    deadline = time.monotonic() + 60
+    while not any(re.search(r"\| +jax\.", line) for _, line in err.lines):
+        assert p.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    assert not any(re.search(r"\| +hso_jax\.cli$", line) for _, line in err.lines)
+    rc, took = _stop(p, signal.SIGINT)
+    lines = [line for line in err.join() if not line.startswith("import time:")]
+    assert rc == 130 and took < 5.0, lines
+    assert lines == ["hso-jax: interrupted by SIGINT, stopped"]
+    assert p.stdout.read() == ""
+
+
+def test_python_m_hso_jax_runs_the_cli():
+    p = subprocess.run([sys.executable, "-m", "hso_jax", "schedules", "--noise", "sd15", "--nfe",
+                        "2", "--kind", "karras", "--rho", "0"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and "argument --rho: must be > 0" in p.stderr
+
+
 def test_sigterm_demo_removes_its_output_folder(tmp_path):
     out, cache = tmp_path / "demo", tmp_path / "cache"
     p = _spawn(["demo", "--out", str(out), "--num-samples", "2", "--no-fd"],
