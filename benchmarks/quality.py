@@ -502,18 +502,26 @@ class FDMnist:
     """FD-MNIST to the held-out digits, with the test statistics computed once."""
 
     def __init__(self):
-        from hso_jax.models.classifier import feature_stats, load_classifier, mnist_features
+        from hso_jax.evaluation import feature_statistics
+        from hso_jax.models.classifier import load_classifier
         from hso_jax.models.zoo import load_mnist_digits
 
         self.params = load_classifier()
         test, _ = load_mnist_digits("test")
-        self.mu, self.cov = feature_stats(mnist_features(self.params, test))
+        with jax.enable_x64(True):
+            self.mu, self.cov = feature_statistics(self._features(test))
+
+    def _features(self, x):
+        from hso_jax.models.classifier import mnist_features
+
+        return np.asarray(mnist_features(self.params, np.asarray(x)), np.float64)
 
     def __call__(self, x) -> float:
-        from hso_jax.models.classifier import feature_stats, frechet_distance, mnist_features
+        from hso_jax.evaluation import feature_statistics, frechet_distance
 
-        mu, cov = feature_stats(mnist_features(self.params, np.asarray(x)))
-        return frechet_distance(mu, cov, self.mu, self.cov)
+        with jax.enable_x64(True):
+            mu, cov = feature_statistics(self._features(x))
+            return float(frechet_distance(mu, cov, self.mu, self.cov))
 
 
 def _merge(rows: dict, spec: ModelSpec, flavour: str, recs, denoise_final: bool, ts) -> None:

@@ -274,7 +274,7 @@ def run_demo(
     fd_values = {}
     if fd:
         log("[4/4] FD-MNIST to the held-out digits")
-        from .models.classifier import fd_mnist
+        from .evaluation import fd_mnist
         from .models.zoo import load_mnist_digits
 
         test_digits, _ = load_mnist_digits("test")

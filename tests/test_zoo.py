@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import hso_jax as hj
+from hso_jax.evaluation import fd_mnist
 from hso_jax.models import classifier as clf
 from hso_jax.models import load, load_mnist_digits
 from hso_jax.models.train import MNIST_CONFIG, heldout_eps_mse
@@ -111,28 +112,10 @@ def test_classifier_accuracy(test_digits):
 def test_fd_mnist(test_digits):
     x_te, _ = test_digits
     x_tr, _ = load_mnist_digits("train")
-    fd_real = clf.fd_mnist(x_tr[::9], x_te)  # class-balanced (the file is sorted by class)
-    fd_noise = clf.fd_mnist(np.random.default_rng(0).uniform(-1, 1, x_te.shape), x_te)
+    fd_real = fd_mnist(x_tr[::9], x_te)  # class-balanced (the file is sorted by class)
+    fd_noise = fd_mnist(np.random.default_rng(0).uniform(-1, 1, x_te.shape), x_te)
     assert 0.0 <= fd_real < 0.1 * fd_noise
-    assert clf.fd_mnist(x_te, x_te.transpose(0, 3, 1, 2)) < 1e-6 * fd_noise  # layouts agree
-
-
-def test_frechet_distance_formula():
-    scipy_linalg = pytest.importorskip("scipy.linalg")
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((2, 6, 6))
-    s_a, s_b = a @ a.T, b @ b.T + 0.1 * np.eye(6)
-    mu_a, mu_b = rng.standard_normal((2, 6))
-    ref = (
-        np.sum((mu_a - mu_b) ** 2)
-        + np.trace(s_a + s_b)
-        - 2 * np.trace(scipy_linalg.sqrtm(s_a @ s_b).real)
-    )
-    np.testing.assert_allclose(clf.frechet_distance(mu_a, s_a, mu_b, s_b), ref, rtol=1e-8)
-    assert clf.frechet_distance(mu_a, s_a, mu_a, s_a) < 1e-8
-    # Rank-deficient covariance (fewer samples than dimensions) stays finite and >= 0.
-    f = rng.standard_normal((3, 6))
-    assert np.isfinite(clf.frechet_distance(*clf.feature_stats(f), mu_b, s_b))
+    assert fd_mnist(x_te, x_te.transpose(0, 3, 1, 2)) < 1e-6 * fd_noise  # layouts agree
 
 
 # --- errors ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from . import cache, grid, metrics
 from .cache import cached_reference, default_cache_dir, reference_cache_path
 from .grid import GridRecord, evaluate_grid, format_table, make_batch_mesh, shard_batch
 from .metrics import (
+    fd_mnist,
     feature_statistics,
     frechet_distance,
     frechet_distance_from_samples,
@@ -28,6 +29,7 @@ __all__ = [
     "cached_reference",
     "default_cache_dir",
     "evaluate_grid",
+    "fd_mnist",
     "feature_statistics",
     "format_table",
     "frechet_distance",

@@ -63,6 +63,7 @@ __all__ = [
     "feature_statistics",
     "frechet_distance",
     "frechet_distance_from_samples",
+    "fd_mnist",
     "sliced_wasserstein",
     "gmm_nll",
 ]
@@ -320,6 +321,28 @@ def frechet_distance_from_samples(feats_a: Array, feats_b: Array) -> Array:
     mu_a, cov_a = _statistics(jnp.asarray(feats_a, dtype).reshape(feats_a.shape[0], -1))
     mu_b, cov_b = _statistics(jnp.asarray(feats_b, dtype).reshape(feats_b.shape[0], -1))
     return _frechet(mu_a, cov_a, mu_b, cov_b)
+
+
+def fd_mnist(x_a: Array, x_b: Array, params: Any | None = None) -> float:
+    """FD-MNIST: :func:`frechet_distance_from_samples` of two sets of MNIST images in the
+    128-d features of the shipped classifier (:mod:`hso_jax.models.classifier`), in float64.
+
+    Args:
+      x_a, x_b: images (N, 28, 28, 1) / (N, 1, 28, 28) / (N, 784), pixels in [-1, 1]; N >= 2
+        each (use hundreds: the 128-d covariance needs many samples, and FD is biased upwards
+        for small N, so compare only values computed with the same N).
+      params: classifier parameters; the shipped classifier when None.
+
+    Returns:
+      The squared Fréchet distance (a Python float, >= 0), FID's quantity in these features.
+    """
+    from ..models.classifier import load_classifier, mnist_features
+
+    params = load_classifier() if params is None else params
+    f_a = np.asarray(mnist_features(params, x_a), np.float64)
+    f_b = np.asarray(mnist_features(params, x_b), np.float64)
+    with jax.enable_x64(True):
+        return float(frechet_distance_from_samples(f_a, f_b))
 
 
 # --------------------------------------------------------------------------------------

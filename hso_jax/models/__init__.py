@@ -5,7 +5,7 @@
 * :func:`load` - the shipped MNIST DDPM (``load("mnist")``) or a converted model directory, as
   a ready :class:`hso_jax.Denoiser`; :func:`load_mnist_digits` - the MNIST data helper.
 * :mod:`hso_jax.models.convert` - diffusers (PyTorch) -> Flax converter (``convert`` extra).
-* :mod:`hso_jax.models.classifier` - MNIST feature network, :func:`fd_mnist`.
+* :mod:`hso_jax.models.classifier` - MNIST feature network (FD-MNIST's features).
 """
 
 from .gaussian_mixture import GaussianMixture
@@ -21,10 +21,9 @@ __all__ = [
     "load_mnist_digits",
     "load_classifier",
     "mnist_features",
-    "fd_mnist",
 ]
 
-_LAZY = {"fd_mnist", "load_classifier", "mnist_features"}
+_LAZY = {"load_classifier", "mnist_features"}
 
 
 def __getattr__(name):

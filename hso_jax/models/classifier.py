@@ -1,4 +1,4 @@
-"""MNIST feature network and FD-MNIST, the Fréchet distance in its feature space.
+"""MNIST feature network: the features of FD-MNIST (:func:`hso_jax.evaluation.fd_mnist`).
 
 Real FID needs Inception weights that are not available here, so sample quality of the shipped
 MNIST model is measured in the features of a small CNN trained on the same 4,500 digits
@@ -7,13 +7,9 @@ conv3x3(64) -> ReLU -> maxpool2 -> conv3x3(64) -> ReLU -> dense(128) -> ReLU`` (
 *features*, like Inception's pool3 in FID) ``-> dropout -> dense(10)``. It ships in
 ``zoo/mnist_classifier`` (Orbax) with its model card.
 
-FD-MNIST (Heusel et al. 2017's FID formula in these features)::
-
-    FD = ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2}),
-
-computed in float64 NumPy with ``Tr (S_a S_b)^{1/2} = Tr (S_a^{1/2} S_b S_a^{1/2})^{1/2}``, the
-trace of the square root of a symmetric PSD matrix, i.e. the sum of the square roots of its
-(clipped non-negative) eigenvalues from ``eigh``; no complex ``sqrtm`` is involved.
+FD-MNIST is Heusel et al. 2017's FID formula in these features, computed by
+:func:`hso_jax.evaluation.fd_mnist` with the package's one Fréchet distance
+(:func:`hso_jax.evaluation.frechet_distance`).
 
 Train the shipped classifier::
 
@@ -46,9 +42,6 @@ __all__ = [
     "mnist_features",
     "mnist_logits",
     "mnist_probs",
-    "feature_stats",
-    "frechet_distance",
-    "fd_mnist",
     "train_classifier",
 ]
 
@@ -149,49 +142,6 @@ def _load_cached(path: str) -> Any:
 def load_classifier(path: str | Path | None = None) -> Any:
     """Parameters of the shipped MNIST classifier (or of the one in ``path``), cached."""
     return _load_cached(str(Path(path or CLASSIFIER_DIR).resolve()))
-
-
-def feature_stats(features: Array) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and (unbiased) covariance of a feature set, in float64."""
-    f = np.asarray(features, np.float64)
-    if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"features must have shape (N >= 2, D), got {f.shape}")
-    return f.mean(axis=0), np.cov(f, rowvar=False)
-
-
-def frechet_distance(mu_a, cov_a, mu_b, cov_b) -> float:
-    """Fréchet distance between N(mu_a, cov_a) and N(mu_b, cov_b), stably via ``eigh``.
-
-    ``||mu_a - mu_b||^2 + Tr S_a + Tr S_b - 2 Tr (S_a^{1/2} S_b S_a^{1/2})^{1/2}``; the
-    cross term is the sum of square roots of the eigenvalues of a symmetric PSD matrix
-    (negative round-off eigenvalues are clipped to zero).
-    """
-    mu_a, mu_b = np.asarray(mu_a, np.float64), np.asarray(mu_b, np.float64)
-    cov_a, cov_b = np.asarray(cov_a, np.float64), np.asarray(cov_b, np.float64)
-    w, v = np.linalg.eigh(0.5 * (cov_a + cov_a.T))
-    sqrt_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-    m = sqrt_a @ cov_b @ sqrt_a
-    cross = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(0.5 * (m + m.T)), 0.0, None)))
-    d = np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * cross
-    return float(max(d, 0.0))
-
-
-def fd_mnist(x_a: Array, x_b: Array, params: Any | None = None) -> float:
-    """FD-MNIST: Fréchet distance between two sets of MNIST images in classifier features.
-
-    Args:
-      x_a, x_b: images (N, 28, 28, 1) / (N, 1, 28, 28) / (N, 784), pixels in [-1, 1]; N >= 2
-        each (use hundreds: the 128-d covariance needs many samples, and FD is biased upwards
-        for small N, so compare only values computed with the same N).
-      params: classifier parameters; the shipped classifier when None.
-
-    Returns:
-      The Fréchet distance (a Python float, >= 0).
-    """
-    params = load_classifier() if params is None else params
-    mu_a, s_a = feature_stats(mnist_features(params, x_a))
-    mu_b, s_b = feature_stats(mnist_features(params, x_b))
-    return frechet_distance(mu_a, s_a, mu_b, s_b)
 
 
 # --------------------------------------------------------------------------------------
@@ -304,8 +254,8 @@ def _write_card(out: Path, s: dict[str, Any]) -> None:
     card = f"""# MNIST feature network (FD-MNIST), hso_jax
 
 `hso_jax.models.classifier.load_classifier()` loads it; `mnist_features(params, x)` gives the
-128-d penultimate (post-ReLU) features and `fd_mnist(x_a, x_b)` the Fréchet distance between
-the Gaussian fits of two feature sets (FID's formula, Heusel et al. 2017).
+128-d penultimate (post-ReLU) features and `hso_jax.evaluation.fd_mnist(x_a, x_b)` the Fréchet
+distance between the Gaussian fits of two feature sets (FID's formula, Heusel et al. 2017).
 
 - Architecture: {s["architecture"]}; {s["num_params"]:,} parameters (float32),
   checkpoint {size / 1e6:.2f} MB (Orbax, `params/`).

@@ -741,8 +741,9 @@ def evaluate_samples(
     import jax
     import jax.numpy as jnp
 
+    from ..evaluation.metrics import fd_mnist  # the training report: an application on top
     from ..solvers import ddim, sample
-    from .classifier import fd_mnist, load_classifier, mnist_probs
+    from .classifier import load_classifier, mnist_probs
     from .zoo import load, load_mnist_digits
 
     model_dir = Path(model_dir)
