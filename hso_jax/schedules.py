@@ -63,6 +63,7 @@ __all__ = [
     "to_diffusers",
     "to_comfyui",
     "COMFYUI_ENDS",
+    "FLOW_SCHEDULER_CONFIG",
 ]
 
 Array = Any
@@ -985,8 +986,68 @@ def _concrete_schedule(ts, noise, what: str) -> np.ndarray:
     return np.asarray(ts, np.float64)
 
 
-def to_diffusers(ts, noise: NoiseSchedule) -> dict[str, list]:
-    """Export a schedule of a discrete-time process for diffusers.
+# The scheduler config that makes FlowMatchEulerDiscreteScheduler step through given sigmas as
+# they are: set_timesteps(sigmas=...) applies the static shift (sigma' = shift s / (1 + (shift -
+# 1) s)) or, with use_dynamic_shifting, the time shift with the pipeline's mu, to the sigmas it
+# is given; shift 1 without dynamic shifting is the identity.
+FLOW_SCHEDULER_CONFIG = types.MappingProxyType({"shift": 1.0, "use_dynamic_shifting": False})
+
+_FLOW_PIPELINES = {
+    "sd3": "StableDiffusion3Pipeline",
+    "flux-dev": "FluxPipeline",
+    "flux-schnell": "FluxPipeline",
+    "wan": "WanPipeline",
+}
+
+
+def _to_diffusers_flow(t: np.ndarray, noise: RectifiedFlow) -> dict[str, Any]:
+    """The ``sigmas=`` list of a flow pipeline, with the scheduler config that keeps it."""
+    sig = t[:-1] if t[-1] == 0.0 else t
+    pipeline = _FLOW_PIPELINES.get(noise.name, "FluxPipeline / StableDiffusion3Pipeline")
+    note = (
+        f"pass sigmas=sigmas to {pipeline}; its FlowMatchEulerDiscreteScheduler shifts the sigmas "
+        "it is given again (static shift, or the dynamic shift with the pipeline's mu), so "
+        "first set pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config("
+        "pipe.scheduler.config, shift=1.0, use_dynamic_shifting=False): it then steps through "
+        "exactly these sigmas and appends the final 0"
+    )
+    if noise.name == "wan":
+        note = (
+            "WanPipeline takes no sigmas= (it calls scheduler.set_timesteps(num_inference_steps)); "
+            "with a sampling loop of your own, FlowMatchEulerDiscreteScheduler(shift=1.0)"
+            ".set_timesteps(sigmas=sigmas) steps through exactly these sigmas and a final 0"
+        )
+    if t[-1] != 0.0:
+        note += (
+            f"; this schedule ends at t = {t[-1]:.9g} > 0, and the scheduler's final 0 adds one "
+            f"more step: {len(sig)} network evaluations"
+        )
+    return {
+        "sigmas": [float(x) for x in sig],
+        "timesteps": [float(x) for x in noise.num_train_timesteps * sig],
+        "scheduler_config": dict(FLOW_SCHEDULER_CONFIG),
+        "pipeline": pipeline,
+        "note": note,
+    }
+
+
+def to_diffusers(ts, noise: NoiseSchedule) -> dict[str, Any]:
+    """Export a schedule for diffusers (a discrete-time process or a flow model).
+
+    **Flow models** (:class:`~hso_jax.noise.RectifiedFlow`: ``sd3``, ``flux-dev``, ...):
+    ``sigmas`` are the flow times ``t`` to pass as ``pipe(..., sigmas=sigmas)`` to
+    ``FluxPipeline`` / ``StableDiffusion3Pipeline``, without a final 0 (the scheduler appends
+    it; a schedule that ends at ``t > 0`` gets one more step, to 0); ``timesteps`` are what
+    the network receives, ``1000 sigma``. ``FlowMatchEulerDiscreteScheduler.set_timesteps(
+    sigmas=...)`` applies its shift to given sigmas too (``shift`` of the config, or the time
+    shift with the ``mu`` that FluxPipeline computes from the resolution), so the list would be
+    shifted twice; ``scheduler_config`` (:data:`FLOW_SCHEDULER_CONFIG`: ``shift=1.0,
+    use_dynamic_shifting=False``) is the config under which it steps through exactly these
+    sigmas: ``pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+    pipe.scheduler.config, shift=1.0, use_dynamic_shifting=False)``. ``pipeline`` and
+    ``note`` say so in words (``WanPipeline`` has no ``sigmas=`` argument).
+
+    **Discrete-time processes**:
 
     ``timesteps[i] = round(N t_i) - 1`` (the DPM-Solver index convention, ``N`` training steps),
     to pass as ``scheduler.set_timesteps(timesteps=...)``; ``sigmas[i] = sigma_edm(t_i) = sigma
@@ -998,13 +1059,16 @@ def to_diffusers(ts, noise: NoiseSchedule) -> dict[str, list]:
       noise: a discrete-time process (e.g. ``preset("sd15")`` or ``VPDiscrete.from_betas``).
 
     Returns:
-      ``{"timesteps": list[int], "sigmas": list[float]}``, high noise first.
+      Discrete: ``{"timesteps": list[int], "sigmas": list[float]}``, high noise first. Flow:
+      ``{"sigmas", "timesteps": list[float], "scheduler_config": dict, "pipeline", "note": str}``.
 
     Raises:
-      ValueError: for a continuous-time process, or when two times round to the same training
-        step (the schedule is finer than the model's steps).
+      ValueError: for a continuous-time process other than a flow, or when two times round to
+        the same training step (the schedule is finer than the model's steps).
     """
     t = _concrete_schedule(ts, noise, "to_diffusers")
+    if isinstance(noise, RectifiedFlow):
+        return _to_diffusers_flow(t, noise)
     if not noise.is_discrete:
         raise ValueError(
             f"to_diffusers needs a discrete-time process with integer training steps, but "
@@ -1032,6 +1096,10 @@ def to_comfyui(ts, noise: NoiseSchedule, end: str = "sigma_min") -> list[float]:
     flow times ``t`` themselves, because ComfyUI's flow models (SD3, Flux) read ``sigma`` as
     ``x = (1 - sigma) x_0 + sigma eps``.
 
+    Paste the list into ComfyUI's ``SamplerCustom`` (or ``SamplerCustomAdvanced``) through a
+    ``SIGMAS`` input. A flow model's schedule that already ends at t = 0 is complete as is (any
+    of the first two conventions); ``"append_zero"`` would add a second 0 and is refused.
+
     Three end-of-schedule conventions:
 
     * ``"sigma_min"``: end at the schedule's last noise level (the AYS paper);
@@ -1051,6 +1119,11 @@ def to_comfyui(ts, noise: NoiseSchedule, end: str = "sigma_min") -> list[float]:
     if not isinstance(end, str) or end not in COMFYUI_ENDS:
         raise ValueError(f"end must be one of {list(COMFYUI_ENDS)}, got {end!r}")
     t = _concrete_schedule(ts, noise, "to_comfyui")
+    if end == "append_zero" and t[-1] == 0.0:
+        raise ValueError(
+            "end='append_zero' would add a second 0: ts already ends at t = 0 (a flow model's "
+            "data end); use end='sigma_min' or 'zero'"
+        )
     sig = t.copy() if isinstance(noise, RectifiedFlow) else _eval64(noise, "sigma_edm", t)
     out = [float(x) for x in sig]
     if end == "zero":

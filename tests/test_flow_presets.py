@@ -4,8 +4,10 @@ ComfyUI's formulas."""
 
 import ast
 import importlib.util
+import json
 import math
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -303,3 +305,253 @@ def test_flow_baselines_are_valid_schedules_in_float32_and_float64():
             assert float(ts[-1]) == 0.0
             np.testing.assert_allclose(np.asarray(ts), _x64(fn, ns, 6), rtol=1e-6, atol=1e-7)
     assert hj.schedules.flow_default is schedules.flow_default
+
+
+# --------------------------------------------------------------------------------------
+# Exports: diffusers round trip, ComfyUI, schedule files
+# --------------------------------------------------------------------------------------
+
+
+def _euler_pipeline_loop(scheduler, x_T, x0):
+    """A FluxPipeline-style denoising loop (scheduler.timesteps, transformer(timestep / 1000),
+    scheduler.step) around a torch module: the exact velocity of data concentrated at x0,
+    v(x, sigma) = (x - x0) / sigma, which Euler integrates exactly. Returns the sigmas the
+    module received and the final sample."""
+    import torch
+
+    class Velocity(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def forward(self, x, timestep):
+            sigma = timestep.to(torch.float64)
+            self.seen.append(float(sigma[0]))
+            return (x - x0) / sigma[:, None]
+
+    transformer = Velocity()
+    x = x_T
+    for t in scheduler.timesteps:
+        v = transformer(x, t.expand(x.shape[0]) / 1000)
+        x = scheduler.step(v, t, x, return_dict=False)[0]
+    return np.array(transformer.seen), x
+
+
+def test_diffusers_export_round_trip_through_flux_scheduler():
+    diffusers = pytest.importorskip("diffusers")
+    torch = pytest.importorskip("torch")
+    ns = noise.preset("flux-dev", resolution=1024)
+    ts = _x64(schedules.optimal_steps, ns, 8)  # any schedule of ours, ending at 0
+    out = schedules.to_diffusers(ts, ns)
+    assert (
+        out["pipeline"] == "FluxPipeline" and "shift=1.0, use_dynamic_shifting=False" in out["note"]
+    )
+    np.testing.assert_array_equal(out["sigmas"], ts[:-1])  # the scheduler appends the 0
+    np.testing.assert_allclose(out["timesteps"], 1000 * ts[:-1], rtol=1e-15)
+
+    x0 = torch.tensor([[0.5, -1.0]], dtype=torch.float32)
+    x_T = torch.tensor([[1.3, 0.2]], dtype=torch.float32)
+    # The pipeline's scheduler, reconfigured as printed; FluxPipeline still passes its mu.
+    sch = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
+        FLUX_DEV_CONFIG, **out["scheduler_config"]
+    )
+    sch.set_timesteps(sigmas=out["sigmas"], mu=ns.mu)
+    np.testing.assert_allclose(sch.sigmas.numpy(), ts, **F32)
+    seen, x = _euler_pipeline_loop(sch, x_T, x0)
+    np.testing.assert_allclose(seen, ts[:-1], **F32)  # exactly our sigmas, in float32
+    np.testing.assert_allclose(x.numpy(), x0.numpy(), atol=1e-5)
+
+    # Left as configured, the scheduler shifts the given sigmas again with mu.
+    sch = diffusers.FlowMatchEulerDiscreteScheduler.from_config(FLUX_DEV_CONFIG)
+    sch.set_timesteps(sigmas=out["sigmas"], mu=ns.mu)
+    shifted = math.exp(ns.mu) / (math.exp(ns.mu) + (1 / ts[:-1] - 1))
+    np.testing.assert_allclose(sch.sigmas.numpy()[:-1], shifted, **F32)
+    assert np.all(shifted[1:] > ts[1:-1])
+
+
+def test_diffusers_export_round_trip_through_sd3_scheduler():
+    diffusers = pytest.importorskip("diffusers")
+    ns = noise.preset("sd3")
+    ts = _x64(schedules.beta, ns, 6)
+    out = schedules.to_diffusers(ts, ns)
+    assert out["pipeline"] == "StableDiffusion3Pipeline"
+    sch = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
+        {"num_train_timesteps": 1000, "shift": 3.0}, **out["scheduler_config"]
+    )
+    sch.set_timesteps(sigmas=out["sigmas"])  # as StableDiffusion3Pipeline passes them
+    np.testing.assert_allclose(sch.sigmas.numpy(), ts, **F32)
+    np.testing.assert_allclose(sch.timesteps.numpy(), out["timesteps"], rtol=2e-7)
+
+
+def test_diffusers_export_of_a_schedule_that_stops_early():
+    ns = noise.preset("sd3")
+    out = schedules.to_diffusers(np.array([1.0, 0.5, 0.02]), ns)
+    assert (
+        out["sigmas"] == [1.0, 0.5, 0.02] and "one more step: 3 network evaluations" in out["note"]
+    )
+    assert (
+        "WanPipeline takes no sigmas="
+        in schedules.to_diffusers([1.0, 0.0], noise.preset("wan"))["note"]
+    )
+
+
+def test_comfyui_export_of_flow_schedules():
+    ns = noise.preset("flux-dev")
+    ts = _x64(schedules.flow_default, ns, 4)
+    assert schedules.to_comfyui(ts, ns) == ts.tolist() == schedules.to_comfyui(ts, ns, end="zero")
+    assert ts[-1] == 0.0
+    with pytest.raises(ValueError, match="second 0"):
+        schedules.to_comfyui(ts, ns, end="append_zero")
+
+
+def test_schedule_file_of_a_flow_model_round_trips(tmp_path):
+    ns = noise.preset("wan")
+    with jax.enable_x64(True):
+        ts = schedules.optimal_steps(ns, 5)
+        ts = ts.at[0].set(1.0)  # from pure noise (t = 1) to the data (t = 0)
+        rec = hj.io.schedule_record(ts, ns, method="oss")
+    assert rec["sigmas"][0] == math.inf and rec["sigmas"][-1] == 0.0
+    assert rec["lambdas"][0] == -math.inf and rec["lambdas"][-1] == math.inf
+    path = hj.io.save_schedule(tmp_path / "wan.json", rec)
+    assert "Infinity" in path.read_text()
+    back = hj.io.load_schedule(path)
+    assert back["t"] == rec["t"] and back["sigmas"] == rec["sigmas"]
+    bad = dict(rec, sigmas=[1.0, *rec["sigmas"][1:]])
+    with pytest.raises(hj.io.ScheduleFileError, match="contradict"):
+        hj.io.validate_record(bad)
+    bad = dict(rec, lambdas=[*rec["lambdas"][:2], math.inf, *rec["lambdas"][3:]])
+    with pytest.raises(hj.io.ScheduleFileError, match="'lambdas' must be finite"):
+        hj.io.validate_record(bad)
+
+
+# --------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------
+
+
+def _cli(capsys, *argv):
+    from hso_jax.cli import main
+
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_flux_default_is_the_pipeline_list(capsys):
+    pytest.importorskip("diffusers")
+    argv = ["schedules", "--noise", "flux-dev", "--resolution", "1024", "--nfe", "28"]
+    want = _flux_scheduler_sigmas(28, 1.15, **FLUX_DEV_CONFIG)
+    rc, out, err = _cli(capsys, *argv, "--kind", "default", "--format", "diffusers")
+    assert rc == 0 and err == ""
+    exported = json.loads(out)
+    np.testing.assert_allclose(exported["sigmas"], want[:-1], **F32)
+    assert exported["scheduler_config"] == {"shift": 1.0, "use_dynamic_shifting": False}
+    rc, out, _ = _cli(capsys, *argv, "--kind", "default")
+    rec = hj.io.validate_record(json.loads(out))
+    np.testing.assert_allclose(rec["t"], want, **F32)
+    assert rec["noise"] == "flux-dev" and rec["method"] == "default"
+    assert rec["options"]["resolution"] == 1024
+    rc, out, _ = _cli(capsys, *argv, "--kind", "default", "--format", "comfyui")
+    np.testing.assert_allclose(json.loads(out), want, **F32)
+
+
+def test_cli_beta_oss_and_shift(capsys):
+    rc, out, _ = _cli(
+        capsys,
+        "schedules",
+        "--noise",
+        "wan",
+        "--shift",
+        "8",
+        "--nfe",
+        "5",
+        "--kind",
+        "beta",
+        "--variant",
+        "diffusers",
+        "--format",
+        "comfyui",
+    )
+    want = _x64(schedules.beta, noise.preset("wan", shift=8.0), 5, variant="diffusers")
+    assert rc == 0 and json.loads(out) == want.tolist()
+    rc, out, _ = _cli(
+        capsys,
+        "schedules",
+        "--noise",
+        "sd3",
+        "--nfe",
+        "10",
+        "--kind",
+        "oss",
+        "--oss-table",
+        "flux",
+        "--format",
+        "comfyui",
+    )
+    assert rc == 0 and json.loads(out) == [*OSS_FLUX[:-1], 0.0]
+    rc, out, _ = _cli(
+        capsys,
+        "schedules",
+        "--noise",
+        "flux-dev",
+        "--image-seq-len",
+        "256",
+        "--nfe",
+        "3",
+        "--kind",
+        "default",
+        "--format",
+        "comfyui",
+    )
+    want = _x64(schedules.flow_default, noise.preset("flux-dev", resolution=256), 3)
+    assert rc == 0 and json.loads(out) == want.tolist()
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--noise", "sd3", "--resolution", "1024", "--kind", "default"],
+         r"argument --resolution: only applies to --noise flux-dev, not --noise sd3"),
+        (["--noise", "flux-dev", "--shift", "3", "--kind", "default"],
+         r"argument --shift: only applies to --noise flow / wan, not --noise flux-dev"),
+        (["--noise", "flux-dev", "--resolution", "1000", "--kind", "default"],
+         r"argument --resolution: .*multiple of 16.*1000"),
+        (["--noise", "flux-dev", "--resolution", "big", "--kind", "default"],
+         r"argument --resolution: must be pixels"),
+        (["--noise", "wan", "--shift", "-1", "--kind", "default"],
+         r"argument --shift: must be > 0"),
+        (["--noise", "wan", "--kind", "default", "--t-start", "0.5"],
+         r"argument --t-start: does not apply to --kind default"),
+        (["--noise", "sd3", "--kind", "oss"],
+         r"argument --oss-table: model must be given for noise 'sd3'"),
+        (["--noise", "sd3", "--kind", "karras", "--variant", "diffusers"],
+         r"argument --variant: only applies to --kind beta"),
+        (["--noise", "sd3", "--kind", "karras"], r"karras spaces steps in log-SNR.*t = 1"),
+        (["--noise", "flow", "--kind", "default"], r"covers only t in \[0.001, 0.999\]"),
+        (["--noise", "sd15", "--kind", "beta"], r"beta needs a flow-matching model"),
+    ],
+)  # fmt: skip
+def test_cli_bad_flow_arguments_exit_2(capsys, argv, match):
+    rc, out, err = _cli(capsys, "schedules", "--nfe", "4", *argv)
+    assert rc == 2 and out == "" and "Traceback" not in err
+    assert re.search(match, err), err
+
+
+def test_cli_optimize_takes_the_preset_options(capsys):
+    rc, out, err = _cli(capsys, "optimize", "--noise", "mnist", "--resolution", "512", "--nfe", "4")
+    assert rc == 2 and "invalid choice" in err
+    rc, out, err = _cli(
+        capsys,
+        "optimize",
+        "--model",
+        "mnist",
+        "--method",
+        "gits",
+        "--resolution",
+        "512",
+        "--nfe",
+        "4",
+    )
+    assert rc == 2 and "argument --resolution: only applies to --noise flux-dev" in err
+    rc, out, err = _cli(capsys, "optimize", "--noise", "sd3", "--image-seq-len", "64", "--nfe", "4")
+    assert rc == 2 and "argument --image-seq-len: only applies to --noise flux-dev" in err
