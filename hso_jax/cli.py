@@ -384,7 +384,8 @@ def _add_export_options(p) -> None:
     p.add_argument(
         "--end",
         choices=schedules.COMFYUI_ENDS,
-        help="end convention for --format comfyui (default sigma_min)",
+        help="end convention for --format comfyui (default sigma_min; for a flow model whose "
+        "schedule stops before 0, append_zero: its SIGMAS end at 0)",
     )
     p.add_argument(
         "--out",
@@ -406,7 +407,11 @@ def _export(ts, noise, args, record) -> str:
         return hio.dumps_record(record())
     if args.format == "diffusers":
         return json.dumps(schedules.to_diffusers(ts, noise), indent=2) + "\n"
-    return json.dumps(schedules.to_comfyui(ts, noise, end=args.end or "sigma_min")) + "\n"
+    end = args.end
+    if end is None:  # a flow model's SIGMAS end at 0 (ComfyUI's samplers then finish the data)
+        stops_early = isinstance(noise, hnoise.RectifiedFlow) and float(ts[-1]) > 0.0
+        end = "append_zero" if stops_early else "sigma_min"
+    return json.dumps(schedules.to_comfyui(ts, noise, end=end)) + "\n"
 
 
 _CLI_MODEL_BASED = ("direct", "gits", "mep-model")

@@ -505,6 +505,12 @@ def test_cli_beta_oss_and_shift(capsys):
     )
     want = _x64(schedules.flow_default, noise.preset("flux-dev", resolution=256), 3)
     assert rc == 0 and json.loads(out) == want.tolist()
+    # a flow schedule that stops before 0: its SIGMAS get the final 0 (as diffusers appends it)
+    argv = ["schedules", "--noise", "sd3", "--nfe", "3", "--kind", "uniform", "--t-end", "0.1"]
+    rc, out, _ = _cli(capsys, *argv, "--format", "comfyui")
+    np.testing.assert_allclose(json.loads(out), [1.0, 0.7, 0.4, 0.1, 0.0], rtol=1e-15)
+    rc, out, _ = _cli(capsys, *argv, "--format", "comfyui", "--end", "sigma_min")
+    np.testing.assert_allclose(json.loads(out), [1.0, 0.7, 0.4, 0.1], rtol=1e-15)
 
 
 @pytest.mark.parametrize(
