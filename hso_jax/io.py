@@ -329,9 +329,10 @@ def validate_record(
     The redundant fields must agree with ``t``: always ``sigmas = exp(-lambdas)`` (relative
     tolerance 1e-6), ``lambdas`` non-decreasing and ``timesteps`` non-increasing; and, when
     ``noise`` is given or ``record["noise"]`` names a preset that fixes the process (``sd15``,
-    ``sd21``, ``sdxl``, ``ddpm``, ``cosine``, ``edm``, ``flow``), ``sigmas`` / ``lambdas``
-    equal that process's values at ``t`` and ``timesteps`` its nearest training steps (``null``
-    for continuous-time processes).
+    ``sd21``, ``sdxl``, ``ddpm``, ``cosine``, ``edm``, ``flow``, ``sd3``, ``flux-dev``,
+    ``flux-schnell``, ``wan``), ``sigmas`` / ``lambdas`` equal that process's values at ``t``
+    (a flow model's shift does not change them) and ``timesteps`` its nearest training steps
+    (``null`` for continuous-time processes).
 
     Args:
       record: the parsed JSON object.

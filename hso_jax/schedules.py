@@ -853,9 +853,10 @@ def beta(
 ) -> jax.Array:
     """Beta-quantile steps (Lee et al. 2024) for a flow model, with the final 0.
 
-    Both variants place ``n = nfe`` points at the quantiles ``q_i = F^{-1}(1 - i/n)`` ...
-    of the Beta(``alpha``, ``beta``) distribution (for ``alpha = beta = 0.6`` dense at both
-    ends), then append 0; they differ in the variable the quantiles are spread over:
+    Both variants place ``n = nfe`` points at quantiles ``F^{-1}(q)`` of the Beta(``alpha``,
+    ``beta``) distribution, ``q`` falling from 1 (for ``alpha = beta = 0.6`` the points are
+    dense at both ends), then append 0; they differ in the grid of ``q`` and in the variable
+    the quantiles are spread over:
 
     * ``"comfyui"`` (default; ComfyUI's "beta" scheduler): over the *unshifted* training time.
       With ComfyUI's table of ``N`` sigmas ``shift(k / N)``, ``k = 1 .. N`` (``N = 10000`` for
@@ -1047,16 +1048,16 @@ def to_diffusers(ts, noise: NoiseSchedule) -> dict[str, Any]:
     pipe.scheduler.config, shift=1.0, use_dynamic_shifting=False)``. ``pipeline`` and
     ``note`` say so in words (``WanPipeline`` has no ``sigmas=`` argument).
 
-    **Discrete-time processes**:
-
-    ``timesteps[i] = round(N t_i) - 1`` (the DPM-Solver index convention, ``N`` training steps),
-    to pass as ``scheduler.set_timesteps(timesteps=...)``; ``sigmas[i] = sigma_edm(t_i) = sigma
-    / alpha`` at the exact times, for schedulers that take ``sigmas=``. No final 0 is appended
-    (diffusers schedulers add their own final step, see ``final_sigmas_type``).
+    **Discrete-time processes**: ``timesteps[i] = round(N t_i) - 1`` (the DPM-Solver index
+    convention, ``N`` training steps), to pass as ``scheduler.set_timesteps(timesteps=...)``;
+    ``sigmas[i] = sigma_edm(t_i) = sigma / alpha`` at the exact times, for schedulers that take
+    ``sigmas=``. No final 0 is appended (diffusers schedulers add their own final step, see
+    ``final_sigmas_type``).
 
     Args:
       ts: schedule (strictly decreasing model times in ``[t_min, t_max]``).
-      noise: a discrete-time process (e.g. ``preset("sd15")`` or ``VPDiscrete.from_betas``).
+      noise: a discrete-time process (e.g. ``preset("sd15")`` or ``VPDiscrete.from_betas``)
+        or a :class:`~hso_jax.noise.RectifiedFlow` (e.g. ``preset("flux-dev")``).
 
     Returns:
       Discrete: ``{"timesteps": list[int], "sigmas": list[float]}``, high noise first. Flow:
