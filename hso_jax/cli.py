@@ -217,8 +217,8 @@ def _read_vector(path: str, option: str) -> np.ndarray:
     return v
 
 
-# Options of the flow-model presets: CLI attribute -> preset keyword.
-_PRESET_OPTIONS = {"resolution": "resolution", "image_seq_len": "image_seq_len", "shift": "shift"}
+# Options of the flow-model presets (the CLI attribute is the preset's keyword).
+_PRESET_OPTIONS = ("resolution", "image_seq_len", "shift")
 
 
 def _preset_options(args) -> dict:
@@ -232,7 +232,7 @@ def _preset_options(args) -> dict:
             raise _UsageError(
                 f"argument {option}: only applies to --noise {' / '.join(takers)}, not {used}"
             )
-    return {_PRESET_OPTIONS[k]: v for k, v in given.items()}
+    return given
 
 
 def _noise_from_args(args) -> tuple[hnoise.NoiseSchedule, dict]:
