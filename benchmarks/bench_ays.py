@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,8 +51,7 @@ EDM = hj.noise.preset("edm")
 
 
 def ring_model():
-    ang = 2 * np.pi * np.arange(8) / 8
-    gm = hj.models.GaussianMixture(np.c_[np.cos(ang), np.sin(ang)], 0.05)
+    gm = common.ring_mixture(radius=1.0)  # AYS's own 2-D ring: radius 1, not quality's gm2d
     return gm, gm.denoiser(EDM)
 
 
@@ -160,22 +158,6 @@ def bench_mnist(quick: bool):
     )
 
 
-def env_info():
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    return dict(
-        jax=jax.__version__,
-        backend=jax.default_backend(),
-        devices=[str(d) for d in jax.devices()],
-        cpu_count=os.cpu_count(),
-        load_avg_at_start=load,
-        python=platform.python_version(),
-        x64=bool(jax.config.jax_enable_x64),
-    )
-
-
 def fmt(v, nd=3):
     return f"{v:.{nd}f}"
 
@@ -188,9 +170,7 @@ def write(results, quick: bool):
     lines = [
         "# AYS benchmark" + (" (--quick)" if quick else ""),
         "",
-        f"Environment: JAX {results['env']['jax']} on {results['env']['backend']}, "
-        f"{results['env']['cpu_count']} CPU cores shared with other jobs "
-        f"(load average at start: {results['env']['load_avg_at_start']}).",
+        common.machine_line(results["env"]),
         "",
         "## Speed: full pipeline (10 steps + subdivision 10 -> 20 -> 40) on the 2-D ring",
         "",
@@ -277,7 +257,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer sweeps")
     ap.add_argument("--skip-mnist", action="store_true", help="skip the MNIST part")
     args = ap.parse_args()
-    results = dict(env=env_info(), quick=args.quick)
+    results = dict(env=common.machine_info(), quick=args.quick)
     t0 = time.perf_counter()
     res, results["ring_speed"] = bench_ring_speed(args.quick)
     print(f"ring speed done ({time.perf_counter() - t0:.0f} s)", flush=True)

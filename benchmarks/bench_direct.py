@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -42,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -191,9 +191,8 @@ def _markdown(res: dict) -> str:
     meta, m = res["meta"], res["main"]
     md = ["# Direct schedule optimisation benchmark (`benchmarks/bench_direct.py`)", ""]
     md += [
-        f"Machine: {meta['cpu_model']} ({meta['machine']}), {meta['cpus']} CPUs, load average "
-        f"at start {meta['load_start']}, at end {meta['load_end']}; JAX {meta['jax']} "
-        f"({meta['backend']}); mode: {'quick' if meta['quick'] else 'full'}.",
+        f"{common.machine_line(meta)} Load average at end {meta['load_end']}; mode: "
+        f"{'quick' if meta['quick'] else 'full'}.",
         f"Command: `{meta['command']}`",
         "",
         f"Model: shipped MNIST denoiser, solver {SOLVER}, references = exact PF-ODE solutions "
@@ -327,16 +326,6 @@ def _interpret(ratios: list[dict]) -> str:
     )
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="main config only, 10 steps")
@@ -354,12 +343,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     meta = {
-        "machine": platform.machine(),
-        "cpu_model": _cpu_model(),
-        "cpus": os.cpu_count(),
-        "load_start": [round(x, 2) for x in os.getloadavg()],
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
+        **common.machine_info(),
         "quick": a.quick,
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "seed": a.seed,
@@ -394,11 +378,8 @@ def main(argv: list[str] | None = None) -> None:
         res["ratios"] = _ratios(res["scaling"])
         res["interpretation"] = _interpret(res["ratios"])
     meta["load_end"] = [round(x, 2) for x in os.getloadavg()]
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = "bench_direct_quick" if a.quick else "bench_direct"
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
-    (out / f"{stem}.md").write_text(_markdown(res))
+    common.write_results(Path(a.out), stem, res, _markdown(res))
     print(_markdown(res))
 
 

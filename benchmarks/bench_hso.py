@@ -38,7 +38,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -286,9 +286,8 @@ def _markdown(res: dict) -> str:
     md = ["# HSO search benchmark (`benchmarks/bench_hso.py`)", ""]
     meta = res["meta"]
     md += [
-        f"Machine: {meta['machine']}, {meta['cpus']} CPUs, load average at start "
-        f"{meta['load_start']}, at end {meta.get('load_end', '?')}, JAX {meta['jax']} "
-        f"({meta['backend']}); mode: {'quick' if meta['quick'] else 'full'}.",
+        f"{common.machine_line(meta)} Load average at end {meta.get('load_end', '?')}; mode: "
+        f"{'quick' if meta['quick'] else 'full'}.",
         "",
         "## Time to a schedule: cold, cache hit, warm, and the official SciPy search",
         "",
@@ -418,11 +417,7 @@ def main(argv=None):
         ]
     res = {
         "meta": {
-            "machine": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "load_start": [round(x, 2) for x in os.getloadavg()],
-            "jax": jax.__version__,
-            "backend": jax.default_backend(),
+            **common.machine_info(),
             "quick": args.quick,
             "repeats": repeats,
             "scipy": args.scipy,
@@ -448,10 +443,7 @@ def main(argv=None):
     if not args.quick:
         res["penalty_sweep"] = _penalty_sweep(range(6, 16))
     res["meta"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_hso.json").write_text(json.dumps(res, indent=1) + "\n")
-    (out / "bench_hso.md").write_text(_markdown(res))
+    common.write_results(Path(args.out), "bench_hso", res, _markdown(res))
     print(_markdown(res))
 
 

@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -165,16 +164,7 @@ def main() -> None:
     for n in names:
         rows.append(profile_config(n, cands[n], batches))
         print(json.dumps(rows[-1]), flush=True)
-    a.out.mkdir(parents=True, exist_ok=True)
-    info = {
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "jax": jax.__version__,
-        "load_average_start": list(os.getloadavg()),
-    }
-    (a.out / "bench_mnist_model.json").write_text(
-        json.dumps({"machine": info, "configs": rows, "groupnorm": gn}, indent=2) + "\n"
-    )
+    info = common.machine_info()
     hdr = ["config", "params", "MFLOP/sample", "fwd ms/sample (Flax)", "fwd ms/sample (torch)"]
     hdr += [f"step s (B={b})" for b in batches]
     lines = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
@@ -199,14 +189,15 @@ def main() -> None:
         )
     md = (
         "# MNIST U-Net: compute per config\n\n"
-        f"{info['processor']}, {info['cpus']} cores, jax {info['jax']}; forward at batch 64, "
-        "median of 7; training step = loss + gradient + Adam + EMA, median of 5 after compile.\n\n"
+        f"{common.machine_line(info)} Forward at batch 64, median of 7; training step = loss + "
+        "gradient + Adam + EMA, median of 5 after compile.\n\n"
         + "\n".join(lines)
         + "\n\n"
         + "\n".join(gl)
         + "\n"
     )
-    (a.out / "bench_mnist_model.md").write_text(md)
+    data = {"machine": info, "configs": rows, "groupnorm": gn}
+    common.write_results(a.out, "bench_mnist_model", data, md)
     print(md)
 
 

@@ -32,14 +32,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -223,9 +221,8 @@ def _markdown(res) -> str:
     lines = [
         "# Solver benchmark",
         "",
-        f"Device: {res['device']}; JAX {res['jax_version']}; float32; NFE = {NFE}; "
-        f"{'--quick; ' if res['quick'] else ''}"
-        f"load average at start: {res['load_average']}.",
+        f"{common.machine_line(res['machine'])} float32; NFE = {NFE}"
+        f"{'; --quick' if res['quick'] else ''}.",
         "",
         "Times in ms: first call (compile + run) / warm median. Overhead ratio = warm `sample` "
         "over the same number of bare jitted model calls from a Python loop (< 1: the single "
@@ -281,13 +278,10 @@ def main(argv=None):
     repeats = args.repeats or (5 if args.quick else 20)
     solvers = _solvers(args.quick)
     res = {
-        "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()}), "
-        f"{os.cpu_count()} CPU cores, {platform.machine()}",
-        "jax_version": jax.__version__,
+        "machine": common.machine_info(),
         "quick": args.quick,
         "repeats": repeats,
         "nfe": NFE,
-        "load_average": " ".join(f"{v:.1f}" for v in os.getloadavg()),
         "problems": {},
     }
     for make, desc in (
@@ -308,10 +302,8 @@ def main(argv=None):
             print(f"[{name}] vmap ...", flush=True)
             p["vmap"] = bench_vmap(model, x_T, S.dpm_solver_pp(2), repeats)
         res["problems"][name] = p
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_solvers.json").write_text(json.dumps(res, indent=2))
     md = _markdown(res)
-    (args.out / "bench_solvers.md").write_text(md + "\n")
+    common.write_results(args.out, "bench_solvers", res, md)
     print(md)
 
 

@@ -30,8 +30,9 @@ training digits).
 
 Models (all under the ``ddpm`` VP process, linear betas, 1000 steps, t in [0.001, 1]):
 
-* ``gm2d``: 8-component Gaussian mixture in 2-D, exact denoiser;
-* ``gm64``: 16-component Gaussian mixture in 64-D, exact denoiser;
+* ``gm2d``: the 8-component ring mixture in 2-D, exact denoiser;
+* ``gm64d``: the 8-component mixture in 64-D, exact denoiser (both from ``benchmarks/common.py``:
+  the same mixtures as ``benchmarks/quality.py`` under the same names);
 * ``mnist``: the shipped MNIST UNet (``hso_jax.models.load("mnist")``), few samples (CPU cost).
 
 Solvers: DDIM, DPM-Solver++(2M), UniPC-bh2 (UniP-2 + UniC), all multistep with one network call
@@ -57,7 +58,7 @@ Usage::
 
     .venv/bin/python benchmarks/proxy_study.py                  # full study (~15-20 min on CPU)
     .venv/bin/python benchmarks/proxy_study.py --quick          # smoke test (~2 min)
-    .venv/bin/python benchmarks/proxy_study.py --models gm2d,gm64 --schedules 400
+    .venv/bin/python benchmarks/proxy_study.py --models gm2d,gm64d --schedules 400
 
 Writes ``benchmarks/results/proxy_study.{md,csv,json}``, the per-schedule values
 ``proxy_study_points.csv.gz`` and the scatter plots ``proxy_study_<model>.png``
@@ -74,12 +75,11 @@ import gzip
 import hashlib
 import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,7 +93,7 @@ from hso_jax.evaluation.metrics import rmse
 from hso_jax.objectives.klub import klub
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MODELS = ("gm2d", "gm64", "mnist")
+MODELS = ("gm2d", "gm64d", "mnist")
 REGIMES = ("fixed", "box")
 OBJECTIVES = ("mep", "dmn", "klub")
 FAMILIES = ("karras", "time-power", "lam-power")
@@ -154,27 +154,12 @@ def model_configs(args) -> dict[str, ModelConfig]:
             args.mnist_chunk,
             mnist_regimes,
         )
-    return {"gm2d": gm, "gm64": gm, "mnist": mn}
+    return {"gm2d": gm, "gm64d": gm, "mnist": mn}
 
 
 # ----------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------
-
-
-def gaussian_mixture(dim: int, k: int, seed: int) -> hj.models.GaussianMixture:
-    """A fixed, seeded mixture with data scale ~1 (unequal weights and widths)."""
-    rng = np.random.default_rng(seed)
-    if dim == 2:
-        ang = 2 * np.pi * (np.arange(k) + rng.uniform(-0.2, 0.2, k)) / k
-        rad = rng.uniform(0.6, 1.2, k)
-        means = np.stack([rad * np.cos(ang), rad * np.sin(ang)], axis=1)
-        stds = rng.uniform(0.05, 0.25, k)
-    else:
-        means = rng.normal(0.0, 0.5, (k, dim))
-        stds = rng.uniform(0.1, 0.4, k)
-    weights = rng.dirichlet(np.full(k, 3.0))
-    return hj.models.GaussianMixture(means, stds, weights)
 
 
 def _digest(*arrays) -> str:
@@ -195,10 +180,9 @@ def build_problem(name: str, cfg: ModelConfig, seed: int) -> Problem:
         leaves = jax.tree_util.tree_leaves(model.params)
         key_id = f"proxy-mnist-{_digest(*leaves[:4], *leaves[-4:])}"
     else:
-        dim, k = (2, 8) if name == "gm2d" else (64, 16)
-        gm = gaussian_mixture(dim, k, seed=1000 + dim)
+        gm = common.mixture(name)
         model = gm.denoiser(hj.noise.preset("ddpm"))
-        shape = (dim,)
+        shape = (gm.dim,)
         data = gm.sample(k_data, 4096).astype(jnp.float32)
         key_id = f"proxy-{name}-{_digest(gm.means, gm.stds, gm.log_weights)}"
     ns = model.noise
@@ -293,12 +277,8 @@ def sample_schedules(ns, nfe: int, n: int, regime: str, seed: int):
 @functools.partial(jax.jit, static_argnames=("solver",))
 def _chunk_errors(model, x_T, ref, ts_chunk, solver):
     """Mean per-sample RMSE to the reference for each schedule of the chunk, ``(S,)``."""
-
-    def one(ts):
-        x = hj.sample(model, x_T, ts, solver)
-        return jnp.mean(rmse(x.astype(jnp.float32), ref))
-
-    return jax.vmap(one)(ts_chunk)
+    xs = common.sample_stack(model, x_T, ts_chunk, solver)
+    return jax.vmap(lambda x: jnp.mean(rmse(x.astype(jnp.float32), ref)))(xs)
 
 
 def true_errors(prob: Problem, ts: np.ndarray, solver, chunk: int) -> np.ndarray:
@@ -487,9 +467,7 @@ def write_markdown(path: Path, rows, meta) -> None:
         "# Proxy validity study: objective vs true error (Spearman rank correlation)",
         "",
         f"Command: `{meta['command']}`  ",
-        f"Machine: {meta['machine']['processor']}, {meta['machine']['cpus']} CPUs, "
-        f"JAX {meta['machine']['jax']} ({meta['machine']['backend']}); "
-        f"wall time {meta['wall_s']:.0f} s.",
+        f"{common.machine_line(meta['machine'])} Wall time {meta['wall_s']:.0f} s.",
         "",
         "True error: mean per-sample RMSE to the reference PF-ODE solution at t_min from the same "
         "x_T. rho: Spearman correlation of the objective with the true error over n random "
@@ -662,24 +640,6 @@ def plot_model(path: Path, name: str, points, rows) -> None:
     plt.close(fig)
 
 
-def machine_info() -> dict:
-    """Host and JAX facts recorded with the results."""
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    return {
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "load_average_start": load,
-    }
-
-
 # ----------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------
@@ -687,7 +647,7 @@ def machine_info() -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default=",".join(MODELS), help="comma list of gm2d, gm64, mnist")
+    p.add_argument("--models", default=",".join(MODELS), help="comma list of gm2d, gm64d, mnist")
     p.add_argument("--nfes", default="4,5,6,8", help="comma list of NFE values")
     p.add_argument("--quick", action="store_true", help="tiny smoke-test configuration")
     p.add_argument("--schedules", type=int, default=200, help="schedules per NFE (mixtures)")
@@ -722,7 +682,7 @@ def main(argv=None) -> None:
     stem = "proxy_study_quick" if args.quick else "proxy_study"
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine_info(),
+        "machine": common.machine_info(),
         "nfes": nfes,
         "models": models,
         "seed": args.seed,

@@ -15,6 +15,7 @@ What it measures, on three models that share DDPM's linear discrete VP process
 
 * ``gm2d``: an 8-component Gaussian mixture on a ring in 2-D (exact denoiser);
 * ``gm64d``: an 8-component Gaussian mixture in 64-D with seeded means (exact denoiser);
+  both defined in ``benchmarks/common.py``, shared with the proxy study;
 * ``mnist``: the shipped MNIST UNet (``hso_jax.models.load("mnist")``, eps prediction);
 
 for the solvers DDIM, DPM-Solver++(2M), DPM-Solver++(3M), UniPC-bh2 and iPNDM, the NFEs
@@ -74,7 +75,6 @@ import csv
 import functools
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -82,6 +82,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -209,23 +210,6 @@ class ModelSpec:
     data_range: float = 2.0
 
 
-def _ring_mixture():
-    from hso_jax.models import GaussianMixture
-
-    ang = 2.0 * np.pi * np.arange(8) / 8
-    means = 0.8 * np.stack([np.cos(ang), np.sin(ang)], axis=1)
-    return GaussianMixture(means, 0.05)
-
-
-def _mixture_64d(seed: int):
-    from hso_jax.models import GaussianMixture
-
-    rng = np.random.default_rng(seed)
-    means = 0.5 * rng.standard_normal((8, 64))  # pairwise distances ~ 5.7 vs std 0.15
-    stds = rng.uniform(0.1, 0.2, size=8)
-    return GaussianMixture(means, stds)
-
-
 def build_model(name: str, num_samples: int, seed: int, demo_batch: bool = False) -> ModelSpec:
     """The named model with its initial noise (seeded) and AYS data. ``demo_batch``: MNIST on
     the demo's noises (``prior(key(0), (64, 28, 28, 1))``), whose reference ships."""
@@ -242,7 +226,7 @@ def build_model(name: str, num_samples: int, seed: int, demo_batch: bool = False
             return ModelSpec(name, model, x_T, MNIST_ID, data=jnp.asarray(data))
         x_T = model.noise.prior(k_noise, (num_samples, 28, 28, 1))
         return ModelSpec(name, model, x_T, f"quality-{MNIST_ID}", data=jnp.asarray(data))
-    gm = _ring_mixture() if name == "gm2d" else _mixture_64d(seed)
+    gm = common.mixture(name)
     model = gm.denoiser(noise)
     x_T = noise.prior(k_noise, (num_samples, gm.dim))
     data = gm.sample(k_data, 8192)
@@ -487,17 +471,6 @@ def metric_fns(spec: ModelSpec) -> dict[str, Callable]:
     return fns
 
 
-@functools.partial(jax.jit, static_argnames="solver")
-def _sample_stack(model, x_T, ts_stack, solver):
-    """Samples ``(G, B, ...)`` of G equal-length schedules, as is and after one x0 step."""
-
-    def one(ts):
-        x = solvers.sample(model, x_T, ts, solver)
-        return x, model.x0(x, ts[-1])
-
-    return jax.vmap(one)(ts_stack)
-
-
 class FDMnist:
     """FD-MNIST to the held-out digits, with the test statistics computed once."""
 
@@ -585,7 +558,7 @@ def _fd_rows(rows, spec, nfe, ts, solv, fd, grid) -> None:
     names = list(ts)
     stack = jnp.stack([jnp.asarray(ts[n], spec.x_T.dtype) for n in names])
     for sv_name, solver in solv.items():
-        xs, x0s = _sample_stack(spec.model, spec.x_T, stack, solver)
+        xs, x0s = common.sample_stack(spec.model, spec.x_T, stack, solver, denoise_final=True)
         xs, x0s = np.asarray(xs), np.asarray(x0s)
         for g, sc in enumerate(names):
             row = rows[(spec.name, sv_name, sc, nfe)]
@@ -597,19 +570,6 @@ def _fd_rows(rows, spec, nfe, ts, solv, fd, grid) -> None:
 # --------------------------------------------------------------------------------------
 # Reports
 # --------------------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    return dict(
-        platform=platform.platform(),
-        processor=platform.processor() or platform.machine(),
-        cpu_count=os.cpu_count(),
-        load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        python=sys.version.split()[0],
-        jax=jax.__version__,
-        backend=jax.default_backend(),
-        devices=[str(d) for d in jax.devices()],
-    )
 
 
 def _fmt(v, spec: str = ".4f") -> str:
@@ -716,11 +676,7 @@ def markdown(result: dict) -> str:
     lines.append(f"# Schedule quality benchmark ({result['mode']} mode)\n")
     lines.append(f"Command: `{result['command']}`  ")
     m = result["machine"]
-    lines.append(
-        f"Machine: {m['platform']}, {m['cpu_count']} CPUs ({m['backend']}), JAX {m['jax']}, "
-        f"load average at start {[round(x, 2) for x in m['load_average'] or []]}; "
-        f"total wall time {result['total_s']:.1f} s.\n"
-    )
+    lines.append(f"{common.machine_line(m)} Total wall time {result['total_s']:.1f} s.\n")
     lines.append(
         "Fair comparison: every schedule is judged by the solver's output under its documented "
         "end convention (HSO's multistep flavour stops at its t_eps, the others at t_min), "
@@ -960,7 +916,9 @@ def parse_args(argv=None):
     ap.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}")
     ap.add_argument("--out", default="benchmarks/results", help="output folder")
     ap.add_argument("--nfe", default=None, help="comma-separated NFEs (overrides the mode's)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of x_T, mixtures and AYS")
+    ap.add_argument(
+        "--seed", type=int, default=0, help="seed of x_T and AYS (mixtures: benchmarks/common.py)"
+    )
     ap.add_argument("--cache-dir", default=None, help="reference cache (default ~/.cache)")
     ap.add_argument("--skip", default="", help="comma-separated optimisers to skip (AYS)")
     ap.add_argument(
@@ -989,7 +947,7 @@ def main(argv=None) -> dict:
     prefix = {"quick": "quality_quick", "full": "quality", "trajectory": "quality_trajectory"}[mode]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    machine = machine_info()
+    machine = common.machine_info()
 
     all_nfes = sorted({n for m in args.models for n in (args.nfe or cfg["nfes"][m])})
     flavours = {SOLVERS[s][1] for m in args.models for s in cfg["solvers"].get(m, SOLVERS)}
@@ -1004,7 +962,9 @@ def main(argv=None) -> dict:
             models=keep,
             command=old["command"],
             total_s=old["total_s"],
-            load_average=old["machine"].get("load_average"),
+            load_average=old["machine"].get(
+                "load_average_start", old["machine"].get("load_average")
+            ),
         )
         models = {m: old["models"][m] for m in keep}
         rows = [r for r in old["rows"] if r["model"] in keep]
