@@ -136,6 +136,20 @@ def test_validation_rule_keeps_best_iterate(ring):
     np.testing.assert_allclose(res.t, seen[1], rtol=1e-12)
 
 
+def test_held_out_klub_validation(ring):
+    """``validation="klub"``: an independent estimate of the same bound (close to the search's
+    own at the initialisation, not equal to it), and the kept iterate is its argmin."""
+    _, model, data = ring
+    res = optimize_ays(model, 10, key=jax.random.key(2), data=data, num_samples=64,
+                       validation="klub", patience=2, rel_tol=None, max_sweeps=6,
+                       subdivide=False, progress=False)
+    v, k = res.info["validation_history"], res.info["klub_history"]
+    assert res.options["validation"] == "klub" and len(v) == len(k) == res.info["sweeps"] + 1
+    assert v[0] != k[0] and abs(v[0] - k[0]) < 0.25 * k[0]
+    assert res.info["best_sweep"] == int(np.argmin(v))
+    assert res.info["stop_reason"] in ("validation", "max_sweeps", "converged")
+
+
 def test_reproducible_and_key_dependent(ring):
     _, model, data = ring
     kw = dict(data=data, num_samples=64, max_sweeps=2, subdivide=False, progress=False)
