@@ -119,19 +119,9 @@ def _check_out_file(out: str | None) -> None:
 # hso-jax schedules
 # --------------------------------------------------------------------------------------
 
-# The one place where CLI names map to library functions.
-_SCHEDULE_KINDS = {
-    "uniform": schedules.time_uniform,
-    "quadratic": schedules.time_quadratic,
-    "logsnr": schedules.logsnr_uniform,
-    "karras": schedules.karras,
-    "polyexponential": schedules.polyexponential,
-    "kl-optimal": schedules.kl_optimal,
-    "ays": schedules.ays,
-    "default": schedules.flow_default,
-    "beta": schedules.beta,
-    "oss": schedules.optimal_steps,
-}
+# --kind names are the library's (hso_jax.schedules.BASELINES); "uniform" = "time" (its
+# earlier CLI name).
+_SCHEDULE_KINDS = {**schedules.BASELINES, "uniform": schedules.BASELINES["time"]}
 # CLI option (attribute name) -> (library keyword, kinds that take it).
 _KIND_OPTIONS = {
     "rho": ("rho", ("karras", "polyexponential")),

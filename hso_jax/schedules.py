@@ -64,6 +64,8 @@ __all__ = [
     "to_comfyui",
     "COMFYUI_ENDS",
     "FLOW_SCHEDULER_CONFIG",
+    "BASELINES",
+    "baseline",
 ]
 
 Array = Any
@@ -1132,3 +1134,47 @@ def to_comfyui(ts, noise: NoiseSchedule, end: str = "sigma_min") -> list[float]:
     elif end == "append_zero":
         out.append(0.0)
     return out
+
+
+# --------------------------------------------------------------------------------------
+# Names
+# --------------------------------------------------------------------------------------
+
+BASELINES = types.MappingProxyType(
+    {
+        "time": time_uniform,
+        "quadratic": time_quadratic,
+        "logsnr": logsnr_uniform,
+        "karras": karras,
+        "polyexponential": polyexponential,
+        "kl-optimal": kl_optimal,
+        "ays": ays,
+        "default": flow_default,
+        "beta": beta,
+        "oss": optimal_steps,
+    }
+)
+"""The one name -> schedule table (read-only): every ``f(noise, nfe, ...)`` of this module by
+the name the rest of the package (optimisers' ``init``, teacher grids, the CLI's ``--kind``)
+uses for it. ``"uniform"`` is accepted as an alias of ``"time"`` by :func:`baseline`."""
+
+_ALIASES = {"uniform": "time"}
+
+
+def baseline(name: str, noise: NoiseSchedule, nfe: int, **kwargs) -> jax.Array:
+    """The baseline schedule called ``name`` in :data:`BASELINES` (``"uniform"`` = ``"time"``).
+
+    Args:
+      name: a key of :data:`BASELINES` or an alias.
+      noise, nfe, kwargs: passed to the schedule function.
+
+    Raises:
+      ValueError: an unknown name (the known ones are listed).
+    """
+    key = _ALIASES.get(name, name) if isinstance(name, str) else name
+    if not isinstance(key, str) or key not in BASELINES:
+        raise ValueError(
+            f"unknown baseline schedule {name!r}; known: {sorted(BASELINES)} (alias "
+            "'uniform' = 'time')"
+        )
+    return BASELINES[key](noise, nfe, **kwargs)

@@ -55,13 +55,7 @@ class Teacher(NamedTuple):
 
 
 def _grid(noise, kind: str, num_points: int, t_start, t_end) -> np.ndarray:
-    nfe = num_points - 1
-    if kind == "logsnr":
-        ts = schedules.logsnr_uniform(noise, nfe, t_start=t_start, t_end=t_end)
-    elif kind == "karras":
-        ts = schedules.karras(noise, nfe, t_start=t_start, t_end=t_end)
-    else:
-        ts = schedules.time_uniform(noise, nfe, t_start=t_start, t_end=t_end)
+    ts = schedules.baseline(kind, noise, num_points - 1, t_start=t_start, t_end=t_end)
     return np.asarray(ts, np.float64)
 
 

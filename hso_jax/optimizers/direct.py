@@ -130,13 +130,13 @@ def _candidates(init, noise, num_points, t_start, t_end) -> dict[str, np.ndarray
             )
         ts = t_start if t_start is not None else noise.t_max
         te = t_end if t_end is not None else noise.t_min
-        makers = {
-            "time": lambda: schedules.time_uniform(noise, num_points - 1, t_start=ts, t_end=te),
-            "logsnr": lambda: schedules.logsnr_uniform(noise, num_points - 1, t_start=ts, t_end=te),
-            "karras": lambda: schedules.karras(noise, num_points - 1, t_start=ts, t_end=te),
-        }
         with jax.enable_x64(True):
-            return {n: np.asarray(makers[n](), np.float64) for n in names}
+            return {
+                n: np.asarray(
+                    schedules.baseline(n, noise, num_points - 1, t_start=ts, t_end=te), np.float64
+                )
+                for n in names
+            }
     if isinstance(init, Mapping):
         if not init:
             raise ValueError("init must not be an empty dict")
