@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _validate
 from .models.zoo import MNIST_ID
 
 __all__ = ["run_demo", "DEFAULT_OUT"]
@@ -219,10 +220,8 @@ def run_demo(
     from .evaluation.cache import cached_reference, reference_cache_path
     from .evaluation.grid import evaluate_grid
 
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 2:
-        raise ValueError(f"nfe must be an integer >= 2, got {nfe!r}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
-        raise ValueError(f"num_samples must be an integer >= 2, got {num_samples!r}")
+    nfe = _validate.integer("nfe", nfe, 2)
+    num_samples = _validate.integer("num_samples", num_samples, 2)
     log = print if verbose else (lambda *a, **k: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

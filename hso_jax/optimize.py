@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _validate
 from ._compile_cache import enable as _enable_compile_cache
 from .denoiser import Denoiser, as_denoiser
 from .noise import NoiseSchedule
@@ -183,11 +184,7 @@ def optimize(
             f"for the model-free methods (e.g. hso_jax.noise.preset('sd21')), got "
             f"{type(model).__name__}"
         )
-    if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)):
-        raise TypeError(f"nfe must be an integer >= 2, got {nfe!r}")
-    nfe = int(nfe)
-    if nfe < 2:
-        raise ValueError(f"nfe must be an integer >= 2, got {nfe}")
+    nfe = _validate.integer("nfe", nfe, 2)
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):

@@ -31,7 +31,6 @@ References:
 from __future__ import annotations
 
 import math
-import numbers
 import types
 from typing import Any
 
@@ -39,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _validate
 from .noise import NoiseSchedule, RectifiedFlow
 
 __all__ = [
@@ -155,19 +155,10 @@ def _check_noise(noise) -> NoiseSchedule:
     return noise
 
 
-def _check_int(name: str, value, minimum: int, meaning: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"{name} must be an integer >= {minimum}{meaning}, got {value!r} "
-            f"({type(value).__name__})"
-        )
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}{meaning}, got {value}")
-    return int(value)
-
-
 def _check_nfe(nfe) -> int:
-    return _check_int("nfe", nfe, 1, " (the number of intervals; the schedule has nfe + 1 points)")
+    return _validate.integer(
+        "nfe", nfe, 1, meaning=" (the number of intervals; the schedule has nfe + 1 points)"
+    )
 
 
 def _check_real(name: str, value) -> float:
@@ -440,7 +431,7 @@ def loglinear_interp(sigmas, num_points: int) -> Array:
 
     Reference: Sabour et al., "Align Your Steps" (ICML 2024), extension to other step counts.
     """
-    m = _check_int("num_points", num_points, 2)
+    m = _validate.integer("num_points", num_points, 2)
     if isinstance(sigmas, (list, tuple)):
         sigmas = np.asarray(sigmas, dtype=float)
     if not hasattr(sigmas, "shape") or not hasattr(sigmas, "dtype"):

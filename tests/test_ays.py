@@ -213,7 +213,7 @@ def test_bad_inputs_name_the_argument(ring):
     for c in (0.0, -0.5):
         with pytest.raises(ValueError, match="c \\(importance-sampling constant\\)"):
             run(c=c)
-    with pytest.raises(ValueError, match="key must be a PRNG key"):
+    with pytest.raises(TypeError, match="key must be a PRNG key"):
         run(key=None)
     with pytest.raises(ValueError, match="solver must be"):
         run(solver="rk45")

@@ -167,7 +167,7 @@ def test_bad_inputs_name_the_argument():
     for c in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="c \\(importance-sampling constant\\)"):
             klub(model, x0, key=key, c=c)
-    with pytest.raises(ValueError, match="key must be a PRNG key"):
+    with pytest.raises(TypeError, match="key must be a PRNG key"):
         klub(model, x0, key=None)
     with pytest.raises(ValueError, match="shape="):
         klub(model, None, key=key)

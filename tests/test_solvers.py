@@ -268,25 +268,26 @@ def test_non_decreasing_schedule():
 
 
 @pytest.mark.parametrize(
-    "make, match",
+    "make, error, match",
     [
-        (lambda: S.dpm_solver_pp(order=4), r"order must be one of \(1, 2, 3\), got 4"),
-        (lambda: S.dpm_solver_pp(order=0), "order must be one of"),
-        (lambda: S.dpm_solver_pp(order=2.0), "order must be one of"),
-        (lambda: S.dpm_solver_pp(order=True), "order must be one of"),
-        (lambda: S.dpm_solver_pp(method="adaptive"), r"method must be one of .*'adaptive'"),
-        (lambda: S.dpm_solver_pp(lower_order_final=1), "lower_order_final must be True or False"),
-        (lambda: S.sde_dpm_solver_pp(order=3), r"order must be one of \(1, 2\), got 3"),
-        (lambda: S.unipc(order=4), r"order must be one of \(1, 2, 3\), got 4"),
-        (lambda: S.unipc(variant="bh3"), r"variant must be one of \('bh2', 'bh1'\), got 'bh3'"),
-        (lambda: S.unipc(corrector="yes"), "corrector must be True or False"),
-        (lambda: S.ipndm(order=5), r"order must be one of \(1, 2, 3, 4\), got 5"),
-        (lambda: S.ipndm(variable_step=None), "variable_step must be True or False"),
-        (lambda: S.ddim(eta=1.5), r"eta must be a float in \[0, 1\]"),
+        (lambda: S.dpm_solver_pp(order=4), ValueError, r"order must be one of \(1, 2, 3\), got 4"),
+        (lambda: S.dpm_solver_pp(order=0), ValueError, "order must be one of"),
+        (lambda: S.dpm_solver_pp(order=2.0), TypeError, "order must be one of"),
+        (lambda: S.dpm_solver_pp(order=True), TypeError, "order must be one of"),
+        (lambda: S.dpm_solver_pp(method="adaptive"), ValueError, r"method must be .*'adaptive'"),
+        (lambda: S.dpm_solver_pp(lower_order_final=1), TypeError, "lower_order_final must be"),
+        (lambda: S.sde_dpm_solver_pp(order=3), ValueError, r"order must be one of \(1, 2\), got 3"),
+        (lambda: S.unipc(order=4), ValueError, r"order must be one of \(1, 2, 3\), got 4"),
+        (lambda: S.unipc(variant="bh3"), ValueError, r"variant must be one of \('bh2', 'bh1'\)"),
+        (lambda: S.unipc(corrector="yes"), TypeError, "corrector must be True or False"),
+        (lambda: S.ipndm(order=5), ValueError, r"order must be one of \(1, 2, 3, 4\), got 5"),
+        (lambda: S.ipndm(variable_step=None), TypeError, "variable_step must be True or False"),
+        (lambda: S.ddim(eta=1.5), ValueError, r"eta must be a float in \[0, 1\]"),
     ],
 )
-def test_factories_validate_eagerly(make, match):
-    with pytest.raises(ValueError, match=match):
+def test_factories_validate_eagerly(make, error, match):
+    """Wrong types raise TypeError, wrong values ValueError (hso_jax._validate's rule)."""
+    with pytest.raises(error, match=match):
         make()
 
 

@@ -86,6 +86,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _validate
 from ..denoiser import Denoiser
 from ..schedules import check_schedule
 
@@ -513,16 +514,6 @@ class KLUB:
         return jnp.sum(self.terms(ts))
 
 
-def _check_key(key) -> Array:
-    if key is None:
-        raise ValueError("key must be a PRNG key (e.g. jax.random.key(0)), got None")
-    try:
-        jax.random.fold_in(key, 0)
-    except Exception as e:  # noqa: BLE001 - any failure means "not a key"
-        raise TypeError(f"key must be a PRNG key (e.g. jax.random.key(0)), got {key!r}") from e
-    return key
-
-
 def _check_shape(shape) -> tuple[int, ...]:
     try:
         shape = tuple(int(v) for v in shape)
@@ -571,7 +562,7 @@ def klub(
     """
     if not isinstance(model, Denoiser):
         raise TypeError(f"model must be a hso_jax.Denoiser, got {type(model).__name__}")
-    key = _check_key(key)
+    key = _validate.prng_key("key", key)
     try:
         c = float(c)
     except (TypeError, ValueError) as e:

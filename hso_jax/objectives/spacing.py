@@ -31,6 +31,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from .. import _validate
 from ..noise import EDM, NoiseSchedule
 from .mep import Objective
 
@@ -49,8 +50,7 @@ GAMMA = 1e9
 
 def d_min(nfe: int) -> float:
     """Minimum spacing in normalised time: 0.15 at NFE <= 4, linear down to 0.01 at NFE >= 20."""
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-        raise ValueError(f"nfe must be a positive integer, got {nfe!r}")
+    nfe = _validate.integer("nfe", nfe, 1)
     lo_nfe, lo_d, hi_nfe, hi_d = 4.0, 0.15, 20.0, 0.01
     d = lo_d + (hi_d - lo_d) / (hi_nfe - lo_nfe) * (nfe - lo_nfe)
     return float(min(max(d, hi_d), lo_d))

@@ -69,9 +69,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import schedules, solvers
+from .. import _validate, schedules, solvers
 from ..denoiser import Denoiser
-from ..objectives.klub import KLUB, _check_key, klub
+from ..objectives.klub import KLUB, klub
 from ..schedules import check_schedule
 from ._trajectory import resolve_solver
 from .result import OptimizeResult
@@ -101,12 +101,6 @@ def _t_of_sigma(noise, sig, t_start: float, t_end: float) -> np.ndarray:
         t = np.array(noise.t_from_sigma_edm(jnp.asarray(sig, jnp.float64)), np.float64)
     t[0], t[-1] = t_start, t_end
     return t
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _candidates(m, lo, hi, radius, num: int) -> np.ndarray:
@@ -257,12 +251,12 @@ def optimize_ays(
     if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)):
         raise ValueError(f"nfe must be a positive int, got {nfe!r}")
     num_points = solver_obj.num_points(int(nfe))
-    num = _check_int("candidates", candidates, 3)
-    max_sweeps = _check_int("max_sweeps", max_sweeps, 1)
-    refine_sweeps = _check_int("refine_sweeps", refine_sweeps, 1)
-    patience = _check_int("patience", patience, 1)
+    num = _validate.integer("candidates", candidates, 3)
+    max_sweeps = _validate.integer("max_sweeps", max_sweeps, 1)
+    refine_sweeps = _validate.integer("refine_sweeps", refine_sweeps, 1)
+    patience = _validate.integer("patience", patience, 1)
     rounds = {True: 2, False: 0}[subdivide] if isinstance(subdivide, bool) else subdivide
-    rounds = _check_int("subdivide", rounds, 0)
+    rounds = _validate.integer("subdivide", rounds, 0)
     if rel_tol is not None and (not isinstance(rel_tol, (int, float)) or not rel_tol >= 0):
         raise ValueError(f"rel_tol must be a float >= 0 or None, got {rel_tol!r}")
     if not isinstance(min_radius, (int, float)) or not 0 < min_radius <= 1:
@@ -288,7 +282,7 @@ def optimize_ays(
         init_name = "user"
     t_start, t_end = float(t0[0]), float(t0[-1])
 
-    key_obj, key_search = jax.random.split(_check_key(key))
+    key_obj, key_search = jax.random.split(_validate.prng_key("key", key))
     obj = klub(
         model,
         data,

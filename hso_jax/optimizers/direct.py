@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import schedules
+from .. import _validate, schedules
 from ..denoiser import Denoiser
 from ..evaluation.reference import reference_solve
 from ..schedules import check_schedule
@@ -92,20 +92,6 @@ def _step(z, state, lr, model, x_tr, r_tr, x_va, r_va, ends, solver):
 
 _STEP = jax.jit(_step, static_argnames=("solver",))
 _LOSS = jax.jit(direct_loss, static_argnames=("solver",))
-
-
-def _int(name, v, lo):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-    return int(v)
-
-
-def _pos(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not v > 0:
-        raise ValueError(f"{name} must be a positive number, got {v!r}")
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v!r}")
-    return float(v)
 
 
 def _as_times(name, v, noise, num_points) -> np.ndarray:
@@ -251,11 +237,11 @@ def optimize_direct(
     model = check_model(model, "direct")
     noise = model.noise
     solver_obj, solver_name = resolve_solver(solver)
-    nfe = _int("nfe", nfe, 1)
+    nfe = _validate.integer("nfe", nfe, 1)
     num_points = solver_obj.num_points(nfe)
-    steps = _int("steps", steps, 1)
-    patience = _int("patience", patience, 1)
-    learning_rate = _pos("learning_rate", learning_rate)
+    steps = _validate.integer("steps", steps, 1)
+    patience = _validate.integer("patience", patience, 1)
+    learning_rate = _validate.real("learning_rate", learning_rate, 0.0, open_lo=True)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {callback!r}")
     x_T = check_noise_batch("x_T", x_T, "direct")

@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _validate
 from ..denoiser import Denoiser
 from ..evaluation.teacher import Teacher
 from ..noise import NoiseSchedule
@@ -325,9 +326,7 @@ def optimize_gits(
         )
     model = check_model(model, "gits")
     coeff = _check_coeff(coeff)
-    if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 1:
-        raise ValueError(f"nfe must be an integer >= 1, got {nfe!r}")
-    nfe = int(nfe)
+    nfe = _validate.integer("nfe", nfe, 1)
     solver_obj, solver_name = resolve_solver(solver)
     n = solver_obj.num_points(nfe) - 1
     planned = _planned_points(teacher_options)

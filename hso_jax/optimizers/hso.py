@@ -95,7 +95,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import solvers
+from .. import _validate, solvers
 from ..noise import NoiseSchedule
 from ..objectives import dmn, hso_trunc_num, mep, mep_model, spacing
 from ..objectives.dmn import DMN_TRUNC_NUM
@@ -370,18 +370,6 @@ def _run(fn, static, noise, *args):
 # --------------------------------------------------------------------------------------
 
 
-def _num(name, v, lo=None, hi=None, *, open_lo=False, integer=False):
-    ok_type = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(v, bool) or not isinstance(v, ok_type) or not np.isfinite(v):
-        kind = "an integer" if integer else "a finite number"
-        raise ValueError(f"{name} must be {kind}, got {v!r}")
-    if lo is not None and (v <= lo if open_lo else v < lo):
-        raise ValueError(f"{name} must be {'>' if open_lo else '>='} {lo}, got {v!r}")
-    if hi is not None and v > hi:
-        raise ValueError(f"{name} must be <= {hi}, got {v!r}")
-    return int(v) if integer else float(v)
-
-
 def _check_bounds(bounds):
     try:
         b = tuple((float(lo), float(hi)) for lo, hi in bounds)
@@ -423,12 +411,12 @@ def _check_options(method: str, options: dict) -> dict:
         )
     o = dict(options)
     out = {
-        "p": _num("p", o.get("p", 2.0), 0.0, open_lo=True),
+        "p": _validate.real("p", o.get("p", 2.0), 0.0, open_lo=True),
         "frame": o.get("frame", "vp"),
-        "gamma": _num("gamma", o.get("gamma", spacing.GAMMA), 0.0),
-        "local_maxiter": _num("local_maxiter", o.get("local_maxiter", 100), 1, integer=True),
-        "local_gtol": _num("local_gtol", o.get("local_gtol", 1e-9), 0.0),
-        "local_ftol": _num("local_ftol", o.get("local_ftol", 1e-13), 0.0),
+        "gamma": _validate.real("gamma", o.get("gamma", spacing.GAMMA), 0.0),
+        "local_maxiter": _validate.integer("local_maxiter", o.get("local_maxiter", 100), 1),
+        "local_gtol": _validate.real("local_gtol", o.get("local_gtol", 1e-9), 0.0),
+        "local_ftol": _validate.real("local_ftol", o.get("local_ftol", 1e-13), 0.0),
     }
     if out["frame"] not in ("vp", "native"):
         raise ValueError(f"frame must be one of ('vp', 'native'), got {out['frame']!r}")
@@ -438,18 +426,21 @@ def _check_options(method: str, options: dict) -> dict:
         mut = o.get("mutation", (0.5, 1.0))
         if not (isinstance(mut, (tuple, list)) and len(mut) == 2):
             raise ValueError(f"mutation must be a (low, high) pair in [0, 2), got {mut!r}")
-        mut = (_num("mutation[0]", mut[0], 0.0), _num("mutation[1]", mut[1], 0.0, 2.0))
+        mut = (
+            _validate.real("mutation[0]", mut[0], 0.0),
+            _validate.real("mutation[1]", mut[1], 0.0, 2.0),
+        )
         if not mut[0] <= mut[1]:
             raise ValueError(f"mutation must satisfy low <= high, got {mut!r}")
         polish = o.get("polish", True)
         if not isinstance(polish, bool):
             raise ValueError(f"polish must be True or False, got {polish!r}")
         out.update(
-            popsize=_num("popsize", o.get("popsize", 20), 2, integer=True),
-            maxiter=_num("maxiter", o.get("maxiter", 60), 1, integer=True),
-            tol=_num("tol", o.get("tol", 0.01), 0.0),
+            popsize=_validate.integer("popsize", o.get("popsize", 20), 2),
+            maxiter=_validate.integer("maxiter", o.get("maxiter", 60), 1),
+            tol=_validate.real("tol", o.get("tol", 0.01), 0.0),
             mutation=mut,
-            recombination=_num("recombination", o.get("recombination", 0.7), 0.0, 1.0),
+            recombination=_validate.real("recombination", o.get("recombination", 0.7), 0.0, 1.0),
             polish=polish,
             bounds=_check_bounds(o.get("bounds", BOUNDS)),
         )
@@ -459,7 +450,7 @@ def _check_options(method: str, options: dict) -> dict:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         out.update(
             init=init,
-            rho=_num("rho", o.get("rho", 7.0), 0.0, open_lo=True),
+            rho=_validate.real("rho", o.get("rho", 7.0), 0.0, open_lo=True),
             t_start=o.get("t_start"),
             t_end=o.get("t_end"),
         )
@@ -613,8 +604,8 @@ def _single(noise, nfe, n, method, solver, opts, options) -> OptimizeResult:
         )
     else:
         t_end = opts["t_end"]
-    t_start = _num("t_start", t_start)
-    t_end = _num("t_end", t_end)
+    t_start = _validate.real("t_start", t_start)
+    t_end = _validate.real("t_end", t_end)
     lo_end = noise.t_min
     if not (lo_end <= t_end < t_start <= noise.t_max) or (solver == "ddim" and t_end <= lo_end):
         need = "t_min < t_end" if solver == "ddim" else "t_min <= t_end"

@@ -17,6 +17,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from .. import _validate
+
 Array = Any
 
 # lower_order_final applies only to schedules with fewer steps than this (as in the originals:
@@ -138,18 +140,8 @@ def select_by_order(p: Array, candidates: Sequence[Array]) -> Array:
 
 
 def check_int(name: str, value, allowed: Sequence[int]) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
-        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
-    return int(value)
+    return _validate.integer(name, value, allowed=allowed)
 
 
-def check_choice(name: str, value, allowed: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
-    return value
-
-
-def check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
+check_choice = _validate.choice
+check_bool = _validate.boolean

@@ -1,0 +1,89 @@
+"""Eager argument checks shared by the whole package (the lowest layer: imports no hso_jax).
+
+One rule for every public function: a value of the wrong *type* raises ``TypeError``, a value
+of the right type outside what is allowed raises ``ValueError``; both name the argument, show
+the value and say what is allowed. ``bool`` is never accepted as a number.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["integer", "real", "boolean", "choice", "prng_key"]
+
+
+def integer(
+    name: str,
+    value: Any,
+    minimum: int | None = None,
+    *,
+    allowed: Sequence[int] | None = None,
+    meaning: str = "",
+) -> int:
+    """``value`` as an ``int`` (Python or NumPy integer), ``>= minimum`` / one of ``allowed``."""
+    want = (
+        f"one of {tuple(allowed)}"
+        if allowed is not None
+        else f"an integer >= {minimum}"
+        if minimum is not None
+        else "an integer"
+    )
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {want}{meaning}, got {value!r} ({type(value).__name__})")
+    v = int(value)
+    if (minimum is not None and v < minimum) or (allowed is not None and v not in allowed):
+        raise ValueError(f"{name} must be {want}{meaning}, got {v}")
+    return v
+
+
+def real(
+    name: str,
+    value: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    open_lo: bool = False,
+) -> float:
+    """``value`` as a finite ``float`` in ``[lo, hi]`` (``(lo, hi]`` with ``open_lo``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if lo is not None and (v <= lo if open_lo else v < lo):
+        raise ValueError(f"{name} must be {'>' if open_lo else '>='} {lo}, got {value!r}")
+    if hi is not None and v > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {value!r}")
+    return v
+
+
+def boolean(name: str, value: Any) -> bool:
+    """``value`` if it is ``True`` or ``False`` (not 0 / 1 / None)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    """``value`` if it is one of the strings ``allowed``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+    return value
+
+
+def prng_key(name: str, key: Any):
+    """``key`` if it is a JAX PRNG key (typed ``jax.random.key`` or a raw ``PRNGKey``)."""
+    import jax  # here: this module is imported by the CLI before JAX loads
+
+    if key is None:
+        raise TypeError(f"{name} must be a PRNG key (e.g. jax.random.key(0)), got None")
+    try:
+        jax.random.fold_in(key, 0)
+    except Exception as e:  # noqa: BLE001 - any failure means "not a key"
+        raise TypeError(f"{name} must be a PRNG key (e.g. jax.random.key(0)), got {key!r}") from e
+    return key
