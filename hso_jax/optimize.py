@@ -191,17 +191,18 @@ def optimize(
         raise TypeError(f"seed must be an integer, got {seed!r}")
     _enable_compile_cache()  # the persistent compilation cache (hso_jax._compile_cache)
 
-    if method in MODEL_BASED:
-        return _model_based(model, nfe, method, solver, int(seed), options)
-
-    solver = solver_flavour(solver, method)
-    known = _HSO_OPTIONS[method]
-    unknown = sorted(set(options) - set(known))
+    runner, known = _METHOD_TABLE[method]
+    unknown = sorted(set(options) - set(known()))
     if unknown:
         raise ValueError(
-            f"unknown option(s) {unknown} for method={method!r}; known options: {sorted(known)}"
+            f"unknown option(s) {unknown} for method={method!r}; known options: {sorted(known())}"
         )
-    res = optimize_hso(noise_schedule, nfe, method=method, solver=solver, seed=int(seed), **options)
+    if method in MODEL_BASED:
+        from .optimizers._trajectory import check_model
+
+        check_model(model, method)
+        return runner(model, nfe, solver, int(seed), options)
+    res = runner(noise_schedule, nfe, method, solver, int(seed), options)
     if isinstance(model, Denoiser):
         note = (
             f"the network was not called: method={method!r} is model-free and uses only the "
@@ -210,6 +211,11 @@ def optimize(
         )
         res = dataclasses.replace(res, warnings=res.warnings + (note,))
     return res
+
+
+def _model_free(noise, nfe: int, method: str, solver, seed: int, options: dict):
+    solver = solver_flavour(solver, method)
+    return optimize_hso(noise, nfe, method=method, solver=solver, seed=seed, **options)
 
 
 def _ays(model, nfe: int, solver, seed: int, options: dict) -> OptimizeResult:
@@ -221,34 +227,19 @@ def _ays(model, nfe: int, solver, seed: int, options: dict) -> OptimizeResult:
     key = options.pop("key", None)
     if key is None:
         key = jax.random.key(seed)
-    data = options.pop("data", None)
-    return optimize_ays(model, nfe, solver=solver, key=key, data=data, **options)
+    return optimize_ays(model, nfe, solver=solver, key=key, **options)
 
 
-def _model_based(model, nfe: int, method: str, solver, seed: int, options: dict):
-    from .optimizers._trajectory import check_model
+def _direct(model, nfe: int, solver, seed: int, options: dict) -> OptimizeResult:
+    from .optimizers.direct import optimize_direct
 
-    check_model(model, method)
-    if method == "ays":
-        return _ays(model, nfe, solver, seed, options)
-    if method == "direct":
-        import inspect
+    return optimize_direct(model, nfe, solver=solver, **options)
 
-        from .optimizers.direct import optimize_direct
 
-        params = inspect.signature(optimize_direct).parameters
-        known = sorted(k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k != "solver")
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) {unknown} for method='direct'; known options: {known}"
-            )
-        return optimize_direct(model, nfe, solver=solver, **options)
-    if method == "gits":
-        from .optimizers.gits import optimize_gits
+def _gits(model, nfe: int, solver, seed: int, options: dict) -> OptimizeResult:
+    from .optimizers.gits import optimize_gits
 
-        return optimize_gits(model, nfe, solver=solver, **options)
-    return _mep_model(model, nfe, solver, seed, options)
+    return optimize_gits(model, nfe, solver=solver, **options)
 
 
 def _mep_model(model, nfe: int, solver, seed: int, options: dict) -> OptimizeResult:
@@ -260,13 +251,6 @@ def _mep_model(model, nfe: int, solver, seed: int, options: dict) -> OptimizeRes
     solver = solver_flavour(solver, "mep-model")
     teacher_opts = {k: options[k] for k in _TEACHER if k in options}
     search_opts = {k: v for k, v in options.items() if k not in _TEACHER}
-    known = _HSO_OPTIONS["mep-model"]
-    unknown = sorted(set(search_opts) - set(known))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for method='mep-model'; known options: "
-            f"{sorted(known + _TEACHER)}"
-        )
     t0 = time.perf_counter()
     teacher, teacher_info = teacher_from_options(model, "mep-model", teacher_opts)
     table = mep_table(teacher)
@@ -277,6 +261,34 @@ def _mep_model(model, nfe: int, solver, seed: int, options: dict) -> OptimizeRes
     res.info.update(teacher_info)
     res.info["timings"]["teacher_s"] = teacher_s
     return res
+
+
+def _keywords(module: str, name: str, extra: tuple[str, ...] = ()):
+    """The keyword-only options of ``module.name`` (``solver`` and ``key`` are arguments of
+    :func:`optimize` itself), plus ``extra``; looked up lazily (model-based imports)."""
+
+    def known() -> tuple[str, ...]:
+        import importlib
+        import inspect
+
+        fn = getattr(importlib.import_module(module, __package__), name)
+        params = inspect.signature(fn).parameters.items()
+        kw = [k for k, p in params if p.kind == p.KEYWORD_ONLY and not k.startswith("_")]
+        return tuple(k for k in kw if k != "solver") + extra
+
+    return known
+
+
+# method -> (runner, its known options). Model-free runners take the noise process and the
+# method name; model-based ones the Denoiser.
+_METHOD_TABLE: dict[str, tuple[Callable, Callable[[], tuple[str, ...]]]] = {
+    **{m: (_model_free, lambda m=m: _HSO_OPTIONS[m]) for m in MODEL_FREE},
+    "ays": (_ays, _keywords(".optimizers.ays", "optimize_ays")),
+    "direct": (_direct, _keywords(".optimizers.direct", "optimize_direct")),
+    "gits": (_gits, _keywords(".optimizers.gits", "optimize_gits", _TEACHER)),
+    "mep-model": (_mep_model, lambda: tuple(_HSO_OPTIONS["mep-model"]) + tuple(_TEACHER)),
+}
+assert set(_METHOD_TABLE) == set(METHODS)
 
 
 # The package attribute ``hso_jax.optimize`` is the function (it shadows this module), so the

@@ -139,6 +139,16 @@ def test_method_tables_are_not_shadowed():
     assert METHODS == MODEL_FREE + MODEL_BASED and SOLVERS == ("unipc", "dpm-solver-pp", "ddim")
 
 
+def test_one_unknown_option_check_for_every_method():
+    """The same mistake, the same error, for every method (checked before any work)."""
+    gm = hj.models.GaussianMixture(jnp.zeros((1, 2)), 1.0)
+    model = gm.denoiser(SD21)
+    for method in hj.optimize.METHODS:
+        match = rf"unknown option\(s\) \['bogus'\] for method='{method}'"
+        with pytest.raises(ValueError, match=match):
+            hj.optimize(model, 5, method=method, bogus=1)
+
+
 @pytest.fixture(scope="module")
 def sampling():
     x_T = jax.random.normal(jax.random.key(0), (3, 2), jnp.float64)
