@@ -232,7 +232,7 @@ def optimize_ays(
       KLUB estimate of the returned schedule, and ``info`` holding ``stop_reason``,
       ``sweeps``, ``best_sweep``, ``klub_history``, ``validation_history``, ``levels`` (per
       level: steps, passes, converged, klub, t, sigmas, seconds), ``candidate_evaluations``,
-      ``network_evaluations``, ``time_s``.
+      ``network_evaluations``, ``timings`` (``total_s``, ``levels_s``).
 
     Raises:
       ValueError / TypeError naming the argument: data of the wrong shape or with too few
@@ -469,7 +469,7 @@ def optimize_ays(
         levels=levels,
         candidate_evaluations=cand_evals,
         network_evaluations=net_evals + global_evals[0],
-        time_s=elapsed,
+        timings=dict(total_s=elapsed, levels_s=[lv["seconds"] for lv in levels]),
     )
     options = dict(
         num_samples=obj.num_samples,

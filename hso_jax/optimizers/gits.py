@@ -311,7 +311,7 @@ def optimize_gits(
       :class:`~hso_jax.optimizers.OptimizeResult` with ``method="gits"``, ``objective`` the
       DP value, ``params`` (``indices`` into the grid, ``coeff``, ``grid_points``) and ``info``
       (the teacher description, ``cost_min`` / ``cost_max`` of the finite costs, ``steps``,
-      timings ``teacher_s``, ``cost_s``, ``dp_s``, ``total_s``).
+      ``timings``: ``teacher_s``, ``cost_s``, ``dp_s``, ``total_s``).
 
     Raises:
       TypeError for a non-Denoiser model or a wrong teacher type; ValueError for an unknown
@@ -351,10 +351,12 @@ def optimize_gits(
         steps=n,
         cost_min=float(finite.min()),
         cost_max=float(finite.max()),
-        teacher_s=t_teacher - t_start,
-        cost_s=t_cost - t_teacher,
-        dp_s=t_dp - t_cost,
-        total_s=time.perf_counter() - t_start,
+        timings=dict(
+            teacher_s=t_teacher - t_start,
+            cost_s=t_cost - t_teacher,
+            dp_s=t_dp - t_cost,
+            total_s=time.perf_counter() - t_start,
+        ),
     )
     options = {name: _describe(v) for name, v in teacher_options.items()}
     options["coeff"] = coeff
