@@ -49,7 +49,7 @@ import numpy as np
 from ._signals import release_temp, temp_file
 from .noise import NoiseSchedule
 from .optimizers.result import OptimizeResult
-from .schedules import _eval64, check_schedule
+from .schedules import check_schedule, eval_float64
 
 __all__ = [
     "SCHEMA",
@@ -159,8 +159,8 @@ def schedule_record(
         objective = float(objective)
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"options must be a dict or None, got {type(options).__name__}")
-    sigmas = _eval64(noise, "sigma_edm", t)
-    lambdas = _eval64(noise, "lam", t)
+    sigmas = eval_float64(noise, "sigma_edm", t)
+    lambdas = eval_float64(noise, "lam", t)
     record = {
         "schema": SCHEMA,
         "t": t.tolist(),
@@ -291,7 +291,7 @@ def _check_redundant(record, source, noise: NoiseSchedule | None) -> None:
         except ValueError as e:
             raise ScheduleFileError(f"{source}: {e} (noise {noise.name!r})") from None
     for key, method, got in (("sigmas", "sigma_edm", sig), ("lambdas", "lam", lam)):
-        want = _eval64(noise, method, t64)
+        want = eval_float64(noise, method, t64)
         got = np.asarray(got, np.float64)
         ok = np.isfinite(want)  # non-finite values (t = 0 or 1 of a flow) must be equal
         scale = np.maximum(1.0, np.abs(want)) if key == "lambdas" else np.abs(want)

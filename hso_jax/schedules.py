@@ -66,13 +66,15 @@ __all__ = [
     "FLOW_SCHEDULER_CONFIG",
     "BASELINES",
     "baseline",
+    "RANGE_RTOL",
+    "eval_float64",
 ]
 
 Array = Any
 
 # Schedules may overshoot [t_min, t_max] by float rounding (e.g. t_from_lam(lam(t_max)) in
 # float32); anything further out is rejected, never clipped.
-_RANGE_RTOL = 1e-5
+RANGE_RTOL = 1e-5
 
 
 def check_schedule(
@@ -117,7 +119,7 @@ def check_schedule(
         )
     if noise is not None:
         lo, hi = noise.t_min, noise.t_max
-        tol = _RANGE_RTOL * max(1.0, abs(hi))
+        tol = RANGE_RTOL * max(1.0, abs(hi))
         if v[0] > hi + tol or v[-1] < lo - tol:
             raise ValueError(
                 f"{name} must lie in [t_min, t_max] = [{lo:g}, {hi:g}] of {noise!r}; "
@@ -202,7 +204,7 @@ def _endpoints(noise: NoiseSchedule, t_start, t_end) -> tuple[float, float]:
     A value within float rounding (relative 1e-5) of a bound is taken as the bound itself.
     """
     lo, hi = float(noise.t_min), float(noise.t_max)
-    tol = _RANGE_RTOL * max(1.0, abs(hi))
+    tol = RANGE_RTOL * max(1.0, abs(hi))
 
     def resolve(name, value, default):
         if value is None:
@@ -231,7 +233,7 @@ def _setup(noise, nfe, t_start, t_end) -> tuple[int, float, float]:
     return n, t0, t1
 
 
-def _eval64(noise: NoiseSchedule, method: str, x) -> np.ndarray:
+def eval_float64(noise: NoiseSchedule, method: str, x) -> np.ndarray:
     """``noise.<method>(x)`` evaluated eagerly in float64, as a NumPy array.
 
     The input is padded (edge values) to a power-of-two length >= 16, so JAX's per-shape
@@ -528,14 +530,14 @@ def logsnr_uniform(noise: NoiseSchedule, nfe: int, *, t_start=None, t_end=None) 
     n, t0, t1 = _setup(noise, nfe, t_start, t_end)
     lam0, lam1 = _finite_lam_ends(noise, "logsnr_uniform", t0, t1)
     lam = _time_uniform_core(np, _np_grid(n), lam0, lam1)  # linear in lam
-    t = _eval64(noise, "t_from_lam", lam)
+    t = eval_float64(noise, "t_from_lam", lam)
     return _finish(t, "logsnr_uniform", n, (t0, t1))
 
 
 def _finite_lam_ends(noise, what: str, t0: float, t1: float) -> np.ndarray:
     """lam at the end points, which a spacing in lam / sigma_edm needs finite (a flow model's
     range [0, 1] has lam = -inf at t = 1 and +inf at t = 0)."""
-    lam = _eval64(noise, "lam", [t0, t1])
+    lam = eval_float64(noise, "lam", [t0, t1])
     if not np.all(np.isfinite(lam)):
         bad = t0 if not np.isfinite(lam[0]) else t1
         raise ValueError(
@@ -548,7 +550,7 @@ def _finite_lam_ends(noise, what: str, t0: float, t1: float) -> np.ndarray:
 def _from_sigmas(noise, core, what, n, t0, t1, param) -> jax.Array:
     """A sigma_edm spacing between sigma_edm(t0) and sigma_edm(t1), converted to times."""
     s_max, s_min = np.exp(-_finite_lam_ends(noise, what, t0, t1))
-    t = _eval64(noise, "t_from_sigma_edm", core(np, _np_grid(n), s_max, s_min, param))
+    t = eval_float64(noise, "t_from_sigma_edm", core(np, _np_grid(n), s_max, s_min, param))
     return _finish(t, what, n, (t0, t1))
 
 
@@ -728,17 +730,17 @@ def ays(
         raise ValueError(f"model must be one of {sorted(AYS_TABLES)} (AYS tables), got {model!r}")
     table = np.asarray(AYS_TABLES[model], np.float64)
     if t_start is None and t_end is None:
-        s_lo = float(_eval64(noise, "sigma_edm", noise.t_min))
-        s_hi = float(_eval64(noise, "sigma_edm", noise.t_max))
+        s_lo = float(eval_float64(noise, "sigma_edm", noise.t_min))
+        s_hi = float(eval_float64(noise, "sigma_edm", noise.t_max))
         sig, snapped = _fit_table(table, s_lo, s_hi, model, noise)
-        t = _eval64(noise, "t_from_sigma_edm", _loglinear_core(np, sig, n + 1))
+        t = eval_float64(noise, "t_from_sigma_edm", _loglinear_core(np, sig, n + 1))
         ends = (noise.t_max if snapped[0] else None, noise.t_min if snapped[1] else None)
         return _finish(t, f"ays(model={model!r})", n, ends)
     t0, t1 = _endpoints(noise, t_start, t_end)
     log_sig = np.log(_loglinear_core(np, table, n + 1))
     u = (log_sig - log_sig[-1]) / (log_sig[0] - log_sig[-1])  # 1 at the start, 0 at the end
-    lo, hi = -_eval64(noise, "lam", [t1, t0])  # log sigma_edm = -lam
-    t = _eval64(noise, "t_from_lam", -(lo + u * (hi - lo)))
+    lo, hi = -eval_float64(noise, "lam", [t1, t0])  # log sigma_edm = -lam
+    t = eval_float64(noise, "t_from_lam", -(lo + u * (hi - lo)))
     return _finish(t, f"ays(model={model!r})", n, (t0, t1))
 
 
@@ -1078,7 +1080,7 @@ def to_diffusers(ts, noise: NoiseSchedule) -> dict[str, Any]:
             f"ts[{i + 1}] = {t[i + 1]:.9g} both map to step {int(k[i])} (round(N t) - 1, "
             f"N = {noise.num_steps}); use fewer steps or points at least 1/N apart"
         )
-    sig = _eval64(noise, "sigma_edm", t)
+    sig = eval_float64(noise, "sigma_edm", t)
     return {"timesteps": [int(x) for x in k], "sigmas": [float(x) for x in sig]}
 
 
@@ -1118,7 +1120,7 @@ def to_comfyui(ts, noise: NoiseSchedule, end: str = "sigma_min") -> list[float]:
             "end='append_zero' would add a second 0: ts already ends at t = 0 (a flow model's "
             "data end); use end='sigma_min' or 'zero'"
         )
-    sig = t.copy() if isinstance(noise, RectifiedFlow) else _eval64(noise, "sigma_edm", t)
+    sig = t.copy() if isinstance(noise, RectifiedFlow) else eval_float64(noise, "sigma_edm", t)
     out = [float(x) for x in sig]
     if end == "zero":
         out[-1] = 0.0

@@ -43,7 +43,7 @@ def test_schedule_record_fields(record):
     assert set(hio._REQUIRED) <= set(record)
     assert record["t"] == ts.tolist()
     assert record["timesteps"] == (np.rint(1000 * ts).astype(int) - 1).tolist()
-    np.testing.assert_allclose(record["sigmas"], S._eval64(ns, "sigma_edm", ts), rtol=1e-12)
+    np.testing.assert_allclose(record["sigmas"], S.eval_float64(ns, "sigma_edm", ts), rtol=1e-12)
     np.testing.assert_allclose(record["lambdas"], -np.log(record["sigmas"]), rtol=1e-12)
     assert record["noise"] == "sd15" and record["method"] == "karras"
     assert record["solver"] == "unipc" and record["nfe"] == 5 and record["objective"] == 0.25
@@ -74,8 +74,8 @@ def test_round_trip_optimize_result(tmp_path):
     res = OptimizeResult(
         t=t,
         timesteps=ns.index_from_t(t),
-        sigmas=S._eval64(ns, "sigma_edm", t),
-        lambdas=S._eval64(ns, "lam", t),
+        sigmas=S.eval_float64(ns, "sigma_edm", t),
+        lambdas=S.eval_float64(ns, "lam", t),
         objective=np.float64(1.5),
         penalty=None,
         method="hso",

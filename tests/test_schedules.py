@@ -33,7 +33,7 @@ def _np(x):
 
 def _sigma(ns, t):
     """sigma_edm(t) in float64 (padded evaluation: shares compiled kernels across shapes)."""
-    return S._eval64(ns, "sigma_edm", _np(t))
+    return S.eval_float64(ns, "sigma_edm", _np(t))
 
 
 # --------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ..denoiser import Denoiser
-from ..schedules import _RANGE_RTOL, check_schedule
+from ..schedules import RANGE_RTOL, check_schedule
 from ..solvers import Solver, sample
 from .metrics import psnr, rmse
 
@@ -353,7 +353,7 @@ def evaluate_grid(
     if denoise_final:
         ns = model.noise
         t_ref = ns.t_min if reference_time is None else float(reference_time)
-        tol = _RANGE_RTOL * max(1.0, abs(ns.t_max))
+        tol = RANGE_RTOL * max(1.0, abs(ns.t_max))
         if not (math.isfinite(t_ref) and ns.t_min - tol <= t_ref <= ns.t_max + tol):
             raise ValueError(
                 f"reference_time must lie in [t_min, t_max] = [{ns.t_min:g}, {ns.t_max:g}], got "

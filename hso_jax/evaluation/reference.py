@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..denoiser import Denoiser
-from ..schedules import _RANGE_RTOL, check_schedule
+from ..schedules import RANGE_RTOL, check_schedule
 
 __all__ = ["reference_solve", "reference_trajectory", "REFERENCE_SOLVERS"]
 
@@ -160,7 +160,7 @@ def _check_time(name: str, t, noise) -> Array:
         raise TypeError(f"{name} must be a real number, got {t!r}")
     v = float(v)
     lo, hi = noise.t_min, noise.t_max
-    tol = _RANGE_RTOL * max(1.0, abs(hi))
+    tol = RANGE_RTOL * max(1.0, abs(hi))
     if not math.isfinite(v) or v < lo - tol or v > hi + tol:
         raise ValueError(
             f"{name} must lie in [t_min, t_max] = [{lo:g}, {hi:g}] of {noise!r}, got {v!r}"

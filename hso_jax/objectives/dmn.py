@@ -46,8 +46,9 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _validate
 from ..noise import NoiseSchedule
-from .mep import Objective, _check_frame, _check_p, log_eps_tilde
+from .mep import FRAMES, Objective, log_eps_tilde
 
 __all__ = ["DMN_TRUNC_NUM", "dmn", "step_orders", "step_weights", "hso_trunc_num"]
 
@@ -154,8 +155,8 @@ def dmn(
             "trunc_num must be a non-negative integer (DM-NonUniform: 3) or 'hso' / None "
             f"(HSO's rule), got {trunc_num!r}"
         )
-    p = _check_p(p)
-    frame = _check_frame(frame)
+    p = _validate.real("p", p, 0.0, open_lo=True)
+    frame = _validate.choice("frame", frame, FRAMES)
 
     def terms_of_lam(lam, mu=0.0):
         lam = jnp.asarray(lam)

@@ -40,6 +40,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from .. import _validate
 from ..noise import NoiseSchedule
 
 __all__ = ["Objective", "FRAMES", "log_eps_tilde", "eps_tilde", "mep"]
@@ -81,18 +82,6 @@ class Objective:
         return self.terms_of_lam(self.noise.lam(t))
 
 
-def _check_frame(frame: str) -> str:
-    if frame not in FRAMES:
-        raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
-    return frame
-
-
-def _check_p(p) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
-        raise ValueError(f"p must be a positive number (official value 2), got {p!r}")
-    return float(p)
-
-
 def log_eps_tilde(noise: NoiseSchedule, lam: Array, p: float = 2.0, frame: str = "vp") -> Array:
     """``log(sigma^p / alpha)`` at half log-SNR ``lam`` (see module docstring for ``frame``).
 
@@ -127,8 +116,8 @@ def mep(noise: NoiseSchedule, *, p: float = 2.0, frame: str = "vp") -> Objective
       An :class:`Objective`; ``obj(t)`` for decreasing model times ``t`` (N + 1 points gives N
       terms), ``obj.of_lam(lam)`` for the increasing lam grid.
     """
-    p = _check_p(p)
-    frame = _check_frame(frame)
+    p = _validate.real("p", p, 0.0, open_lo=True)
+    frame = _validate.choice("frame", frame, FRAMES)
 
     def terms_of_lam(lam):
         lam = jnp.asarray(lam)
