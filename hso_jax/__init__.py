@@ -12,7 +12,16 @@ import types
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("evaluation", "io", "models", "noise", "optimizers", "schedules", "solvers")
+_SUBMODULES = (
+    "evaluation",
+    "io",
+    "models",
+    "noise",
+    "optimizers",
+    "reference",
+    "schedules",
+    "solvers",
+)
 _OBJECTS = {  # name -> the module that defines it
     "Denoiser": "denoiser",
     "optimize": "optimize",

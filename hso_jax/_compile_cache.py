@@ -52,7 +52,7 @@ from pathlib import Path
 
 import jax
 
-from .evaluation.cache import default_cache_dir
+from .reference.cache import default_cache_dir
 
 __all__ = [
     "ENV_VAR",

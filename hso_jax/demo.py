@@ -217,8 +217,8 @@ def run_demo(
     Returns:
       The results dict that is also written to ``results.json``.
     """
-    from .evaluation.cache import cached_reference, reference_cache_path
     from .evaluation.grid import evaluate_grid
+    from .reference.cache import cached_reference, reference_cache_path
 
     nfe = _validate.integer("nfe", nfe, 2)
     num_samples = _validate.integer("num_samples", num_samples, 2)

@@ -9,8 +9,8 @@ import pytest
 import hso_jax as hj
 from hso_jax.cli import main
 from hso_jax.demo import SHIPPED_REFERENCES, _seed_cache, run_demo
-from hso_jax.evaluation.cache import cached_reference, reference_cache_path
 from hso_jax.models.zoo import MNIST_ID
+from hso_jax.reference.cache import cached_reference, reference_cache_path
 
 
 def test_demo_smoke(tmp_path, capsys):

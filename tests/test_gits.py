@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import hso_jax as hj
-from hso_jax.evaluation.teacher import Teacher, teacher_trajectories
 from hso_jax.optimizers import OptimizeResult
 from hso_jax.optimizers import gits as gits_mod
 from hso_jax.optimizers.gits import gits_cost_matrix, gits_dp, optimize_gits
+from hso_jax.reference.teacher import Teacher, teacher_trajectories
 from hso_jax.schedules import check_schedule
 
 DDPM = hj.noise.preset("ddpm")

@@ -249,7 +249,7 @@ def test_cache_default_dir_and_errors(tmp_path, monkeypatch):
 
 
 def test_cache_default_solve_is_reference_solve(tmp_path):
-    reference = pytest.importorskip("hso_jax.evaluation.reference")
+    reference = pytest.importorskip("hso_jax.reference.solve")
     x_T = NS.prior(jax.random.key(5), (2, 2))
     got = C.cached_reference(
         MODEL, x_T, NS.t_max, NS.t_min, key_id="gm2d", cache_dir=tmp_path, rtol=1e-6, atol=1e-6

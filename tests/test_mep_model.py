@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import hso_jax as hj
-from hso_jax.evaluation.teacher import Teacher, teacher_trajectories
 from hso_jax.objectives import mep_model, mep_table
+from hso_jax.reference.teacher import Teacher, teacher_trajectories
 
 DDPM = hj.noise.preset("ddpm")
 S2 = 0.25  # variance of the Gaussian data

@@ -1,10 +1,21 @@
-"""Evaluation: reference solutions, teacher trajectories, metrics, grid evaluation (sharded).
+"""Evaluation: metrics, grid evaluation (sharded), and -- re-exported from
+:mod:`hso_jax.reference` -- reference solutions and teacher trajectories.
 
 See :mod:`hso_jax.evaluation.grid` for the fair-comparison protocol.
 """
 
-from . import cache, grid, metrics
-from .cache import cached_reference, default_cache_dir, reference_cache_path
+from ..reference import (
+    REFERENCE_SOLVERS,
+    Teacher,
+    cache,
+    cached_reference,
+    default_cache_dir,
+    reference_cache_path,
+    reference_solve,
+    reference_trajectory,
+    teacher_trajectories,
+)
+from . import grid, metrics
 from .grid import GridRecord, evaluate_grid, format_table, make_batch_mesh, shard_batch
 from .metrics import (
     fd_mnist,
@@ -18,8 +29,6 @@ from .metrics import (
     rmse,
     sliced_wasserstein,
 )
-from .reference import REFERENCE_SOLVERS, reference_solve, reference_trajectory
-from .teacher import Teacher, teacher_trajectories
 
 __all__ = [
     "REFERENCE_SOLVERS",

@@ -3,7 +3,7 @@
 Fair comparison. Every entry of the grid starts from the *same* initial noise ``x_T`` and is
 judged against the *same* target: ``reference``, the exact probability-flow ODE solution from
 that ``x_T`` carried to the process's end time ``t_min`` (the caller computes it once, e.g. with
-:func:`hso_jax.evaluation.reference.reference_solve` or :func:`~.cache.cached_reference`, and
+:func:`hso_jax.reference.reference_solve` or :func:`~.cache.cached_reference`, and
 passes it in). A schedule that starts later or stops earlier than the process's range is not
 excused: its output is still compared with the state at ``t_min``, so stopping early shows up
 as error. Metrics are per sample (``rmse``, ``psnr`` or any ``(x, ref) -> (B,)`` function) and

@@ -365,7 +365,7 @@ def model_samples(
     ~2e-6 in float32), then denoised once, ``x0 = D(x, t_min)``. Solved in chunks of ``chunk``
     samples. Returns float32 samples of shape ``(num, *shape)``.
     """
-    from ..evaluation import reference_solve
+    from ..reference import reference_solve
 
     ns = model.noise
     out = []

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import solvers
 from ..denoiser import Denoiser
-from ..evaluation.teacher import Teacher, teacher_trajectories
+from ..reference.teacher import Teacher, teacher_trajectories
 
 __all__ = ["resolve_solver", "check_model", "check_noise_batch", "teacher_from_options"]
 

@@ -48,7 +48,7 @@ import optax
 
 from .. import _validate, schedules
 from ..denoiser import Denoiser
-from ..evaluation.reference import reference_solve
+from ..reference.solve import reference_solve
 from ..schedules import check_schedule
 from ..solvers import sample
 from ..solvers.driver import check_model_input

@@ -53,8 +53,8 @@ import numpy as np
 
 from .. import _validate
 from ..denoiser import Denoiser
-from ..evaluation.teacher import Teacher
 from ..noise import NoiseSchedule
+from ..reference.teacher import Teacher
 from ._trajectory import TEACHER_OPTIONS, check_model, resolve_solver, teacher_from_options
 from .result import OptimizeResult
 

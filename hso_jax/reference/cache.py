@@ -229,7 +229,7 @@ def cached_reference(
         ``~/.cache/hso_jax/references``).
       rtol, atol: solver tolerances (part of the key).
       solve: ``solve(model, x_T, t_start, t_end, *, rtol, atol) -> x``; default
-        :func:`hso_jax.evaluation.reference.reference_solve`.
+        :func:`hso_jax.reference.reference_solve`.
 
     Returns:
       The reference state at ``t_end``, a JAX array with the shape of ``x_T`` (dtype as
@@ -250,7 +250,7 @@ def cached_reference(
     if arr is not None:
         return jnp.asarray(arr)
     if solve is None:
-        from .reference import reference_solve as solve
+        from .solve import reference_solve as solve
     if not callable(solve):
         raise TypeError(f"solve must be callable, got {type(solve).__name__}")
     out = np.asarray(solve(model, x_T, t_start, t_end, rtol=rtol, atol=atol))

@@ -5,7 +5,7 @@ The trajectory-based optimisers (:mod:`hso_jax.optimizers.gits`, the model-aware
 trajectories cached on a fine grid ``t_0 > t_1 > ... > t_{K-1}``:
 
 * ``x[k]``: the exact probability-flow ODE state at ``t_k`` from ``x[0] = x_T``, by one tight
-  adaptive solve (:func:`~hso_jax.evaluation.reference.reference_trajectory`) whose steps land
+  adaptive solve (:func:`~hso_jax.reference.reference_trajectory`) whose steps land
   on every grid point (no interpolation error);
 * ``x0[k] = D(x[k], t_k)``: the network's data prediction there (K more calls per sample).
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import schedules
 from ..denoiser import Denoiser
-from .reference import reference_trajectory
+from .solve import reference_trajectory
 
 __all__ = ["Teacher", "teacher_trajectories", "GRIDS"]
 
