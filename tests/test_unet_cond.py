@@ -234,8 +234,12 @@ def test_dpm_solver_pp_matches_diffusers_pipeline_loop(nets):
     )
     ours = np.asarray(traj.x).transpose(0, 1, 4, 2, 3)
     assert ours.shape == (n + 1, *x_T.shape)
-    errs = [float(np.max(np.abs(a - b))) for a, b in zip(ours, states, strict=True)]
-    assert max(errs) < TOL, errs
+    # The random network with w = 7.5 drives the latents to |x| ~ 45, where float32 rounding
+    # alone is ~5e-6: compare relative to each state's size (measured: 1.9e-6 at every step).
+    errs = [
+        float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in zip(ours, states, strict=True)
+    ]
+    assert max(errs) < 1e-5, errs
     assert np.max(np.abs(states[-1] - states[0])) > 0.1  # the sampler moved
 
 
