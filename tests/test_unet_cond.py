@@ -31,7 +31,7 @@ PREDICTION = {"sd15": "epsilon", "sd21": "v_prediction", "sdxl": "epsilon"}
 
 
 def _cond(kind, batch, seed):
-    """(cond pytree as NumPy, diffusers kwargs builder) for a random prompt."""
+    """A random condition as NumPy: the prompt embedding, or for SDXL the dict of three."""
     rng = np.random.default_rng(seed)
     ctx = rng.standard_normal((batch, L_TOKENS, 12)).astype(np.float32)
     if kind != "sdxl":
