@@ -30,11 +30,11 @@ import argparse
 import gc
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
+import common
 import jax
 import numpy as np
 
@@ -150,10 +150,7 @@ def main() -> None:
     if a.torch_threads is not None:
         torch.set_num_threads(a.torch_threads)
     info = {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "jax_backend": jax.default_backend(),
+        **common.machine_info(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
     }
@@ -161,15 +158,11 @@ def main() -> None:
     for n in names:
         rows.append(profile(n, CONFIGS[n], a.repeats))
         print(json.dumps(rows[-1]), flush=True)
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "bench_unet_cond.json").write_text(
-        json.dumps({"machine": info, "configs": rows}, indent=2) + "\n"
-    )
     md = [
         "# UNet2DConditionModel forward: Flax port vs diffusers (CPU, float32, batch 1)",
         "",
-        f"Machine: {info['platform']}, {info['cpu_count']} CPUs, backend {info['jax_backend']}, "
-        f"jax {info['jax']}, torch {info['torch']} ({info['torch_threads']} threads). "
+        f"{common.machine_line(info)} torch {info['torch']} ({info['torch_threads']} "
+        "threads). "
         f"Median of {a.repeats} warm calls; random weights, the same in both; prompt "
         f"embedding of {TOKENS} tokens. A guided call costs two forward passes.",
         "",
@@ -184,7 +177,8 @@ def main() -> None:
             f"| {r['torch_forward_s']:.4f} | {r['max_abs_diff']:.1e} "
             f"| {r['load_avg'][0]:.1f} / {r['load_avg'][1]:.1f} |"
         )
-    (a.out / "bench_unet_cond.md").write_text("\n".join(md) + "\n")
+    data = {"machine": info, "configs": rows}
+    common.write_results(a.out, "bench_unet_cond", data, "\n".join(md))
 
 
 if __name__ == "__main__":
