@@ -5,6 +5,7 @@ Subcommands::
     hso-jax demo                                   # the main job on the shipped MNIST model
     hso-jax optimize --noise sd21 --nfe 5 --solver unipc --format diffusers
     hso-jax schedules --noise sd15 --nfe 10 --kind ays --format diffusers
+    hso-jax schedules --noise flux-dev --resolution 1024 --nfe 28 --kind default
     hso-jax convert --diffusers DIR --out DIR          # needs the [convert] extra
 
 Each subcommand is one pair of functions, ``_add_<name>_parser(sub)`` (declares its arguments
@@ -127,12 +128,17 @@ _SCHEDULE_KINDS = {
     "polyexponential": schedules.polyexponential,
     "kl-optimal": schedules.kl_optimal,
     "ays": schedules.ays,
+    "default": schedules.flow_default,
+    "beta": schedules.beta,
+    "oss": schedules.optimal_steps,
 }
-# CLI option -> (library keyword, kinds that take it).
+# CLI option (attribute name) -> (library keyword, kinds that take it).
 _KIND_OPTIONS = {
     "rho": ("rho", ("karras", "polyexponential")),
     "c": ("c", ("kl-optimal",)),
     "table": ("model", ("ays",)),
+    "variant": ("variant", ("beta",)),
+    "oss_table": ("model", ("oss",)),
 }
 _LIBRARY_TO_OPTION = {
     "nfe": "--nfe",
@@ -168,6 +174,16 @@ def _add_schedules_parser(sub) -> None:
         choices=sorted(schedules.AYS_TABLES),
         help="AYS table for --kind ays (default: the one matching --noise, if any)",
     )
+    p.add_argument(
+        "--variant",
+        choices=schedules.BETA_VARIANTS,
+        help="rule of --kind beta (flow models): comfyui (default) or diffusers",
+    )
+    p.add_argument(
+        "--oss-table",
+        choices=sorted(schedules.OSS_TABLES),
+        help="Optimal-Steps table for --kind oss (default: the one matching --noise, if any)",
+    )
     p.add_argument("--t-start", type=_finite_float, help="start time (default: noise t_max)")
     p.add_argument("--t-end", type=_finite_float, help="end time (default: noise t_min)")
     _add_export_options(p)
@@ -201,9 +217,32 @@ def _read_vector(path: str, option: str) -> np.ndarray:
     return v
 
 
+# Options of the flow-model presets (the CLI attribute is the preset's keyword).
+_PRESET_OPTIONS = ("resolution", "image_seq_len", "shift")
+
+
+def _preset_options(args) -> dict:
+    """The preset options given on the command line, checked against the preset."""
+    given = {k: getattr(args, k) for k in _PRESET_OPTIONS if getattr(args, k) is not None}
+    for attr in given:
+        option = "--" + attr.replace("_", "-")
+        takers = [n for n in sorted(hnoise.PRESETS) if attr in hnoise.preset_options(n)]
+        if args.noise is None or attr not in hnoise.preset_options(args.noise):
+            used = f"--noise {args.noise}" if args.noise is not None else "this source"
+            raise _UsageError(
+                f"argument {option}: only applies to --noise {' / '.join(takers)}, not {used}"
+            )
+    return given
+
+
 def _noise_from_args(args) -> tuple[hnoise.NoiseSchedule, dict]:
+    options = _preset_options(args)
     if args.noise is not None:
-        return hnoise.preset(args.noise), {}
+        try:
+            return hnoise.preset(args.noise, **options), options
+        except (TypeError, ValueError) as e:
+            option = "--" + next(iter(options)).replace("_", "-") if options else "--noise"
+            raise _UsageError(f"argument {option}: {e}") from None
     if args.betas_file is not None:
         option, path, build = "--betas-file", args.betas_file, hnoise.VPDiscrete.from_betas
     else:
@@ -221,18 +260,29 @@ def _cmd_schedules(args) -> int:
     for option, (_, kinds) in _KIND_OPTIONS.items():
         if getattr(args, option) is not None and args.kind not in kinds:
             raise _UsageError(
-                f"argument --{option}: only applies to --kind {' / '.join(kinds)}, "
-                f"not --kind {args.kind}"
+                f"argument --{option.replace('_', '-')}: only applies to --kind "
+                f"{' / '.join(kinds)}, not --kind {args.kind}"
             )
+    fn = _SCHEDULE_KINDS[args.kind]
+    ends = {"t_start": args.t_start, "t_end": args.t_end}
+    if "t_start" not in inspect.signature(fn).parameters:
+        for keyword, value in ends.items():
+            if value is not None:
+                raise _UsageError(
+                    f"argument {_LIBRARY_TO_OPTION[keyword]}: does not apply to --kind "
+                    f"{args.kind} (its schedule runs over the model's own range, to 0)"
+                )
+        ends = {}
     _check_export_args(args)
     noise, source = _noise_from_args(args)
 
-    fn = _SCHEDULE_KINDS[args.kind]
     params = {}
+    to_option = dict(_LIBRARY_TO_OPTION)
     for option, (keyword, kinds) in _KIND_OPTIONS.items():
         if args.kind in kinds:
             value = getattr(args, option)
             params[keyword] = value if value is not None else _default(fn, keyword)
+            to_option[keyword] = "--" + option.replace("_", "-")
     if args.kind == "ays" and args.table is None:
         table = _DEFAULT_AYS_TABLE.get(noise.name)
         if table is None:
@@ -242,17 +292,17 @@ def _cmd_schedules(args) -> int:
             )
         params["model"] = table
     try:
-        ts = fn(noise, args.nfe, **params, t_start=args.t_start, t_end=args.t_end)
+        ts = fn(noise, args.nfe, **params, **ends)
     except ValueError as e:
         # Library messages start with the keyword they reject; name the CLI option instead.
         first = re.match(r"\w*", str(e)).group(0)
-        option = _LIBRARY_TO_OPTION.get(first)
+        option = to_option.get(first)
         if option is None:
             raise
         raise _UsageError(f"argument {option}: {e}") from None
 
     def record():
-        options = {"kind": args.kind, **params, "t_start": args.t_start, "t_end": args.t_end}
+        options = {"kind": args.kind, **params, **ends}
         return hio.schedule_record(
             ts, noise, method=args.kind, nfe=args.nfe, options={**options, **source}
         )
@@ -270,8 +320,23 @@ def _default(fn, keyword: str):
 # --------------------------------------------------------------------------------------
 
 
+def _resolution(text: str):
+    """--resolution: PX (square) or HEIGHTxWIDTH, in pixels."""
+    parts = text.lower().split("x")
+    try:
+        sizes = [int(x) for x in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be pixels, PX or HEIGHTxWIDTH (e.g. 1024 or 768x1360), got {text!r}"
+        ) from None
+    if len(sizes) > 2:
+        raise argparse.ArgumentTypeError(f"must be PX or HEIGHTxWIDTH, got {text!r}")
+    return sizes[0] if len(sizes) == 1 else tuple(sizes)
+
+
 def _add_noise_source(p, required: bool = True) -> None:
-    """--noise / --betas-file / --alphas-cumprod-file (exactly one when required)."""
+    """--noise / --betas-file / --alphas-cumprod-file (exactly one when required), and the
+    options of the flow-model presets."""
     src = p.add_mutually_exclusive_group(required=required)
     src.add_argument("--noise", choices=sorted(hnoise.PRESETS), help="noise process preset")
     src.add_argument(
@@ -283,6 +348,28 @@ def _add_noise_source(p, required: bool = True) -> None:
         "--alphas-cumprod-file",
         metavar="FILE",
         help="discrete schedule from alphas_cumprod: text (one value per line) or .npy",
+    )
+    flow = p.add_argument_group("flow-model presets")
+    flow.add_argument(
+        "--resolution",
+        type=_resolution,
+        metavar="PX",
+        help="image size for --noise flux-dev (its dynamic shift): PX or HEIGHTxWIDTH, "
+        "multiples of 16 (default 1024)",
+    )
+    flow.add_argument(
+        "--image-seq-len",
+        type=_positive_int,
+        metavar="N",
+        help="--noise flux-dev: latent tokens, (height // 16) * (width // 16), instead of "
+        "--resolution",
+    )
+    flow.add_argument(
+        "--shift",
+        type=_positive_float,
+        metavar="S",
+        help="static shift for --noise wan (default 5) / flow (1 = none; without it, flow is "
+        "the bare process on [0.001, 0.999])",
     )
 
 
@@ -297,7 +384,8 @@ def _add_export_options(p) -> None:
     p.add_argument(
         "--end",
         choices=schedules.COMFYUI_ENDS,
-        help="end convention for --format comfyui (default sigma_min)",
+        help="end convention for --format comfyui (default sigma_min; for a flow model whose "
+        "schedule stops before 0, append_zero: its SIGMAS end at 0)",
     )
     p.add_argument(
         "--out",
@@ -319,7 +407,11 @@ def _export(ts, noise, args, record) -> str:
         return hio.dumps_record(record())
     if args.format == "diffusers":
         return json.dumps(schedules.to_diffusers(ts, noise), indent=2) + "\n"
-    return json.dumps(schedules.to_comfyui(ts, noise, end=args.end or "sigma_min")) + "\n"
+    end = args.end
+    if end is None:  # a flow model's SIGMAS end at 0 (ComfyUI's samplers then finish the data)
+        stops_early = isinstance(noise, hnoise.RectifiedFlow) and float(ts[-1]) > 0.0
+        end = "append_zero" if stops_early else "sigma_min"
+    return json.dumps(schedules.to_comfyui(ts, noise, end=end)) + "\n"
 
 
 _CLI_MODEL_BASED = ("direct", "gits", "mep-model")
@@ -378,6 +470,7 @@ def _cmd_optimize(args) -> int:
                 f"--noise / --betas-file / --alphas-cumprod-file do not apply to --method "
                 f"{args.method}: the noise process is the model's"
             )
+        _preset_options(args)  # preset options need --noise
         res, noise, source = _optimize_with_model(args)
     else:
         if args.model is not None:

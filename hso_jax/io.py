@@ -8,7 +8,8 @@ and these fields:
 ``t``                     model times, strictly decreasing (list of floats, >= 2 points)
 ``timesteps``             training-step indices ``round(N t) - 1`` (discrete-time processes;
                           nearest steps, may repeat for very fine schedules), else ``null``
-``sigmas``                EDM noise levels ``sigma / alpha`` at ``t`` (positive floats)
+``sigmas``                EDM noise levels ``sigma / alpha`` at ``t`` (positive floats; see
+                          below for the ends of a flow model's schedule)
 ``lambdas``               half log-SNR ``log(alpha / sigma)`` at ``t``
 ``noise``                 name of the noise process (e.g. ``"sd15"``)
 ``method``                how the schedule was made (``"hso"``, ``"ays"``, ``"karras"``, ...)
@@ -22,8 +23,12 @@ and these fields:
 Records built from an :class:`~hso_jax.optimizers.OptimizeResult` also carry its other fields
 (``penalty``, ``params``, ``info``, ``warnings``); unknown fields are kept on load. Floats are
 written with full (round-trip) precision; non-finite values in ``objective`` / ``info`` use
-Python's JSON extensions ``NaN`` / ``Infinity``. Files are written atomically: to a temporary
-file in the same directory, then ``os.replace``, so a crash never leaves a partial file.
+Python's JSON extensions ``NaN`` / ``Infinity``. A flow model's schedule (t = sigma in
+[0, 1]) may start at pure noise, t = 1, where ``sigmas`` is ``Infinity`` and ``lambdas`` is
+``-Infinity``, and end at the data, t = 0, where ``sigmas`` is 0 and ``lambdas`` ``Infinity``;
+these are the only non-finite values ``sigmas`` / ``lambdas`` may hold. Files are written
+atomically: to a temporary file in the same directory, then ``os.replace``, so a crash never
+leaves a partial file.
 """
 
 from __future__ import annotations
@@ -199,13 +204,18 @@ def _finite(x) -> bool:
         return False
 
 
-def _number_list(record, key, source, *, n=None) -> list:
+def _number_list(record, key, source, *, n=None, infinite_ends=None) -> list:
+    """A list of finite numbers; ``infinite_ends = (first, last)`` also allows the value
+    ``first`` at index 0 and ``last`` at the last index (a flow model's t = 1 and t = 0)."""
     v = record[key]
     if not isinstance(v, list) or not all(_is_number(x) for x in v):
         raise ScheduleFileError(f"{source}: {key!r} must be a list of numbers, got {_short(v)}")
     if n is not None and len(v) != n:
         raise ScheduleFileError(f"{source}: {key!r} has {len(v)} entries, 't' has {n}")
-    bad = [i for i, x in enumerate(v) if not _finite(x)]
+    allowed = {}
+    if infinite_ends is not None:
+        allowed = {0: infinite_ends[0], len(v) - 1: infinite_ends[1]}
+    bad = [i for i, x in enumerate(v) if not _finite(x) and not (i in allowed and x == allowed[i])]
     if bad:
         raise ScheduleFileError(
             f"{source}: {key!r} must be finite, got {key}[{bad[0]}] = {_short(v[bad[0]])}"
@@ -216,7 +226,19 @@ def _number_list(record, key, source, *, n=None) -> list:
 # Presets whose name fixes the process (VPDiscrete tables, parameter-free EDM / flow), so a
 # record naming them can be checked against them. ``vp-linear`` / ``vp-cosine`` are the default
 # names of parameterised classes: other parameters share the name, so they are not checked.
-_CHECKED_PRESETS = ("sd15", "sd21", "sdxl", "ddpm", "cosine", "edm", "flow")
+_CHECKED_PRESETS = (
+    "sd15",
+    "sd21",
+    "sdxl",
+    "ddpm",
+    "cosine",
+    "edm",
+    "flow",
+    "sd3",
+    "flux-dev",
+    "flux-schnell",
+    "wan",
+)
 # Relative tolerance of the redundant fields (written with full float64 precision).
 _RTOL = 1e-6
 
@@ -226,6 +248,13 @@ def _check_redundant(record, source, noise: NoiseSchedule | None) -> None:
     t, sig, lam = record["t"], record["sigmas"], record["lambdas"]
     # Any process: sigma_edm = sigma / alpha = exp(-lam), and lam grows as t falls.
     for i, (s, l) in enumerate(zip(sig, lam, strict=True)):
+        if s in (0.0, math.inf) or not _finite(l):  # a flow model's t = 0 or t = 1
+            if (s, l) not in ((0.0, math.inf), (math.inf, -math.inf)):
+                raise ScheduleFileError(
+                    f"{source}: 'sigmas' and 'lambdas' contradict each other: sigmas[{i}] = "
+                    f"{s!r} but lambdas[{i}] = {l!r} (sigma_edm = exp(-lambda))"
+                )
+            continue
         if abs(math.log(s) + l) > _RTOL * max(1.0, abs(l)):
             raise ScheduleFileError(
                 f"{source}: 'sigmas' and 'lambdas' contradict each other: sigmas[{i}] = {s!r} "
@@ -264,10 +293,12 @@ def _check_redundant(record, source, noise: NoiseSchedule | None) -> None:
     for key, method, got in (("sigmas", "sigma_edm", sig), ("lambdas", "lam", lam)):
         want = _eval64(noise, method, t64)
         got = np.asarray(got, np.float64)
+        ok = np.isfinite(want)  # non-finite values (t = 0 or 1 of a flow) must be equal
         scale = np.maximum(1.0, np.abs(want)) if key == "lambdas" else np.abs(want)
-        err = np.abs(got - want) > _RTOL * scale
-        if not np.all(np.isfinite(want)) or np.any(err):
-            i = int(np.argmax(err | ~np.isfinite(want)))
+        with np.errstate(invalid="ignore"):
+            err = np.where(ok, np.abs(got - want) > _RTOL * scale, got != want)
+        if np.any(np.isnan(want)) or np.any(err):
+            i = int(np.argmax(err | np.isnan(want)))
             raise ScheduleFileError(
                 f"{source}: {key!r} contradicts 't' under noise {noise.name!r}: {key}[{i}] = "
                 f"{float(got[i])!r}, but t[{i}] = {t[i]!r} gives {float(want[i])!r}"
@@ -298,9 +329,10 @@ def validate_record(
     The redundant fields must agree with ``t``: always ``sigmas = exp(-lambdas)`` (relative
     tolerance 1e-6), ``lambdas`` non-decreasing and ``timesteps`` non-increasing; and, when
     ``noise`` is given or ``record["noise"]`` names a preset that fixes the process (``sd15``,
-    ``sd21``, ``sdxl``, ``ddpm``, ``cosine``, ``edm``, ``flow``), ``sigmas`` / ``lambdas``
-    equal that process's values at ``t`` and ``timesteps`` its nearest training steps (``null``
-    for continuous-time processes).
+    ``sd21``, ``sdxl``, ``ddpm``, ``cosine``, ``edm``, ``flow``, ``sd3``, ``flux-dev``,
+    ``flux-schnell``, ``wan``), ``sigmas`` / ``lambdas`` equal that process's values at ``t``
+    (a flow model's shift does not change them) and ``timesteps`` its nearest training steps
+    (``null`` for continuous-time processes).
 
     Args:
       record: the parsed JSON object.
@@ -350,10 +382,13 @@ def validate_record(
                 f"{source}: 't' must be strictly decreasing; t[{i}] = {t[i]!r} <= "
                 f"t[{i + 1}] = {t[i + 1]!r}"
             )
-    sig = _number_list(record, "sigmas", source, n=len(t))
-    if any(s <= 0 for s in sig):
-        raise ScheduleFileError(f"{source}: 'sigmas' must be > 0, got {_short(sig)}")
-    _number_list(record, "lambdas", source, n=len(t))
+    sig = _number_list(record, "sigmas", source, n=len(t), infinite_ends=(math.inf, None))
+    if any(s <= 0 for s in sig[:-1]) or sig[-1] < 0 or (sig[-1] == 0 and t[-1] != 0):
+        raise ScheduleFileError(
+            f"{source}: 'sigmas' must be > 0 (0 only at the end of a flow model's schedule, "
+            f"t = 0), got {_short(sig)}"
+        )
+    _number_list(record, "lambdas", source, n=len(t), infinite_ends=(-math.inf, math.inf))
     ks = record["timesteps"]
     if ks is not None:
         if not isinstance(ks, list) or not all(

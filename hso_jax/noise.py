@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
+import numbers
+import types
 from typing import Any
 
 import jax
@@ -38,7 +41,10 @@ __all__ = [
     "EDM",
     "RectifiedFlow",
     "preset",
+    "preset_options",
     "PRESETS",
+    "flux_mu",
+    "FLUX_SHIFT_CONFIG",
     "scaled_linear_betas",
     "linear_betas",
     "squaredcos_cap_v2_betas",
@@ -327,14 +333,65 @@ class EDM(NoiseSchedule):
         return jnp.exp(-lam)
 
 
-@_pytree(data_fields=(), meta_fields=("t_min", "t_max", "name"))
+@_pytree(
+    data_fields=(),
+    meta_fields=(
+        "t_min",
+        "t_max",
+        "name",
+        "shift",
+        "mu",
+        "image_seq_len",
+        "spacing",
+        "num_train_timesteps",
+    ),
+)
 class RectifiedFlow(NoiseSchedule):
     """Rectified flow / flow matching: alpha = 1 - t, sigma = t; lam = log((1 - t) / t),
-    t = sigmoid(-lam). ``t_max < 1`` because lam(1) = -inf; samplers start at t_max."""
+    t = sigmoid(-lam).
+
+    Model time is the flow's noise level, ``t = sigma`` (what SD3 / Flux / Wan and their
+    schedulers call ``sigma``); the network receives ``timestep = num_train_timesteps * sigma``
+    (:meth:`timestep`). The bare process (``preset("flow")``) keeps ``t`` in
+    ``[1e-3, 1 - 1e-3]`` because lam(1) = -inf and lam(0) = +inf; the model presets (``sd3``,
+    ``flux-dev``, ``flux-schnell``, ``wan``, ``flow`` with ``shift=``) span the whole range
+    ``[0, 1]`` their pipelines step through: from pure noise at sigma = 1 to the data at 0.
+
+    The *shift* of these models is a schedule transform, not a different process: every flow
+    model here is this one process, and the shift only says where the model's default sampler
+    puts its steps. The stored parameters define :meth:`shift_sigma`,
+
+    .. math::
+        \\tilde s = \\frac{a s}{1 + (a - 1) s}, \\qquad a = \\text{shift}
+        \\;\\text{(static)} \\quad\\text{or}\\quad a = e^{\\mu} \\;\\text{(dynamic)},
+
+    which is diffusers' static shift ``shift * s / (1 + (shift - 1) s)`` and, for ``mu``, its
+    exponential time shift ``exp(mu) / (exp(mu) + (1/s - 1))`` written without the division by
+    ``s``. ``spacing`` names the rule of the model's diffusers pipeline (see
+    :func:`hso_jax.schedules.flow_default`): ``"euler"`` (FlowMatchEulerDiscreteScheduler
+    ``set_timesteps(n)``: SD3, generic flow), ``"flux"`` (FluxPipeline: ``sigmas =
+    linspace(1, 1/n, n)``), ``"unipc"`` (UniPCMultistepScheduler with ``use_flow_sigmas``: Wan).
+
+    Attributes:
+      shift: static shift factor (1 = no shift); ignored when ``mu`` is set.
+      mu: dynamic (resolution-dependent) shift exponent, or None.
+      image_seq_len: the image sequence length ``mu`` was computed from, or None.
+      spacing: rule of the default schedule (``"euler"``, ``"flux"`` or ``"unipc"``).
+      num_train_timesteps: scale of the network's time input (1000).
+
+    References: Liu et al., "Flow Straight and Fast" (ICLR 2023); Esser et al., "Scaling
+    Rectified Flow Transformers for High-Resolution Image Synthesis" (SD3, ICML 2024), Sec. 5.3.2
+    (resolution-dependent shifting of the timestep schedule).
+    """
 
     t_min: float = 1e-3
     t_max: float = 1.0 - 1e-3
     name: str = "flow"
+    shift: float = 1.0
+    mu: float | None = None
+    image_seq_len: int | None = None
+    spacing: str = "euler"
+    num_train_timesteps: int = 1000
     variance_preserving = False
 
     def log_alpha(self, t):
@@ -354,10 +411,151 @@ class RectifiedFlow(NoiseSchedule):
     def t_from_lam(self, lam):
         return jax.nn.sigmoid(-lam)
 
+    @property
+    def shift_factor(self) -> float:
+        """The factor ``a`` of :meth:`shift_sigma`: ``exp(mu)`` (dynamic) or ``shift``."""
+        return math.exp(self.mu) if self.mu is not None else float(self.shift)
+
+    def shift_sigma(self, s: Array) -> Array:
+        """The model's shift transform of an unshifted sigma ``s`` in [0, 1]:
+        ``a s / (1 + (a - 1) s)`` (see the class docstring); 0 -> 0, 1 -> 1, increasing."""
+        a = self.shift_factor
+        return a * s / (1.0 + (a - 1.0) * s)
+
+    def unshift_sigma(self, u: Array) -> Array:
+        """Inverse of :meth:`shift_sigma`: ``s = u / (a - (a - 1) u)``."""
+        a = self.shift_factor
+        return u / (a - (a - 1.0) * u)
+
+    def timestep(self, t: Array) -> Array:
+        """The network's time input: ``num_train_timesteps * sigma`` (sigma = t)."""
+        return self.num_train_timesteps * t
+
+    def __repr__(self) -> str:
+        extra = ""
+        if self.mu is not None:
+            extra = f", mu={self.mu:.6g}, image_seq_len={self.image_seq_len}"
+        elif self.shift != 1.0:
+            extra = f", shift={self.shift:g}"
+        return (
+            f"RectifiedFlow(name={self.name!r}{extra}, t_min={self.t_min:g}, t_max={self.t_max:g})"
+        )
+
 
 # --------------------------------------------------------------------------------------
 # Presets
 # --------------------------------------------------------------------------------------
+
+# Flux's diffusers scheduler config (black-forest-labs/FLUX.1-dev, scheduler_config.json) and the
+# FluxPipeline's geometry: VAE factor 8, latents packed in 2 x 2 patches -> one token per 16 px.
+FLUX_SHIFT_CONFIG = types.MappingProxyType(
+    {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15}
+)
+_FLUX_PIXELS_PER_TOKEN = 16
+_FLUX_DEFAULT_RESOLUTION = 1024  # FluxPipeline: default_sample_size 128 * vae_scale_factor 8
+
+
+def flux_mu(image_seq_len: int) -> float:
+    """Flux's dynamic shift exponent ``mu`` for an image sequence length (diffusers'
+    ``calculate_shift`` with the FLUX.1-dev scheduler config :data:`FLUX_SHIFT_CONFIG`).
+
+    ``mu`` is linear in the sequence length: 0.5 at 256 tokens (256 x 256 px), 1.15 at 4096
+    tokens (1024 x 1024 px), and extrapolated beyond (2048 x 2048 px: 16384 tokens,
+    mu = 3.23).
+
+    .. math::
+        m = \\frac{\\mu_{max} - \\mu_{base}}{L_{max} - L_{base}}, \\quad
+        \\mu = L\\, m + (\\mu_{base} - m L_{base}).
+    """
+    c = FLUX_SHIFT_CONFIG
+    # Same operations, in the same order, as diffusers' calculate_shift (bitwise equal).
+    m = (c["max_shift"] - c["base_shift"]) / (c["max_image_seq_len"] - c["base_image_seq_len"])
+    b = c["base_shift"] - m * c["base_image_seq_len"]
+    return image_seq_len * m + b
+
+
+def _positive_finite(preset_name: str, name: str, value) -> float:
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"preset {preset_name!r}: {name} must be a real number > 0, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"preset {preset_name!r}: {name} must be finite and > 0, got {v!r}")
+    return v
+
+
+def _positive_int(preset_name: str, name: str, value, meaning: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"preset {preset_name!r}: {name} must be a positive integer ({meaning}), got "
+            f"{value!r} ({type(value).__name__})"
+        )
+    if value < 1:
+        raise ValueError(
+            f"preset {preset_name!r}: {name} must be a positive integer ({meaning}), got {value}"
+        )
+    return int(value)
+
+
+def _flux_seq_len(resolution) -> int:
+    """Tokens of a FluxPipeline image: (height // 16) * (width // 16)."""
+    size = resolution if isinstance(resolution, (tuple, list)) else (resolution, resolution)
+    if len(size) != 2:
+        raise ValueError(
+            "preset 'flux-dev': resolution must be one size in pixels or (height, width), got "
+            f"{resolution!r}"
+        )
+    h, w = (_positive_int("flux-dev", "resolution", x, "pixels") for x in size)
+    if h % _FLUX_PIXELS_PER_TOKEN or w % _FLUX_PIXELS_PER_TOKEN:
+        raise ValueError(
+            f"preset 'flux-dev': resolution must be a multiple of {_FLUX_PIXELS_PER_TOKEN} px "
+            f"(one latent token per 16 x 16 px), got {resolution!r}; FluxPipeline would round "
+            "it down, so pass the size it actually generates"
+        )
+    return (h // _FLUX_PIXELS_PER_TOKEN) * (w // _FLUX_PIXELS_PER_TOKEN)
+
+
+_FLOW_RANGE = {"t_min": 0.0, "t_max": 1.0}
+
+
+def _sd3() -> RectifiedFlow:
+    return RectifiedFlow(name="sd3", shift=3.0, spacing="euler", **_FLOW_RANGE)
+
+
+def _flux_dev(*, resolution=None, image_seq_len=None) -> RectifiedFlow:
+    if resolution is not None and image_seq_len is not None:
+        raise TypeError(
+            "preset 'flux-dev': pass resolution= or image_seq_len=, not both (got "
+            f"resolution={resolution!r}, image_seq_len={image_seq_len!r})"
+        )
+    if image_seq_len is not None:
+        seq = _positive_int("flux-dev", "image_seq_len", image_seq_len, "latent tokens")
+    else:
+        seq = _flux_seq_len(_FLUX_DEFAULT_RESOLUTION if resolution is None else resolution)
+    return RectifiedFlow(
+        name="flux-dev", mu=flux_mu(seq), image_seq_len=seq, spacing="flux", **_FLOW_RANGE
+    )
+
+
+def _flux_schnell() -> RectifiedFlow:
+    # Its scheduler config has shift 1.0 and use_dynamic_shifting false (the original code:
+    # get_schedule(..., shift=(name != "flux-schnell"))), so resolution changes nothing.
+    return RectifiedFlow(name="flux-schnell", shift=1.0, spacing="flux", **_FLOW_RANGE)
+
+
+def _wan(*, shift=5.0) -> RectifiedFlow:
+    shift = _positive_finite("wan", "shift", shift)
+    return RectifiedFlow(name="wan", shift=shift, spacing="unipc", **_FLOW_RANGE)
+
+
+def _flow(*, shift=None) -> RectifiedFlow:
+    if shift is None:
+        return RectifiedFlow()
+    shift = _positive_finite("flow", "shift", shift)
+    return RectifiedFlow(name="flow", shift=shift, spacing="euler", **_FLOW_RANGE)
+
 
 PRESETS = {
     "sd15": lambda: VPDiscrete.from_betas(scaled_linear_betas(), name="sd15"),
@@ -368,24 +566,83 @@ PRESETS = {
     "vp-linear": lambda: VPLinear(),
     "vp-cosine": lambda: VPCosine(),
     "edm": lambda: EDM(),
-    "flow": lambda: RectifiedFlow(),
+    "flow": _flow,
+    "sd3": _sd3,
+    "flux-dev": _flux_dev,
+    "flux-schnell": _flux_schnell,
+    "wan": _wan,
 }
 
 
-@functools.cache
-def _preset_cached(name: str) -> NoiseSchedule:
-    return PRESETS[name]()
+_NO_OPTION_HINT = {
+    "flux-schnell": (
+        " (its scheduler does not shift: shift 1.0, use_dynamic_shifting false, so the "
+        "resolution does not change its schedule)"
+    ),
+    "sd3": " (its scheduler has a static shift of 3.0 at every resolution)",
+}
 
 
-def preset(name: str) -> NoiseSchedule:
-    """Noise process by name: one of ``sorted(PRESETS)``.
-
-    ``sd15``/``sd21``/``sdxl``: scaled-linear betas 0.00085..0.012, 1000 steps; ``ddpm``: linear
-    betas 1e-4..0.02, 1000 steps; ``cosine``: squaredcos_cap_v2 betas, 1000 steps (DeepFloyd IF);
-    ``vp-linear``: continuous VP, beta in [0.1, 20]; ``vp-cosine``: continuous cosine VP;
-    ``edm``: sigma in [0.002, 80]; ``flow``: rectified flow.
-    The same object is returned for the same name (so compiled functions are reused).
-    """
+def preset_options(name: str) -> tuple[str, ...]:
+    """The keyword options :func:`preset` accepts for ``name`` (e.g. ``("shift",)`` for wan)."""
     if not isinstance(name, str) or name not in PRESETS:
         raise ValueError(f"noise preset must be one of {sorted(PRESETS)}, got {name!r}")
-    return _preset_cached(name)
+    return tuple(inspect.signature(PRESETS[name]).parameters)
+
+
+@functools.cache
+def _preset_cached(name: str, options: tuple) -> NoiseSchedule:
+    return PRESETS[name](**{k: v for k, _, v in options})
+
+
+def preset(name: str, **options) -> NoiseSchedule:
+    """Noise process by name: one of ``sorted(PRESETS)``.
+
+    Diffusion models: ``sd15``/``sd21``/``sdxl``: scaled-linear betas 0.00085..0.012, 1000
+    steps; ``ddpm``: linear betas 1e-4..0.02, 1000 steps; ``cosine``: squaredcos_cap_v2 betas,
+    1000 steps (DeepFloyd IF); ``vp-linear``: continuous VP, beta in [0.1, 20]; ``vp-cosine``:
+    continuous cosine VP; ``edm``: sigma in [0.002, 80].
+
+    Flow-matching models, all one :class:`RectifiedFlow` process (alpha = 1 - t, sigma = t,
+    model time t = sigma, network time ``1000 sigma``) that differ only in their shift, a
+    schedule transform (:meth:`RectifiedFlow.shift_sigma`) used by the model's default
+    schedule :func:`hso_jax.schedules.flow_default`; t in [0, 1]:
+
+    * ``sd3``: SD3 / SD3.5, static shift 3.0 (their scheduler config). No options.
+    * ``flux-dev``: FLUX.1-dev, dynamic shift ``mu`` from the image sequence length
+      (:func:`flux_mu`), exponential time shift. Options ``resolution`` (pixels: one size or
+      ``(height, width)``, multiples of 16; default 1024, FluxPipeline's default) or
+      ``image_seq_len`` (latent tokens, ``(height // 16) * (width // 16)``). At 1024 px,
+      ``mu = 1.15``.
+    * ``flux-schnell``: FLUX.1-schnell. Its scheduler does not shift (``shift = 1``,
+      ``use_dynamic_shifting = False``), so it takes no resolution. No options.
+    * ``wan``: Wan 2.x, static ``shift`` (default 5.0, the Wan T2V default at 720p; its
+      diffusers checkpoints ship ``flow_shift = 3.0``, the 480p value: pass ``shift=3.0``).
+    * ``flow``: generic rectified flow. Without options, the bare process on t in
+      ``[1e-3, 1 - 1e-3]`` (finite log-SNR at both ends); with ``shift=S`` (1 = no shift), a
+      flow-matching model sampled by FlowMatchEulerDiscreteScheduler(shift=S), t in [0, 1].
+
+    The same object is returned for the same name and options (so compiled functions are
+    reused).
+
+    Raises:
+      ValueError: an unknown name (the message lists the known ones) or a bad option value.
+      TypeError: an option the preset does not take (the message lists the ones it does), or
+        an option of the wrong type.
+    """
+    allowed = preset_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        takes = f"takes only {', '.join(allowed)}" if allowed else "takes no options"
+        takes += _NO_OPTION_HINT.get(name, "")
+        raise TypeError(
+            f"preset {name!r} got unexpected option(s) {unknown} "
+            f"(values {[options[k] for k in unknown]!r}); it {takes}"
+        )
+    # The type is part of the key: 1024.0 == 1024 must not return the cached 1024 preset.
+    key = tuple(sorted((k, type(v), v) for k, v in options.items() if v is not None))
+    try:
+        hash(key)
+    except TypeError:  # e.g. resolution as a list: validate without caching
+        return PRESETS[name](**options)
+    return _preset_cached(name, key)

@@ -51,6 +51,11 @@ __all__ = [
     "kl_optimal",
     "ays",
     "AYS_TABLES",
+    "flow_default",
+    "beta",
+    "BETA_VARIANTS",
+    "optimal_steps",
+    "OSS_TABLES",
     "karras_sigmas",
     "polyexponential_sigmas",
     "kl_optimal_sigmas",
@@ -58,6 +63,7 @@ __all__ = [
     "to_diffusers",
     "to_comfyui",
     "COMFYUI_ENDS",
+    "FLOW_SCHEDULER_CONFIG",
 ]
 
 Array = Any
@@ -527,15 +533,28 @@ def logsnr_uniform(noise: NoiseSchedule, nfe: int, *, t_start=None, t_end=None) 
     Reference: Lu et al., "DPM-Solver" (NeurIPS 2022), step-size schedules.
     """
     n, t0, t1 = _setup(noise, nfe, t_start, t_end)
-    lam0, lam1 = _eval64(noise, "lam", [t0, t1])
+    lam0, lam1 = _finite_lam_ends(noise, "logsnr_uniform", t0, t1)
     lam = _time_uniform_core(np, _np_grid(n), lam0, lam1)  # linear in lam
     t = _eval64(noise, "t_from_lam", lam)
     return _finish(t, "logsnr_uniform", n, (t0, t1))
 
 
+def _finite_lam_ends(noise, what: str, t0: float, t1: float) -> np.ndarray:
+    """lam at the end points, which a spacing in lam / sigma_edm needs finite (a flow model's
+    range [0, 1] has lam = -inf at t = 1 and +inf at t = 0)."""
+    lam = _eval64(noise, "lam", [t0, t1])
+    if not np.all(np.isfinite(lam)):
+        bad = t0 if not np.isfinite(lam[0]) else t1
+        raise ValueError(
+            f"{what} spaces steps in log-SNR, which is infinite at t = {bad:g} of {noise!r}; "
+            "pass t_start= < 1 and t_end= > 0 (e.g. t_start=0.999, t_end=0.001)"
+        )
+    return lam
+
+
 def _from_sigmas(noise, core, what, n, t0, t1, param) -> jax.Array:
     """A sigma_edm spacing between sigma_edm(t0) and sigma_edm(t1), converted to times."""
-    s_max, s_min = _eval64(noise, "sigma_edm", [t0, t1])
+    s_max, s_min = np.exp(-_finite_lam_ends(noise, what, t0, t1))
     t = _eval64(noise, "t_from_sigma_edm", core(np, _np_grid(n), s_max, s_min, param))
     return _finish(t, what, n, (t0, t1))
 
@@ -655,7 +674,8 @@ def _fit_table(table: np.ndarray, s_lo: float, s_hi: float, model: str, noise) -
     sig = table.copy()
     snapped = [False, False]
     for j, bound in ((0, s_hi), (-1, s_lo)):
-        if abs(sig[j] - bound) <= _TABLE_ATOL + _TABLE_RTOL * bound:
+        # (an infinite bound -- a flow model's sigma_edm(1) -- is never within precision)
+        if math.isfinite(bound) and abs(sig[j] - bound) <= _TABLE_ATOL + _TABLE_RTOL * bound:
             sig[j] = bound
             snapped[j] = True
     outside = [float(x) for x in sig if x > s_hi or x < s_lo]
@@ -730,6 +750,229 @@ def ays(
 
 
 # --------------------------------------------------------------------------------------
+# Flow-matching models (SD3, Flux, Wan): their default schedules, Beta and Optimal-Steps
+# --------------------------------------------------------------------------------------
+
+
+def _check_flow_model(noise, what: str) -> RectifiedFlow:
+    """A flow-matching model preset: a RectifiedFlow whose range is the whole [0, 1]."""
+    _check_noise(noise)
+    if not isinstance(noise, RectifiedFlow):
+        raise TypeError(
+            f"{what} needs a flow-matching model (a RectifiedFlow preset: sd3, flux-dev, "
+            f"flux-schnell, wan or flow with shift=), got {noise!r}"
+        )
+    if noise.t_min > 0.0 or noise.t_max < 1.0:
+        raise ValueError(
+            f"{what} gives the sigmas a flow model's pipeline steps through, from 1 to 0, but "
+            f"{noise!r} covers only t in [{noise.t_min:g}, {noise.t_max:g}]; use a model preset "
+            "(e.g. hso_jax.noise.preset('flow', shift=1.0) or preset('sd3'))"
+        )
+    return noise
+
+
+# UniPCMultistepScheduler (use_flow_sigmas) lowers a first sigma within 1e-6 of 1 by 1e-6.
+_UNIPC_EPS = 1e-6
+
+
+def _flow_pipeline_sigmas(noise: RectifiedFlow, n: int, spacing: str) -> np.ndarray:
+    """The ``n`` sigmas (no final 0) of the diffusers rule ``spacing``, float64."""
+    shift = lambda u: np.where(u == 1.0, 1.0, noise.shift_sigma(u))  # noqa: E731 (pin 1 -> 1)
+    n_train = noise.num_train_timesteps
+    if spacing == "euler":
+        # FlowMatchEulerDiscreteScheduler: __init__ stores sigma_min = the *shifted* last
+        # training sigma (static shift only); set_timesteps(n) spaces timesteps linearly from
+        # sigma_max to sigma_min and shifts them (again).
+        lo = 1.0 / n_train if noise.mu is not None else float(shift(np.float64(1.0 / n_train)))
+        return shift(np.linspace(1.0 * n_train, lo * n_train, n) / n_train)
+    if spacing == "flux":
+        return shift(np.linspace(1.0, 1.0 / n, n))  # FluxPipeline's sigmas, then set_timesteps
+    if spacing == "unipc":
+        sig = shift(np.linspace(1.0, 1.0 / n_train, n + 1)[:-1])
+        if abs(sig[0] - 1.0) < _UNIPC_EPS:
+            sig[0] -= _UNIPC_EPS
+        return sig
+    raise ValueError(f"spacing must be 'euler', 'flux' or 'unipc', got {spacing!r}")
+
+
+def flow_default(noise: RectifiedFlow, nfe: int) -> jax.Array:
+    """The schedule a flow model's diffusers pipeline steps through by default, with the final 0.
+
+    With ``n = nfe`` inference steps and the shift ``a s / (1 + (a - 1) s)`` of the preset
+    (:meth:`~hso_jax.noise.RectifiedFlow.shift_sigma`; ``a = e^mu`` for Flux), by the preset's
+    ``spacing``:
+
+    * ``"euler"`` (``sd3``, ``flow`` with ``shift=``; StableDiffusion3Pipeline and
+      FlowMatchEulerDiscreteScheduler ``set_timesteps(n)``): ``u_i`` linear from 1 to
+      ``shift(1/1000)`` in ``n`` points, ``sigma_i = shift(u_i)``. The last point is shifted
+      twice (diffusers' scheduler stores the shifted ``sigma_min`` and shifts again): for SD3
+      the schedule ends at 0.00893, not 0.00299. This is what the pipeline does, kept as is.
+    * ``"flux"`` (``flux-dev``, ``flux-schnell``; FluxPipeline): ``sigma_i =
+      shift(linspace(1, 1/n, n))``; for ``flux-dev`` the dynamic shift at the preset's
+      resolution, for ``flux-schnell`` no shift.
+    * ``"unipc"`` (``wan``; WanPipeline with its UniPCMultistepScheduler, ``use_flow_sigmas``):
+      ``sigma_i = shift(linspace(1, 1/1000, n + 1)[:-1])``, the first lowered by 1e-6 from 1
+      (as the scheduler does, to keep log(alpha) finite).
+
+    then ``sigma_n = 0``. Model time is ``t = sigma``; the network sees ``1000 sigma_i`` for
+    ``i < n``. Diffusers computes in float32; these values are the same formulas in float64.
+
+    Args:
+      noise: a flow-model preset (``hso_jax.noise.preset("sd3")``, ``("flux-dev",
+        resolution=1024)``, ``("flux-schnell")``, ``("wan", shift=5.0)``, ``("flow",
+        shift=1.0)``).
+      nfe: number of steps ``n`` (>= 1): ``n`` network evaluations of the Euler sampler.
+
+    Returns:
+      ``(nfe + 1,)`` model times, strictly decreasing, from 1 (Wan: 1 - 1e-6) to 0.
+
+    References: diffusers ``FlowMatchEulerDiscreteScheduler.set_timesteps``,
+    ``FluxPipeline.__call__``, ``UniPCMultistepScheduler.set_timesteps``; Esser et al., "Scaling
+    Rectified Flow Transformers" (SD3, ICML 2024), Sec. 5.3.2.
+    """
+    ns = _check_flow_model(noise, "flow_default")
+    n = _check_nfe(nfe)
+    sig = _flow_pipeline_sigmas(ns, n, ns.spacing)
+    return _finish(np.append(sig, 0.0), f"flow_default({ns.name!r})", n, (None, 0.0))
+
+
+BETA_VARIANTS = ("comfyui", "diffusers")
+
+# Size of ComfyUI's discrete sigma table: ModelSamplingFlux (Flux) has 10000 entries,
+# ModelSamplingDiscreteFlow (SD3, Wan, other flow models) 1000.
+_COMFYUI_TABLE_SIZE = {"flux": 10000, "euler": 1000, "unipc": 1000}
+
+
+def beta(
+    noise: RectifiedFlow,
+    nfe: int,
+    alpha: float = 0.6,
+    beta: float = 0.6,
+    *,
+    variant: str = "comfyui",
+) -> jax.Array:
+    """Beta-quantile steps (Lee et al. 2024) for a flow model, with the final 0.
+
+    Both variants place ``n = nfe`` points at quantiles ``F^{-1}(q)`` of the Beta(``alpha``,
+    ``beta``) distribution, ``q`` falling from 1 (for ``alpha = beta = 0.6`` the points are
+    dense at both ends), then append 0; they differ in the grid of ``q`` and in the variable
+    the quantiles are spread over:
+
+    * ``"comfyui"`` (default; ComfyUI's "beta" scheduler): over the *unshifted* training time.
+      With ComfyUI's table of ``N`` sigmas ``shift(k / N)``, ``k = 1 .. N`` (``N = 10000`` for
+      Flux's ``ModelSamplingFlux``, 1000 otherwise), ``k_i = rint(F^{-1}(1 - i/n) (N - 1))``
+      for ``i = 0 .. n - 1`` and ``sigma_i = shift((k_i + 1) / N)``. The shift therefore
+      moves the interior points, as it does for the model's default schedule. ComfyUI drops a
+      step that rounds onto the previous one; here that raises ``ValueError`` instead.
+    * ``"diffusers"`` (``use_beta_sigmas=True`` of FlowMatchEulerDiscreteScheduler):
+      linearly between the end points of the model's default sigmas at ``n`` steps (see
+      :func:`flow_default`; Wan's UniPC rule is replaced by the Euler scheduler's):
+      ``sigma_i = s_min + F^{-1}(1 - i/(n - 1)) (s_max - s_min)``. The shift only moves the
+      ends. This is the paper's formula in sigma, with the shifted range.
+
+    The paper defines the quantiles over the model's time variable; ComfyUI's variant is the
+    common one for flow models (Flux + "beta"), so it is the default.
+
+    Args:
+      noise: a flow-model preset (see :func:`flow_default`).
+      nfe: number of steps ``n`` (>= 1).
+      alpha: first shape parameter of the Beta distribution, > 0.
+      beta: second shape parameter, > 0.
+      variant: ``"comfyui"`` or ``"diffusers"`` (keyword-only).
+
+    Returns:
+      ``(nfe + 1,)`` model times (``t = sigma``), strictly decreasing, ending at 0.
+
+    Reference: Lee et al., "Beta Sampling is All You Need: Efficient Image Generation Strategy
+    for Diffusion Models using Stepwise Spectral Analysis" (arXiv:2407.12173, 2024); ComfyUI
+    ``comfy/samplers.py`` (``beta_scheduler``); diffusers ``_convert_to_beta``.
+    """
+    import scipy.stats  # a dependency of jax
+
+    ns = _check_flow_model(noise, "beta")
+    n = _check_nfe(nfe)
+    a = _check_positive("alpha", alpha)
+    b = _check_positive("beta", beta)
+    if not isinstance(variant, str) or variant not in BETA_VARIANTS:
+        raise ValueError(f"variant must be one of {list(BETA_VARIANTS)}, got {variant!r}")
+    what = f"beta({ns.name!r}, variant={variant!r})"
+    if variant == "comfyui":
+        size = _COMFYUI_TABLE_SIZE[ns.spacing]
+        k = np.rint(scipy.stats.beta.ppf(1.0 - np.arange(n) / n, a, b) * (size - 1))
+        dup = np.flatnonzero(np.diff(k) == 0)
+        if dup.size:
+            raise ValueError(
+                f"{what} with nfe={n}: steps {int(dup[0])} and {int(dup[0]) + 1} round to the "
+                f"same entry {int(k[dup[0]])} of ComfyUI's {size}-entry sigma table (ComfyUI "
+                "would silently drop one step); use a smaller nfe"
+            )
+        u = (k + 1.0) / size
+        sig = np.where(u == 1.0, 1.0, ns.shift_sigma(u))
+    else:
+        spacing = "euler" if ns.spacing == "unipc" else ns.spacing
+        ends = _flow_pipeline_sigmas(ns, n, spacing)
+        s_max, s_min = float(ends[0]), float(ends[-1])
+        sig = s_min + scipy.stats.beta.ppf(1.0 - np.linspace(0.0, 1.0, n), a, b) * (s_max - s_min)
+    return _finish(np.append(sig, 0.0), what, n, (None, 0.0))
+
+
+OSS_TABLES = types.MappingProxyType(
+    {
+        # flow sigmas (= t), high to low, as published with the Optimal-Steps paper (ComfyUI's
+        # OptimalStepsScheduler); the last value is replaced by 0 when used.
+        "flux": (0.9968, 0.9886, 0.9819, 0.975, 0.966, 0.9471, 0.9158, 0.8287, 0.5512, 0.2808,
+                 0.001),
+        "wan": (1.0, 0.997, 0.995, 0.993, 0.991, 0.989, 0.987, 0.985, 0.98, 0.975, 0.973, 0.968,
+                0.96, 0.946, 0.927, 0.902, 0.864, 0.776, 0.539, 0.208, 0.001),
+    }
+)  # fmt: skip
+"""Published Optimal-Steps (OSS) schedules: ``flux`` (FLUX.1-dev, 10 steps) and ``wan``
+(Wan 2.1, 20 steps), flow sigmas from high to low."""
+
+_OSS_DEFAULT_TABLE = {"flux-dev": "flux", "wan": "wan"}
+
+
+def optimal_steps(noise: RectifiedFlow, nfe: int, model: str | None = None) -> jax.Array:
+    """A published Optimal-Steps schedule, log-linearly interpolated to ``nfe`` steps, with 0.
+
+    As ComfyUI's OptimalStepsScheduler: the table :data:`OSS_TABLES` ``[model]`` (``n_0 + 1``
+    sigmas) is used as is when ``nfe = n_0``, else resampled to ``nfe + 1`` points with
+    :func:`loglinear_interp` (linear in ``log sigma`` over equally spaced positions); then the
+    last value (0.001) is replaced by 0. The values are flow sigmas, i.e. model times; the
+    tables were searched for the models' own shifted schedules, so they do not depend on the
+    preset's shift or resolution.
+
+    Args:
+      noise: a flow-model preset (see :func:`flow_default`).
+      nfe: number of steps (>= 1).
+      model: ``"flux"`` or ``"wan"``; default: the table of the preset (``flux-dev`` -> flux,
+        ``wan`` -> wan; other presets must name one).
+
+    Returns:
+      ``(nfe + 1,)`` model times, strictly decreasing, ending at 0.
+
+    Reference: Pei et al., "Optimal Stepsize for Diffusion Sampling" (arXiv:2503.21774,
+    2025), published schedules; ComfyUI ``comfy_extras/nodes_optimalsteps.py``.
+    """
+    ns = _check_flow_model(noise, "optimal_steps")
+    n = _check_nfe(nfe)
+    if model is None:
+        model = _OSS_DEFAULT_TABLE.get(ns.name)
+        if model is None:
+            raise ValueError(
+                f"model must be given for noise {ns.name!r} (no table of its own): one of "
+                f"{sorted(OSS_TABLES)}"
+            )
+    if not isinstance(model, str) or model not in OSS_TABLES:
+        raise ValueError(f"model must be one of {sorted(OSS_TABLES)} (OSS tables), got {model!r}")
+    table = np.asarray(OSS_TABLES[model], np.float64)
+    sig = table if n + 1 == table.size else _loglinear_core(np, table, n + 1)
+    sig = sig.copy()
+    sig[-1] = 0.0
+    return _finish(sig, f"optimal_steps(model={model!r})", n, (None, 0.0))
+
+
+# --------------------------------------------------------------------------------------
 # Exports
 # --------------------------------------------------------------------------------------
 
@@ -744,26 +987,89 @@ def _concrete_schedule(ts, noise, what: str) -> np.ndarray:
     return np.asarray(ts, np.float64)
 
 
-def to_diffusers(ts, noise: NoiseSchedule) -> dict[str, list]:
-    """Export a schedule of a discrete-time process for diffusers.
+# The scheduler config that makes FlowMatchEulerDiscreteScheduler step through given sigmas as
+# they are: set_timesteps(sigmas=...) applies the static shift (sigma' = shift s / (1 + (shift -
+# 1) s)) or, with use_dynamic_shifting, the time shift with the pipeline's mu, to the sigmas it
+# is given; shift 1 without dynamic shifting is the identity.
+FLOW_SCHEDULER_CONFIG = types.MappingProxyType({"shift": 1.0, "use_dynamic_shifting": False})
 
-    ``timesteps[i] = round(N t_i) - 1`` (the DPM-Solver index convention, ``N`` training steps),
-    to pass as ``scheduler.set_timesteps(timesteps=...)``; ``sigmas[i] = sigma_edm(t_i) = sigma
-    / alpha`` at the exact times, for schedulers that take ``sigmas=``. No final 0 is appended
-    (diffusers schedulers add their own final step, see ``final_sigmas_type``).
+_FLOW_PIPELINES = {
+    "sd3": "StableDiffusion3Pipeline",
+    "flux-dev": "FluxPipeline",
+    "flux-schnell": "FluxPipeline",
+    "wan": "WanPipeline",
+}
+
+
+def _to_diffusers_flow(t: np.ndarray, noise: RectifiedFlow) -> dict[str, Any]:
+    """The ``sigmas=`` list of a flow pipeline, with the scheduler config that keeps it."""
+    sig = t[:-1] if t[-1] == 0.0 else t
+    pipeline = _FLOW_PIPELINES.get(noise.name, "FluxPipeline / StableDiffusion3Pipeline")
+    note = (
+        f"pass sigmas=sigmas to {pipeline}; its FlowMatchEulerDiscreteScheduler shifts the sigmas "
+        "it is given again (static shift, or the dynamic shift with the pipeline's mu), so "
+        "first set pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config("
+        "pipe.scheduler.config, shift=1.0, use_dynamic_shifting=False): it then steps through "
+        "exactly these sigmas and appends the final 0"
+    )
+    if noise.name == "wan":
+        note = (
+            "WanPipeline takes no sigmas= (it calls scheduler.set_timesteps(num_inference_steps)); "
+            "with a sampling loop of your own, FlowMatchEulerDiscreteScheduler(shift=1.0)"
+            ".set_timesteps(sigmas=sigmas) steps through exactly these sigmas and a final 0"
+        )
+    if t[-1] != 0.0:
+        note += (
+            f"; this schedule ends at t = {t[-1]:.9g} > 0, and the scheduler's final 0 adds one "
+            f"more step: {len(sig)} network evaluations"
+        )
+    return {
+        "sigmas": [float(x) for x in sig],
+        "timesteps": [float(x) for x in noise.num_train_timesteps * sig],
+        "scheduler_config": dict(FLOW_SCHEDULER_CONFIG),
+        "pipeline": pipeline,
+        "note": note,
+    }
+
+
+def to_diffusers(ts, noise: NoiseSchedule) -> dict[str, Any]:
+    """Export a schedule for diffusers (a discrete-time process or a flow model).
+
+    **Flow models** (:class:`~hso_jax.noise.RectifiedFlow`: ``sd3``, ``flux-dev``, ...):
+    ``sigmas`` are the flow times ``t`` to pass as ``pipe(..., sigmas=sigmas)`` to
+    ``FluxPipeline`` / ``StableDiffusion3Pipeline``, without a final 0 (the scheduler appends
+    it; a schedule that ends at ``t > 0`` gets one more step, to 0); ``timesteps`` are what
+    the network receives, ``1000 sigma``. ``FlowMatchEulerDiscreteScheduler.set_timesteps(
+    sigmas=...)`` applies its shift to given sigmas too (``shift`` of the config, or the time
+    shift with the ``mu`` that FluxPipeline computes from the resolution), so the list would be
+    shifted twice; ``scheduler_config`` (:data:`FLOW_SCHEDULER_CONFIG`: ``shift=1.0,
+    use_dynamic_shifting=False``) is the config under which it steps through exactly these
+    sigmas: ``pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+    pipe.scheduler.config, shift=1.0, use_dynamic_shifting=False)``. ``pipeline`` and
+    ``note`` say so in words (``WanPipeline`` has no ``sigmas=`` argument).
+
+    **Discrete-time processes**: ``timesteps[i] = round(N t_i) - 1`` (the DPM-Solver index
+    convention, ``N`` training steps), to pass as ``scheduler.set_timesteps(timesteps=...)``;
+    ``sigmas[i] = sigma_edm(t_i) = sigma / alpha`` at the exact times, for schedulers that take
+    ``sigmas=``. No final 0 is appended (diffusers schedulers add their own final step, see
+    ``final_sigmas_type``).
 
     Args:
       ts: schedule (strictly decreasing model times in ``[t_min, t_max]``).
-      noise: a discrete-time process (e.g. ``preset("sd15")`` or ``VPDiscrete.from_betas``).
+      noise: a discrete-time process (e.g. ``preset("sd15")`` or ``VPDiscrete.from_betas``)
+        or a :class:`~hso_jax.noise.RectifiedFlow` (e.g. ``preset("flux-dev")``).
 
     Returns:
-      ``{"timesteps": list[int], "sigmas": list[float]}``, high noise first.
+      Discrete: ``{"timesteps": list[int], "sigmas": list[float]}``, high noise first. Flow:
+      ``{"sigmas", "timesteps": list[float], "scheduler_config": dict, "pipeline", "note": str}``.
 
     Raises:
-      ValueError: for a continuous-time process, or when two times round to the same training
-        step (the schedule is finer than the model's steps).
+      ValueError: for a continuous-time process other than a flow, or when two times round to
+        the same training step (the schedule is finer than the model's steps).
     """
     t = _concrete_schedule(ts, noise, "to_diffusers")
+    if isinstance(noise, RectifiedFlow):
+        return _to_diffusers_flow(t, noise)
     if not noise.is_discrete:
         raise ValueError(
             f"to_diffusers needs a discrete-time process with integer training steps, but "
@@ -791,6 +1097,10 @@ def to_comfyui(ts, noise: NoiseSchedule, end: str = "sigma_min") -> list[float]:
     flow times ``t`` themselves, because ComfyUI's flow models (SD3, Flux) read ``sigma`` as
     ``x = (1 - sigma) x_0 + sigma eps``.
 
+    Paste the list into ComfyUI's ``SamplerCustom`` (or ``SamplerCustomAdvanced``) through a
+    ``SIGMAS`` input. A flow model's schedule that already ends at t = 0 is complete as is (any
+    of the first two conventions); ``"append_zero"`` would add a second 0 and is refused.
+
     Three end-of-schedule conventions:
 
     * ``"sigma_min"``: end at the schedule's last noise level (the AYS paper);
@@ -810,6 +1120,11 @@ def to_comfyui(ts, noise: NoiseSchedule, end: str = "sigma_min") -> list[float]:
     if not isinstance(end, str) or end not in COMFYUI_ENDS:
         raise ValueError(f"end must be one of {list(COMFYUI_ENDS)}, got {end!r}")
     t = _concrete_schedule(ts, noise, "to_comfyui")
+    if end == "append_zero" and t[-1] == 0.0:
+        raise ValueError(
+            "end='append_zero' would add a second 0: ts already ends at t = 0 (a flow model's "
+            "data end); use end='sigma_min' or 'zero'"
+        )
     sig = t.copy() if isinstance(noise, RectifiedFlow) else _eval64(noise, "sigma_edm", t)
     out = [float(x) for x in sig]
     if end == "zero":

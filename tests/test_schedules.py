@@ -45,12 +45,18 @@ def _sigma(ns, t):
 @pytest.mark.parametrize("kind", sorted(BASELINES))
 def test_baseline_shape_monotone_endpoints(kind, noise_name):
     ns = preset(noise_name)
+    ends = {}
+    if (ns.t_min, ns.t_max) == (0.0, 1.0) and kind not in ("time_uniform", "time_quadratic"):
+        # flow-model range: log-SNR / sigma_edm are infinite at both ends
+        with pytest.raises(ValueError, match="infinite at t = 1"):
+            BASELINES[kind](ns, 3)
+        ends = {"t_start": 0.999, "t_end": 0.001}
     for nfe in (1, 3, 10):
-        ts = BASELINES[kind](ns, nfe)
+        ts = BASELINES[kind](ns, nfe, **ends)
         t = _np(ts)
         assert t.shape == (nfe + 1,)
         assert np.all(np.diff(t) < 0)
-        assert t[0] == ns.t_max and t[-1] == ns.t_min
+        assert t[0] == ends.get("t_start", ns.t_max) and t[-1] == ends.get("t_end", ns.t_min)
         S.check_schedule(ts, ns)
 
 
