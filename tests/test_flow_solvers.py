@@ -74,19 +74,15 @@ def test_gaussian_mixture_eps_and_velocity_are_exact():
         )
 
 
+# the variants whose masked higher-order branches, histories and ends differ (the plain 2M /
+# UniPC-2 / DDIM paths are covered by the diffusers parity tests below)
 SOLVERS = {
-    "ddim": hj.solvers.ddim(),
     "ddim-eta1": hj.solvers.ddim(eta=1.0),
-    "ddim-eta0.5": hj.solvers.ddim(eta=0.5),
     "euler": hj.solvers.euler(),
     "heun": hj.solvers.heun(),
-    "dpm2m": hj.solvers.dpm_solver_pp(2),
     "dpm3m": hj.solvers.dpm_solver_pp(3, lower_order_final=False),
-    "dpm3m-legacy": hj.solvers.dpm_solver_pp(3, legacy_3m=True),
-    "unipc2": hj.solvers.unipc(2),
     "unipc3-nolof": hj.solvers.unipc(3, lower_order_final=False),
     "unipc2-bh1-nocorr": hj.solvers.unipc(2, variant="bh1", corrector=False),
-    "ipndm": hj.solvers.ipndm(),
     "ipndm-v": hj.solvers.ipndm(variable_step=True),
     "sde-dpm2m": hj.solvers.sde_dpm_solver_pp(2),
 }
@@ -160,7 +156,7 @@ def assert_same_states(ours, theirs, rtol=2e-5):
         np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol, err_msg=f"state {k}")
 
 
-@pytest.mark.parametrize("n", [4, 9])
+@pytest.mark.parametrize("n", [6])
 def test_euler_equals_flow_match_euler(n):
     sched = schedulers.FlowMatchEulerDiscreteScheduler(shift=SHIFT)
     sched.set_timesteps(n)
@@ -170,7 +166,7 @@ def test_euler_equals_flow_match_euler(n):
     assert_same_states(our_states(sig, hj.solvers.euler()), theirs)
 
 
-@pytest.mark.parametrize("n", [3, 7])
+@pytest.mark.parametrize("n", [5])
 def test_heun_equals_flow_match_heun(n):
     sched = schedulers.FlowMatchHeunDiscreteScheduler(shift=SHIFT)
     sched.set_timesteps(n)

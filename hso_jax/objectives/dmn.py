@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..noise import NoiseSchedule
-from .mep import Objective, _check_frame, _check_p, log_eps_tilde
+from .mep import Objective, _check_frame, _check_p, finite_grid, log_eps_tilde
 
 __all__ = ["DMN_TRUNC_NUM", "dmn", "step_orders", "step_weights", "hso_trunc_num"]
 
@@ -158,7 +158,10 @@ def dmn(
     frame = _check_frame(frame)
 
     def terms_of_lam(lam, mu=0.0):
-        lam = jnp.asarray(lam)
+        lam, finite = finite_grid(lam)
+        return jnp.where(finite, _terms(lam, mu), jnp.inf)
+
+    def _terms(lam, mu):
         n = lam.shape[0] - 1
         tn = hso_trunc_num(n) if trunc_num is None else min(int(trunc_num), n)
         q = step_orders(n)
