@@ -74,15 +74,13 @@ def test_gaussian_mixture_eps_and_velocity_are_exact():
         )
 
 
-# the variants whose masked higher-order branches, histories and ends differ (the plain 2M /
-# UniPC-2 / DDIM paths are covered by the diffusers parity tests below)
+# the variants whose masked higher-order branches, histories and ends differ (the forward
+# paths of Euler, DDIM, 2M and UniPC-2 bh1 / bh2 are covered by the diffusers parity tests)
 SOLVERS = {
     "ddim-eta1": hj.solvers.ddim(eta=1.0),
-    "euler": hj.solvers.euler(),
     "heun": hj.solvers.heun(),
     "dpm3m": hj.solvers.dpm_solver_pp(3, lower_order_final=False),
     "unipc3-nolof": hj.solvers.unipc(3, lower_order_final=False),
-    "unipc2-bh1-nocorr": hj.solvers.unipc(2, variant="bh1", corrector=False),
     "ipndm-v": hj.solvers.ipndm(variable_step=True),
     "sde-dpm2m": hj.solvers.sde_dpm_solver_pp(2),
 }
