@@ -52,6 +52,16 @@ an equal held-out batch for direct, the teacher batch for GITS / MEP-model), nev
 evaluation noise. MNIST is evaluated there on the demo's 64 noises, whose rtol-1e-5 reference
 ships with the package; the tables add a direct-vs-best-of-the-six summary per model.
 
+``--flow`` runs the flow-matching oracle study instead (``quality_flow.{md,json}``; ``--merge``
+keeps the other mixture's rows): ``gm2d`` and ``gm64d`` wrapped as flow-matching networks (exact
+velocity) under SD3's process (``preset("sd3")``, shift 3.0), RMSE to the exact solution from
+pure noise at t = 1 to t = 0, Euler and UniPC-bh2, NFE 4, 6, 8, 10, every optimiser (HSO, DMN,
+AYS, GITS, MEP-model, direct) against the pipelines' baselines (default shifted uniform, beta,
+the Optimal-Steps Flux table, logSNR-uniform). Every schedule runs as a pipeline runs it, NFE
+steps ending at 0: the optimisers (which need finite log-SNR ends, so they run on
+``preset("flow")``, t in [1e-3, 0.999], with the same network) get NFE steps and their end
+point is replaced by 0 (pasted as ``sigmas=t[:-1]``). About 37 minutes on a loaded 2-core CPU.
+
 Run::
 
     python benchmarks/quality.py --trajectory     # about 30-40 minutes on a 2-core CPU
@@ -88,7 +98,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hso_jax import schedules, solvers
-from hso_jax.evaluation import cached_reference, evaluate_grid, psnr, rmse
+from hso_jax.evaluation import cached_reference, evaluate_grid, psnr, reference_solve, rmse
 from hso_jax.models.zoo import MNIST_ID
 from hso_jax.noise import preset
 from hso_jax.optimize import optimize
@@ -904,6 +914,229 @@ def run_model(name, cfg, args, optimised, timings, prefix, out) -> tuple[list, d
     return rows, info
 
 
+# --------------------------------------------------------------------------------------
+# --flow: flow-matching models (SD3's shift), every optimiser against the pipelines' baselines
+# --------------------------------------------------------------------------------------
+
+FLOW_PRESET = "sd3"  # RectifiedFlow, t in [0, 1], static shift 3.0
+FLOW_NFES = (4, 6, 8, 10)
+FLOW_SOLVERS = {"Euler": solvers.euler, "UniPC-bh2": solvers.unipc}
+FLOW_SAMPLES = {"gm2d": 1024, "gm64d": 512}
+FLOW_OPT = dict(
+    ays=dict(num_samples=256, max_sweeps=4, subdivide=1, refine_sweeps=3, candidates=7),
+    teacher=dict(teacher_points=60),
+    teacher_batch=128,
+    direct=dict(steps=40, learning_rate=0.1),
+    direct_batch=128,
+)
+
+
+def _to_pipeline(t, nfe: int) -> np.ndarray:
+    """A schedule as a flow pipeline runs it: its last point set to 0, where flow pipelines end
+    (pasted as ``sigmas=t[:-1]``, diffusers' FlowMatch schedulers append the 0); ``nfe`` steps.
+    The last step, into sigma = 0, returns the data prediction."""
+    t = np.array(t, np.float64)
+    if t.shape[0] != nfe + 1:
+        raise ValueError(f"schedule has {t.shape[0]} points for NFE {nfe}: {t}")
+    t[-1] = 0.0
+    return t
+
+
+def flow_schedules(closed, open_, model, x_teach, x_direct, data, nfe, cache, timings):
+    """Every schedule of the flow study at one NFE, as pipelines run them (see ``--flow``).
+
+    Optimisers get ``nfe`` steps on the open range of ``open_`` (finite log-SNR at both ends),
+    whose end is then replaced by 0 (:func:`_to_pipeline`); baselines come from the closed
+    preset.
+    ``model = (name, Denoiser on open_)``; ``cache`` keeps the model-free schedules (shared by
+    the models) and each model's AYS result (optimised once, interpolated to every NFE)."""
+    tag, model_open = model
+    out = {
+        "default": schedules.flow_default(closed, nfe),
+        "beta": schedules.beta(closed, nfe),
+        "OSS-flux": schedules.optimal_steps(closed, nfe, model="flux"),
+        "logSNR": schedules.logsnr_uniform(open_, nfe),
+    }
+    m = nfe
+
+    def timed(label, fn):
+        res, secs = _timed(fn)
+        timings.append(
+            dict(model=tag, method=label, nfe=nfe, seconds=secs, warnings=list(res.warnings))
+        )
+        return res.t
+
+    for label, method in (("HSO", "hso"), ("DMN", "dmn")):
+        if (label, nfe) not in cache:
+            cache[(label, nfe)] = timed(label, lambda method=method: optimize(open_, m, method))
+        out[label] = cache[(label, nfe)]
+    if (
+        "AYS",
+        tag,
+    ) not in cache:  # once at the largest NFE, log-linearly interpolated (as optimize_ays)
+        cache[("AYS", tag)] = _timed(
+            lambda: optimize(
+                model_open,
+                max(FLOW_NFES),
+                method="ays",
+                data=data,
+                key=jax.random.key(7),
+                **FLOW_OPT["ays"],
+            )
+        )
+        secs = cache[("AYS", tag)][1]
+        timings.append(dict(model=tag, method="AYS", nfe=max(FLOW_NFES), seconds=secs))
+    out["AYS"] = ays_schedule(open_, cache[("AYS", tag)][0], m)
+    teacher = dict(x_T=x_teach, **FLOW_OPT["teacher"])
+    out["GITS"] = timed("GITS", lambda: optimize(model_open, m, method="gits", **teacher))
+    out["MEP-model"] = timed(
+        "MEP-model", lambda: optimize(model_open, m, method="mep-model", **teacher)
+    )
+    for name, make in FLOW_SOLVERS.items():
+        out[f"direct/{name}"] = timed(
+            f"direct/{name}",
+            lambda make=make: optimize(
+                model_open, m, method="direct", solver=make(), x_T=x_direct, **FLOW_OPT["direct"]
+            ),
+        )
+    return {k: _to_pipeline(v, nfe) for k, v in out.items()}
+
+
+def run_flow_model(name, args, closed, open_, cache, timings):
+    """RMSE to the reference (t = 1 -> 0) of every (schedule, solver, NFE) on one mixture."""
+    gm = common.mixture(name)
+    n = FLOW_SAMPLES[name] if args.samples is None else args.samples
+    k_eval, k_teach, k_direct, k_data = jax.random.split(jax.random.key(args.seed), 4)
+    x_T = jax.random.normal(k_eval, (n, gm.dim))  # pure noise at t = 1
+    model = gm.denoiser(closed, prediction="flow")  # a flow-matching network: exact velocity
+    model_open = gm.denoiser(open_, prediction="flow")
+    x_teach = jax.random.normal(k_teach, (FLOW_OPT["teacher_batch"], gm.dim))
+    x_direct = jax.random.normal(k_direct, (FLOW_OPT["direct_batch"], gm.dim))
+    data = gm.sample(k_data, 4096)
+    ref, ref_s = _timed(lambda: reference_solve(model, x_T, 1.0, 0.0))
+    _log(f"{name}: reference 1 -> 0 in {ref_s:.1f} s")
+    rows, scheds = [], {}
+    nfes = args.nfe or FLOW_NFES
+    bar = _progress(len(nfes), f"flow {name}")
+    for nfe in nfes:
+        ts = flow_schedules(
+            closed, open_, (name, model_open), x_teach, x_direct, data, nfe, cache, timings
+        )
+        scheds.update({f"{k}/{nfe}": v.tolist() for k, v in ts.items()})
+        sol = {k: make() for k, make in FLOW_SOLVERS.items()}
+        for rec in evaluate_grid(model, x_T, ref, {k: jnp.asarray(v) for k, v in ts.items()}, sol):
+            direct_for = rec.schedule.split("/")[1] if rec.schedule.startswith("direct/") else None
+            if direct_for is not None and direct_for != rec.solver:
+                continue  # direct is optimised for one solver
+            label = "direct" if direct_for else rec.schedule
+            rows.append(
+                dict(
+                    model=name,
+                    nfe=nfe,
+                    solver=rec.solver,
+                    schedule=label,
+                    rmse=float(rec.metrics["rmse"]),
+                )
+            )
+        bar.update(1)
+    bar.close()
+    info = dict(dim=gm.dim, samples=n, reference_s=ref_s, preset=FLOW_PRESET)
+    return rows, scheds, info
+
+
+FLOW_BASELINES = ("default", "beta", "OSS-flux", "logSNR")
+FLOW_METHODS = ("HSO", "DMN", "AYS", "GITS", "MEP-model", "direct")
+
+
+def flow_markdown(result: dict) -> str:
+    """RMSE tables (schedule x NFE) per model and solver, best per column in bold."""
+    lines = [
+        "# Flow-matching oracle study (SD3's shift 3.0)",
+        "",
+        f"Command: `{result['command']}`; total {result['total_s'] / 60:.1f} min on "
+        f"{result['machine'].get('cpu', 'CPU')} (load at the end "
+        f"{result['machine'].get('load_average_end')}).",
+        "",
+        "RMSE to the exact PF-ODE solution from the same pure noise at t = 1 to the data at "
+        "t = 0 (tight diffrax solve), Gaussian mixtures wrapped as flow-matching networks "
+        "(exact velocity). Every schedule runs as a flow pipeline runs it, NFE steps ending at "
+        "t = 0 (the last step returns the data prediction): the optimisers' schedules (NFE "
+        "steps on t in [1e-3, 0.999], start as optimised, x_T taken as the state there) with "
+        "their end point replaced by 0 (pasted as `sigmas=t[:-1]`, the FlowMatch schedulers "
+        "append the 0). Baselines: `default` = SD3's shifted uniform "
+        "(FlowMatchEulerDiscreteScheduler), `beta` = Beta(0.6, 0.6) quantiles (ComfyUI), "
+        "`OSS-flux` = the Optimal-Steps Flux table log-linearly interpolated, `logSNR` = uniform "
+        "in log-SNR on [1e-3, 0.999], end replaced by 0.",
+        "",
+    ]
+    rows = result["rows"]
+    for model in result["models"]:
+        for solver in FLOW_SOLVERS:
+            sub = [r for r in rows if r["model"] == model and r["solver"] == solver]
+            nfes = sorted({r["nfe"] for r in sub})
+            if not sub:
+                continue
+            lines += [
+                f"## {model}, {solver}",
+                "",
+                "| schedule | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+                "|---|" + "---|" * len(nfes),
+            ]
+            best = {n: min(r["rmse"] for r in sub if r["nfe"] == n) for n in nfes}
+            for sched in FLOW_BASELINES + FLOW_METHODS:
+                cells = []
+                for n in nfes:
+                    v = [r["rmse"] for r in sub if r["nfe"] == n and r["schedule"] == sched]
+                    c = f"{v[0]:.4f}" if v else "-"
+                    cells.append(f"**{c}**" if v and v[0] == best[n] else c)
+                lines.append(f"| {sched} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main_flow(args) -> dict:
+    """``--flow``: write ``quality_flow.{md,json}`` (``--merge`` keeps the other models)."""
+    t_all = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = "quality_flow"
+    closed, open_ = preset(FLOW_PRESET), preset("flow")
+    models = [m for m in args.models if m in FLOW_SAMPLES]
+    rows, infos, scheds, timings, kept = [], {}, {}, [], None
+    if args.merge and (out / f"{prefix}.json").is_file():
+        old = json.loads((out / f"{prefix}.json").read_text())
+        keep = [m for m in old["models"] if m not in models]
+        kept = dict(models=keep, command=old["command"])
+        infos = {m: old["models"][m] for m in keep}
+        rows = [r for r in old["rows"] if r["model"] in keep]
+        scheds = {k: v for k, v in old["schedules"].items() if k.split("/")[0] in keep}
+    cache = {}
+    for name in models:
+        jax.clear_caches()
+        r, sc, info = run_flow_model(name, args, closed, open_, cache, timings)
+        rows += r
+        infos[name] = info
+        scheds.update({f"{name}/{k}": v for k, v in sc.items()})
+        result = dict(
+            mode="flow",
+            command=" ".join([Path(sys.executable).name, *sys.argv]),
+            machine=common.machine_info(),
+            settings=dict(nfes=args.nfe or FLOW_NFES, **FLOW_OPT),
+            timings=timings,
+            models=infos,
+            rows=rows,
+            schedules=scheds,
+            total_s=time.perf_counter() - t_all,
+        )
+        if kept:
+            result["merged"] = kept
+        result["machine"]["load_average_end"] = list(os.getloadavg())
+        (out / f"{prefix}.md").write_text(flow_markdown(result))
+        (out / f"{prefix}.json").write_text(json.dumps(result, indent=1, default=_json_default))
+        _log(f"wrote {out}/{prefix}.md, .json ({', '.join(infos)})")
+    return result
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small settings (< 5 min on 2 cores)")
@@ -913,6 +1146,13 @@ def parse_args(argv=None):
         help="the trajectory-based optimisers (direct, GITS, MEP-model) against all others, "
         "NFE 4-6, DDIM / DPM-Solver++(2M) / UniPC-bh2",
     )
+    ap.add_argument(
+        "--flow",
+        action="store_true",
+        help="flow-matching oracle study: gm2d / gm64d under SD3's flow, every optimiser vs the "
+        "pipelines' baselines, Euler and UniPC, NFE 4-10 (quality_flow.*)",
+    )
+    ap.add_argument("--samples", type=int, default=None, help="--flow: samples per mixture")
     ap.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}")
     ap.add_argument("--out", default="benchmarks/results", help="output folder")
     ap.add_argument("--nfe", default=None, help="comma-separated NFEs (overrides the mode's)")
@@ -941,6 +1181,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.flow:
+        return main_flow(args)
     t_all = time.perf_counter()
     mode = "quick" if args.quick else "trajectory" if args.trajectory else "full"
     cfg = {"quick": QUICK, "full": FULL, "trajectory": TRAJ}[mode]

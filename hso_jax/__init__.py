@@ -13,10 +13,12 @@ import types
 __version__ = "0.1.0"
 
 _SUBMODULES = (
+    "denoiser",
     "evaluation",
     "io",
     "models",
     "noise",
+    "objectives",
     "optimizers",
     "reference",
     "schedules",

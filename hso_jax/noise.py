@@ -400,6 +400,14 @@ class RectifiedFlow(NoiseSchedule):
     def log_sigma(self, t):
         return jnp.log(t)
 
+    # alpha and sigma directly (not exp of the logs), so that their derivatives are finite at
+    # the ends t = 1 (alpha = 0) and t = 0 (sigma = 0), where flow samplers start and stop.
+    def alpha(self, t):
+        return 1.0 - jnp.asarray(t, dtype=jnp.result_type(t, float))
+
+    def sigma(self, t):
+        return jnp.asarray(t, dtype=jnp.result_type(t, float))
+
     def t_from_lam(self, lam):
         return jax.nn.sigmoid(-lam)
 

@@ -37,6 +37,16 @@ for the HSO family, whose objectives do not depend on the multistep solver) and 
 (NFE optimised points plus the fixed final point ``t_min``), or a solver object of one of these
 kinds (the flavour follows its type); see :mod:`hso_jax.optimizers.hso`.
 
+Flow models (:mod:`hso_jax.noise` presets ``sd3``, ``flux-dev``, ``wan``, ... span t in [0, 1],
+where lam(1) = -inf and lam(0) = +inf). The samplers take both ends as limits; the methods built
+on lam or sigma_edm are undefined there and raise ``ValueError`` naming the end: ``"dmn"`` and
+``"mep-local"`` at their default ends (pass ``t_start`` / ``t_end`` inside (0, 1)), ``"ays"``,
+``"gits"`` and ``"direct"`` on such a process (use ``preset("flow")``, t in [1e-3, 0.999], with
+the same network). ``"hso"``, ``"hso-dmn"`` and ``"mep-model"`` search inside their box (the
+MEP is +inf at t = 1, never NaN) and run as they are; ``"mep-model"``'s teacher grid is then
+uniform in time. Any of these schedules is used by a flow pipeline from pure noise at its first
+point; its last step may go to 0 (first order, returns the data prediction).
+
 ``hso_jax.optimize`` (the attribute of the package) is the function, which shadows this module;
 the tables therefore live on the function too: ``hso_jax.optimize.METHODS``, ``.MODEL_FREE``,
 ``.MODEL_BASED`` and ``.SOLVERS`` are the same objects as ``from hso_jax.optimize import

@@ -15,6 +15,14 @@ For a single Gaussian (K = 1) the probability-flow ODE has the closed-form solut
     r_ts = sqrt(alpha_t^2 s^2 + sigma_t^2) / sqrt(alpha_s^2 s^2 + sigma_s^2)
 
 (per dimension): the flow is the optimal-transport map between the Gaussian marginals.
+
+The exact noise prediction is written without dividing by ``sigma``,
+
+    E[eps | x_t = x] = sum_k r_k(x) sigma (x - alpha mu_k) / (alpha^2 s_k^2 + sigma^2),
+
+so it is finite at sigma = 0 (where it is 0 for s_k > 0) as well as at alpha = 0; the exact
+velocity of the process, dx_t/dt = alpha'(t) x0 + sigma'(t) eps, follows from the two
+(rectified flow: u = eps - x0).
 """
 
 from __future__ import annotations
@@ -127,20 +135,53 @@ class GaussianMixture:
         lp = self._component_log_probs(x, loc, var) + _as_float(self.log_weights)
         return jax.scipy.special.logsumexp(lp, axis=-1)
 
+    def _posterior(self, x, noise: NoiseSchedule, t):
+        """Responsibilities r (..., K), per-component residual (x - alpha mu_k) / var_k
+        (..., K, D), and the marginal parameters."""
+        a, sg, mu, s, var = self._marginal_params(noise, t)
+        lp = self._component_log_probs(x, a * mu, var) + _as_float(self.log_weights)
+        r = jax.nn.softmax(lp, axis=-1)
+        return r, (x[..., None, :] - a * mu) / var, a, sg, mu, s
+
     def x0(self, x, noise: NoiseSchedule, t) -> Array:
         """Exact E[x0 | x_t = x], x of shape (..., D)."""
-        a, _, mu, s, var = self._marginal_params(noise, t)
-        lp = self._component_log_probs(x, a * mu, var) + _as_float(self.log_weights)
-        r = jax.nn.softmax(lp, axis=-1)  # (..., K)
-        post = mu + (a * s * s / var) * (x[..., None, :] - a * mu)  # (..., K, D)
+        r, res, a, _, mu, s = self._posterior(x, noise, t)
+        post = mu + a * s * s * res  # (..., K, D)
         return jnp.sum(r[..., None] * post, axis=-2)
 
-    def denoiser(self, noise: NoiseSchedule) -> Denoiser:
-        """The exact Denoiser (x0 prediction) of this mixture under ``noise``."""
+    def eps(self, x, noise: NoiseSchedule, t) -> Array:
+        """Exact E[eps | x_t = x] = sum_k r_k sigma (x - alpha mu_k) / (alpha^2 s_k^2 + sigma^2),
+        finite at both ends of the process (sigma = 0 and alpha = 0)."""
+        r, res, _, sg, _, _ = self._posterior(x, noise, t)
+        return jnp.sum(r[..., None] * (sg * res), axis=-2)
+
+    def velocity(self, x, noise: NoiseSchedule, t) -> Array:
+        """Exact velocity of the probability-flow ODE dx_t/dt = alpha'(t) x0 + sigma'(t) eps
+        (rectified flow: eps - x0), the target of a flow-matching network."""
+        t = _as_float(t)
+        da, ds = jax.grad(noise.alpha)(t), jax.grad(noise.sigma)(t)
+        return da * self.x0(x, noise, t) + ds * self.eps(x, noise, t)
+
+    def denoiser(self, noise: NoiseSchedule, prediction: str = "x0") -> Denoiser:
+        """The exact Denoiser of this mixture under ``noise``.
+
+        Args:
+          noise: the noise process.
+          prediction: what the wrapped function returns: ``"x0"`` (default, the data
+            prediction), ``"eps"`` (:meth:`eps`) or ``"flow"`` (:meth:`velocity`, what a
+            flow-matching network predicts), so that a solver sees the same conversion to the
+            data prediction as with a real network of that parametrisation.
+        """
         if not isinstance(noise, NoiseSchedule):
             raise TypeError(f"noise must be a NoiseSchedule, got {type(noise).__name__}")
+        if prediction not in _EXACT:
+            raise ValueError(f"prediction must be one of {tuple(_EXACT)}, got {prediction!r}")
         return Denoiser(
-            _exact_x0, noise=noise, prediction="x0", params=(self, noise), time_input="t"
+            _EXACT[prediction],
+            noise=noise,
+            prediction=prediction,
+            params=(self, noise),
+            time_input="t",
         )
 
     # --- closed form for one Gaussian ---------------------------------------------------
@@ -159,3 +200,16 @@ class GaussianMixture:
 def _exact_x0(params, x, t):
     gm, noise = params
     return gm.x0(x, noise, t)
+
+
+def _exact_eps(params, x, t):
+    gm, noise = params
+    return gm.eps(x, noise, t)
+
+
+def _exact_velocity(params, x, t):
+    gm, noise = params
+    return gm.velocity(x, noise, t)
+
+
+_EXACT = {"x0": _exact_x0, "eps": _exact_eps, "flow": _exact_velocity}

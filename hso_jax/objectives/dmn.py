@@ -48,7 +48,7 @@ import numpy as np
 
 from .. import _validate
 from ..noise import NoiseSchedule
-from .mep import FRAMES, Objective, log_eps_tilde
+from .mep import FRAMES, Objective, finite_grid, log_eps_tilde
 
 __all__ = ["DMN_TRUNC_NUM", "dmn", "step_orders", "step_weights", "hso_trunc_num"]
 
@@ -159,7 +159,10 @@ def dmn(
     frame = _validate.choice("frame", frame, FRAMES)
 
     def terms_of_lam(lam, mu=0.0):
-        lam = jnp.asarray(lam)
+        lam, finite = finite_grid(lam)
+        return jnp.where(finite, _terms(lam, mu), jnp.inf)
+
+    def _terms(lam, mu):
         n = lam.shape[0] - 1
         tn = hso_trunc_num(n) if trunc_num is None else min(int(trunc_num), n)
         q = step_orders(n)

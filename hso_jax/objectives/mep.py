@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from .. import _validate
 from ..noise import NoiseSchedule
 
-__all__ = ["Objective", "FRAMES", "log_eps_tilde", "eps_tilde", "mep"]
+__all__ = ["Objective", "FRAMES", "log_eps_tilde", "eps_tilde", "mep", "finite_grid"]
 
 Array = Any
 FRAMES = ("vp", "native")
@@ -80,6 +80,21 @@ class Objective:
     def terms(self, t: Array) -> Array:
         """Per-term parts at the schedule ``t`` (their sum is ``self(t)``)."""
         return self.terms_of_lam(self.noise.lam(t))
+
+
+def finite_grid(lam: Array) -> tuple[Array, Array]:
+    """(a safe lam grid, whether the given one is finite).
+
+    A grid reaching lam = -inf or +inf (a flow's t = 1 or t = 0) has no finite MEP / DMN: the
+    closed-form error weight of an interval that reaches the noise end grows without bound
+    (``eps_tilde e^lam ~ 1`` over an infinite interval), and at the data end the interval
+    midpoint is infinite. Such a grid scores ``+inf`` (never NaN, so a search never picks it;
+    :func:`hso_jax.optimize` refuses such ends up front). The terms are computed on the safe
+    grid ``0, 1, ..., N`` there so that gradients stay finite (the "double where" trick).
+    """
+    lam = jnp.asarray(lam)
+    finite = jnp.all(jnp.isfinite(lam))
+    return jnp.where(finite, lam, jnp.arange(lam.shape[0], dtype=lam.dtype)), finite
 
 
 def log_eps_tilde(noise: NoiseSchedule, lam: Array, p: float = 2.0, frame: str = "vp") -> Array:
@@ -120,10 +135,11 @@ def mep(noise: NoiseSchedule, *, p: float = 2.0, frame: str = "vp") -> Objective
     frame = _validate.choice("frame", frame, FRAMES)
 
     def terms_of_lam(lam):
-        lam = jnp.asarray(lam)
+        lam, finite = finite_grid(lam)
         h = lam[1:] - lam[:-1]
         mid = 0.5 * (lam[1:] + lam[:-1])
-        return jnp.exp(log_eps_tilde(noise, mid, p, frame) + lam[:-1]) * jnp.expm1(h)
+        terms = jnp.exp(log_eps_tilde(noise, mid, p, frame) + lam[:-1]) * jnp.expm1(h)
+        return jnp.where(finite, terms, jnp.inf)
 
     def of_lam(lam):
         return jnp.sum(terms_of_lam(lam))

@@ -10,6 +10,7 @@ import numpy as np
 from .. import solvers
 from ..denoiser import Denoiser
 from ..reference.teacher import Teacher, teacher_trajectories
+from ._ends import lam_is_finite
 
 __all__ = ["resolve_solver", "check_model", "check_noise_batch", "teacher_from_options"]
 
@@ -88,7 +89,11 @@ def teacher_from_options(model: Denoiser, method: str, opts: dict) -> tuple[Teac
         return teacher, {"teacher": "given", "teacher_points": k, "teacher_batch": b}
     x_T = check_noise_batch("x_T", opts.get("x_T"), method)
     points = opts.get("teacher_points", 100)
-    grid = opts.get("teacher_grid", "logsnr")
+    # a uniform lam grid is undefined on a range with an infinite lam end (a flow's [0, 1])
+    finite = lam_is_finite(model.noise, model.noise.t_max) and lam_is_finite(
+        model.noise, model.noise.t_min
+    )
+    grid = opts.get("teacher_grid", "logsnr" if finite else "time")
     rtol = opts.get("teacher_rtol", 1e-4)
     atol = opts.get("teacher_atol", 1e-4)
     teacher = teacher_trajectories(model, x_T, num_points=points, grid=grid, rtol=rtol, atol=atol)

@@ -73,6 +73,7 @@ from .. import _validate, schedules, solvers
 from ..denoiser import Denoiser
 from ..objectives.klub import KLUB, klub
 from ..schedules import check_schedule
+from ._ends import check_finite_ends
 from ._trajectory import resolve_solver
 from .result import OptimizeResult
 
@@ -162,6 +163,12 @@ class _Search:
 # --------------------------------------------------------------------------------------
 # The optimiser
 # --------------------------------------------------------------------------------------
+
+
+_AYS_ENDS = (
+    "the KLUB and its search live on sigma_edm = exp(-lam) in [sigma_min, sigma_max]; pass "
+    "init=<a schedule with finite ends> or use such a process"
+)
 
 
 def optimize_ays(
@@ -267,6 +274,7 @@ def optimize_ays(
         raise TypeError(f"callback must be callable, got {callback!r}")
 
     if init is None:
+        check_finite_ends(ns, ns.t_max, ns.t_min, "AYS", _AYS_ENDS)
         # float64 whatever the x64 flag, so the search starts from the same schedule
         with jax.enable_x64(True):
             if ns.is_discrete:
@@ -281,6 +289,7 @@ def optimize_ays(
         t0 = np.array(check_schedule(init, ns, name="init", min_points=3), np.float64)
         init_name = "user"
     t_start, t_end = float(t0[0]), float(t0[-1])
+    check_finite_ends(ns, t_start, t_end, "AYS", _AYS_ENDS)
 
     key_obj, key_search = jax.random.split(_validate.prng_key("key", key))
     obj = klub(

@@ -52,6 +52,7 @@ from ..reference.solve import reference_solve
 from ..schedules import check_schedule
 from ..solvers import sample
 from ..solvers.driver import check_model_input
+from ._ends import check_finite_ends
 from ._trajectory import check_model, check_noise_batch, resolve_solver
 from .refine import lam_from_logits, logits_from_lam
 from .result import OptimizeResult
@@ -255,6 +256,14 @@ def optimize_direct(
             )
     x_tr, r_tr, x_va, r_va = _split(x_T, reference, x_T_val, reference_val, val_fraction)
     cands = _candidates(init, noise, num_points, t_start, t_end)
+    for t in cands.values():
+        check_finite_ends(
+            noise,
+            t[0],
+            t[-1],
+            "direct",
+            "it moves the points by softmax increments of lam between the ends",
+        )
 
     t_ref = time.perf_counter()
     r_tr = _reference("reference", r_tr, model, x_tr, reference_rtol, reference_atol)

@@ -55,6 +55,7 @@ from .. import _validate
 from ..denoiser import Denoiser
 from ..noise import NoiseSchedule
 from ..reference.teacher import Teacher
+from ._ends import check_finite_ends
 from ._trajectory import TEACHER_OPTIONS, check_model, resolve_solver, teacher_from_options
 from .result import OptimizeResult
 
@@ -333,6 +334,14 @@ def optimize_gits(
     if planned is not None:  # fail before the expensive teacher solve
         _check_grid_size(planned, n, nfe, solver_name)
 
+    check_finite_ends(
+        model.noise,
+        model.noise.t_max,
+        model.noise.t_min,
+        "GITS",
+        "its cost is measured in "
+        "EDM's frame x / alpha on a teacher grid over the process's range, infinite at alpha = 0",
+    )
     teacher, teacher_info = teacher_from_options(model, "gits", teacher_options)
     k = int(np.shape(teacher.t)[0])
     _check_grid_size(k, n, nfe, solver_name)

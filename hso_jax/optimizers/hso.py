@@ -100,6 +100,7 @@ from ..noise import NoiseSchedule
 from ..objectives import dmn, hso_trunc_num, mep, mep_model, spacing
 from ..objectives.dmn import DMN_TRUNC_NUM
 from ..objectives.spacing import d_min, normalised_time, time_from_normalised
+from ._ends import check_finite_ends
 from .de import differential_evolution
 from .refine import RefineResult, refine, refine_continuation
 from .result import OptimizeResult
@@ -613,6 +614,9 @@ def _single(noise, nfe, n, method, solver, opts, options) -> OptimizeResult:
             f"need {need} < t_start <= t_max = {noise.t_max:g} (t_min = {noise.t_min:g}; for "
             f"DDIM the final step to t_min is fixed), got t_start={t_start!r}, t_end={t_end!r}"
         )
+    check_finite_ends(
+        noise, t_start, t_end, method, "the MEP / DMN error weights diverge where lam is infinite"
+    )
     init = opts["init"] or _default_init(noise, method)
     cfg = _config(method, n, nfe, opts)._replace(init=init)
     dmin = d_min(nfe)

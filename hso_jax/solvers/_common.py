@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 
 from .. import _validate
 
@@ -118,14 +119,53 @@ def push(history: Array, value: Array) -> Array:
     return jnp.concatenate([jnp.asarray(value, history.dtype)[None], history[:-1]], axis=0)
 
 
-def step_order(order: int, count: Array, i: Array, n: int, lower_order_final: bool) -> Array:
+def step_order(
+    order: int, count: Array, i: Array, n: int, lower_order_final: bool, lam_next: Array
+) -> Array:
     """Order of step ``i`` of ``n``: limited by the valid history (``count`` previous points)
     and, with ``lower_order_final`` and ``n < 15`` (static), by the steps left: min(order, n - i).
+
+    A step into sigma = 0 (``lam_next = +inf``) is first order whatever the flags: it returns
+    the data prediction, the limit of the first-order update, while the higher-order terms
+    extrapolate the data prediction polynomially in lam to lam = +inf and diverge. This is
+    diffusers' rule for ``final_sigmas_type="zero"`` (DPMSolverMultistepScheduler.step).
     """
     p = jnp.minimum(order, count + 1)
     if lower_order_final and n < LOWER_ORDER_FINAL_MAX_STEPS:
         p = jnp.minimum(p, n - i)
-    return p
+    return jnp.where(jnp.isposinf(lam_next), 1, p)
+
+
+# --- the ends of a schedule: sigma = 1 for flow (lam = -inf) and sigma = 0 (lam = +inf) --------
+
+
+def safe_h(h: Array) -> Array:
+    """``h`` where finite, else 1: the step size for the higher-order branches, which are
+    masked out on a step from lam = -inf or to lam = +inf (first order there) but must stay
+    finite so that their zero cotangents do not turn into NaN (the "double where" trick)."""
+    return finite_or(h, 1.0)
+
+
+def history_count(count: Array, node: Array, cap: int) -> Array:
+    """The number of valid history entries after pushing a point at ``node`` (its lam, or its
+    sigma~ = exp(-lam)).
+
+    A point at lam = -inf (sigma = 1 of a flow, sigma~ = inf) is pushed but not counted: its
+    divided differences ``(m_k - m_0) / r_k`` vanish (``r_k = -inf``), so it adds nothing to a
+    polynomial extrapolation and the next step warms up as from an empty history.
+    """
+    return jnp.where(jnp.isfinite(node), jnp.minimum(count + 1, cap), count).astype(jnp.int32)
+
+
+def finite_or(x: Array, value: float) -> Array:
+    """``x`` where finite, else ``value`` (a safe stand-in for a masked-out branch)."""
+    return jnp.where(jnp.isfinite(x), x, value)
+
+
+def lam_ends(noise, ts) -> tuple[float, float]:
+    """(lam(ts[0]), lam(ts[-1])) as Python floats, for the eager checks of the solvers."""
+    ends = np.asarray(noise.lam(jnp.asarray([ts[0], ts[-1]])), dtype=np.float64)
+    return float(ends[0]), float(ends[1])
 
 
 def select_by_order(p: Array, candidates: Sequence[Array]) -> Array:

@@ -21,6 +21,10 @@ def edm_vars(ns, t: Array) -> tuple[Array, Array]:
 
 
 def edm_slope(model, x: Array, t: Array, alpha: Array, sigma_edm: Array):
-    """(dx~/dsigma~ = (x~ - D) / sigma~, D) at the state ``x`` (not scaled) and time ``t``."""
+    """(dx~/dsigma~ = (x~ - D) / sigma~, D) at the state ``x`` (not scaled) and time ``t``.
+
+    Computed as the noise prediction ``(x - alpha D) / sigma`` (the same number), which stays
+    finite at alpha = 0 (sigma~ = inf, the start of a flow).
+    """
     x0 = model.x0(x, t)
-    return (x / alpha - x0) / sigma_edm, x0
+    return (x - alpha * x0) / model.noise.sigma(t), x0

@@ -13,6 +13,8 @@ implement:
 * ``calls_per_step``: network evaluations per step (NFE of a schedule with n + 1 points is
   ``calls_per_step * n``);
 * ``init(model, x, ts) -> state``;
+* ``check_ends(noise, ts)``: optional eager check of a concrete schedule (e.g. a method
+  that has no limit at sigma = 1 of a flow says so here);
 * ``step(model, x, state, t_cur, t_next, i, n, key) -> (x_next, state, x0)`` where ``i`` is the
   (traced) step index, ``n`` the (static) number of steps and ``x0`` the data prediction at
   ``t_cur`` used by this step (recorded by :func:`sample_trajectory`).
@@ -56,6 +58,10 @@ class Solver:
 
     def init(self, model, x: Array, ts: Array) -> Any:
         return None
+
+    def check_ends(self, noise, ts) -> None:
+        """Raise ``ValueError`` if this solver cannot run the concrete schedule ``ts`` under
+        ``noise`` (called eagerly by the driver; by default every schedule is fine)."""
 
     def step(self, model, x, state, t_cur, t_next, i, n, key):  # pragma: no cover - abstract
         raise NotImplementedError

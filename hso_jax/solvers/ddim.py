@@ -43,9 +43,16 @@ class DDIM(Solver):
             # (sigma_t / sigma_s) x - alpha_t (e^{-h} - 1) x0: the exact exponential integrator
             return (s_t / s_s) * x - a_t * jnp.expm1(-h) * x0, state, x0
         h = ns.lam(t_next) - ns.lam(t_cur)
-        c2 = (self.eta * s_t) ** 2 * -jnp.expm1(-2.0 * h)
+        # sqrt(sigma_t^2 - c^2) = sigma_t sqrt(1 - eta^2 (1 - e^{-2h})) and c = eta sigma_t
+        # sqrt(1 - e^{-2h}), written so that no square root is taken of 0 (whose derivative is
+        # infinite): at eta = 1 the first is sigma_t e^{-h}, which is 0 on a step from sigma = 1.
+        one_m_e2h = -jnp.expm1(-2.0 * h)
+        if self.eta == 1.0:
+            keep = s_t * jnp.exp(-h)
+        else:
+            keep = s_t * jnp.sqrt(1.0 - self.eta**2 * one_m_e2h)
         z = jax.random.normal(key, x.shape, x.dtype)
-        x_next = a_t * x0 + jnp.sqrt(s_t**2 - c2) * eps_hat + jnp.sqrt(c2) * z
+        x_next = a_t * x0 + keep * eps_hat + (self.eta * s_t * jnp.sqrt(one_m_e2h)) * z
         return x_next, state, x0
 
 

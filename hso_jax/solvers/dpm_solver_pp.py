@@ -63,8 +63,20 @@ import dataclasses
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 
-from ._common import check_bool, check_choice, check_int, phis, push, select_by_order, step_order
+from ._common import (
+    check_bool,
+    check_choice,
+    check_int,
+    history_count,
+    lam_ends,
+    phis,
+    push,
+    safe_h,
+    select_by_order,
+    step_order,
+)
 from .base import Solver
 
 __all__ = [
@@ -101,11 +113,10 @@ def _init_history(order: int, x: Array) -> DPMSolverPPState:
 
 
 def _push_history(state: DPMSolverPPState, x0: Array, lam: Array) -> DPMSolverPPState:
-    k = state.lams.shape[0]
     return DPMSolverPPState(
         x0s=push(state.x0s, x0),
         lams=push(state.lams, lam),
-        count=jnp.minimum(state.count + 1, k).astype(jnp.int32),
+        count=history_count(state.count, lam, state.lams.shape[0]),
     )
 
 
@@ -132,11 +143,15 @@ class DPMSolverPP(Solver):
         lam_s, lam_t = ns.lam(t_cur), ns.lam(t_next)
         h = lam_t - lam_s
         a_t, s_s, s_t = ns.alpha(t_next), ns.sigma(t_cur), ns.sigma(t_next)
-        phi_1 = jnp.expm1(-h)
-        x_next = (s_t / s_s) * x - a_t * phi_1 * x0  # order 1 (DDIM)
+        # order 1 (DDIM); finite at both ends: from sigma = 1 (h = inf) it is
+        # sigma_t x + alpha_t x0, into sigma = 0 it returns x0.
+        x_next = (s_t / s_s) * x - a_t * jnp.expm1(-h) * x0
         if self.order >= 2:
-            p = step_order(self.order, state.count, i, n, self.lower_order_final)
-            # Safe step ratios where the history is missing (masked out below).
+            p = step_order(self.order, state.count, i, n, self.lower_order_final, lam_t)
+            # Safe step sizes and ratios where the history is missing or the step is infinite
+            # (first order there, masked out below).
+            h = safe_h(h)
+            phi_1 = jnp.expm1(-h)
             h0 = jnp.where(state.count >= 1, lam_s - state.lams[0], h)
             r0 = h0 / h
             m1 = state.x0s[0]
@@ -171,6 +186,20 @@ class DPMSolverPPSinglestep(Solver):
     @property
     def calls_per_step(self) -> int:  # type: ignore[override]
         return self.order
+
+    def check_ends(self, noise, ts) -> None:
+        if self.order == 1:
+            return
+        lam_0, lam_n = lam_ends(noise, ts)
+        if np.isinf(lam_0) or np.isinf(lam_n):
+            raise ValueError(
+                f"singlestep DPM-Solver++ (order {self.order}) cannot take a step from sigma = 1 "
+                f"or to sigma = 0 (here lam(ts[0]) = {lam_0:g}, lam(ts[-1]) = {lam_n:g}): its "
+                "intermediate points lam_s + r h are undefined for an infinite step h. Use a "
+                "schedule with finite log-SNR at both ends (t in (0, 1) for a flow), or the "
+                "multistep method (dpm_solver_pp(order, 'multistep')), which starts and ends "
+                "there with first-order steps"
+            )
 
     def step(self, model, x, state, t_cur, t_next, i, n, key):
         ns = model.noise

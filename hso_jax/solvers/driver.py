@@ -59,6 +59,8 @@ def _validate(model, x_T, ts, solver, key, nfe, denoise_final):
     if not hasattr(x_T, "shape") or not jnp.issubdtype(jnp.asarray(x_T).dtype, jnp.floating):
         raise TypeError("x_T must be a floating-point array")
     ts = check_schedule(ts, model.noise)
+    if _is_concrete(ts):
+        solver.check_ends(model.noise, ts)
     if solver.stochastic and key is None:
         raise ValueError(f"{type(solver).__name__} is stochastic: pass key=jax.random.key(...)")
     if nfe is not None:

@@ -40,7 +40,16 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
-from ._common import check_bool, check_int, lagrange_weights, push, safe_nodes, select_by_order
+from ._common import (
+    check_bool,
+    check_int,
+    finite_or,
+    history_count,
+    lagrange_weights,
+    push,
+    safe_nodes,
+    select_by_order,
+)
 from ._edm import edm_slope, edm_vars
 from .base import Solver
 
@@ -99,7 +108,9 @@ class IPNDM(Solver):
         if self.variable_step:
             # Nodes u_j = (sigma~_{i-j} - sigma~_i) / dsg (u_0 = 0, u_j < 0 for the past);
             # weights integrate the interpolant over u in [0, 1]: sum_j w_j u_j^k = 1 / (k + 1).
-            raw = [(state.sigmas[k] - sg_s) / dsg for k in range(self.order - 1)]
+            # Infinite sigma~ (a start at alpha = 0) only occur where the history is masked.
+            sg_s_, dsg_ = finite_or(sg_s, 0.0), finite_or(dsg, -1.0)
+            raw = [(finite_or(state.sigmas[k], 1.0) - sg_s_) / dsg_ for k in range(self.order - 1)]
             u = [jnp.zeros_like(sg_s)] + safe_nodes(raw, state.count)
             weights = [
                 lagrange_weights(u[:q], [1.0 / (k + 1) for k in range(q)])
@@ -112,8 +123,11 @@ class IPNDM(Solver):
         ]
         p = jnp.minimum(self.order, state.count + 1)
         eps_eff = select_by_order(p, candidates)
-        x_next = a_t * (x / a_s + dsg * eps_eff)
-        count = jnp.minimum(state.count + 1, self.order - 1)
+        # a_t (x~ + dsg eps_eff) with x~ = D + sigma~_s eps, without dividing by alpha (finite
+        # from alpha = 0, where the step is first order, eps_eff = eps, and the last term is 0).
+        sg_hist = jnp.where(p > 1, sg_s, 0.0)
+        x_next = a_t * x0 + ns.sigma(t_next) * eps_eff + (a_t * sg_hist) * (eps - eps_eff)
+        count = history_count(state.count, sg_s, self.order - 1)
         state = IPNDMState(push(state.eps, eps), push(state.sigmas, sg_s), count)
         return x_next, state, x0
 

@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._common import check_bool, check_int, push, step_order
+from ._common import check_bool, check_int, history_count, push, safe_h, step_order
 from .base import Solver
 from .dpm_solver_pp import DPMSolverPPState
 
@@ -63,22 +63,24 @@ class SDEDPMSolverPP(Solver):
 
     def step(self, model, x, state, t_cur, t_next, i, n, key):
         ns = model.noise
+        k = self.order - 1
         x0 = model.x0(x, t_cur)
         lam_s, lam_t = ns.lam(t_cur), ns.lam(t_next)
         h = lam_t - lam_s
         a_t, s_s, s_t = ns.alpha(t_next), ns.sigma(t_cur), ns.sigma(t_next)
         one_m_e2h = -jnp.expm1(-2.0 * h)  # 1 - e^{-2h}
         z = jax.random.normal(key, x.shape, x.dtype)
+        # finite at both ends: from sigma = 1 (h = inf) alpha_t x0 + sigma_t z, into sigma = 0 x0
         x_next = (s_t / s_s) * jnp.exp(-h) * x + a_t * one_m_e2h * x0
         if self.order >= 2:
-            p = step_order(self.order, state.count, i, n, self.lower_order_final)
-            h0 = jnp.where(state.count >= 1, lam_s - state.lams[0], h)  # safe when masked
-            D1_0 = (x0 - state.x0s[0]) / (h0 / h)
-            x_next = jnp.where(p >= 2, x_next + (0.5 * a_t * one_m_e2h) * D1_0, x_next)
+            p = step_order(self.order, state.count, i, n, self.lower_order_final, lam_t)
+            hs = safe_h(h)  # masked out (first order) on infinite steps
+            h0 = jnp.where(state.count >= 1, lam_s - state.lams[0], hs)  # safe when masked
+            D1_0 = (x0 - state.x0s[0]) / (h0 / hs)
+            x_next = jnp.where(p >= 2, x_next + (0.5 * a_t * -jnp.expm1(-2.0 * hs)) * D1_0, x_next)
         x_next = x_next + s_t * jnp.sqrt(one_m_e2h) * z
-        k = self.order - 1
         state = DPMSolverPPState(
-            push(state.x0s, x0), push(state.lams, lam_s), jnp.minimum(state.count + 1, k)
+            push(state.x0s, x0), push(state.lams, lam_s), history_count(state.count, lam_s, k)
         )
         return x_next, state, x0
 

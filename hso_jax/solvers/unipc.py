@@ -54,14 +54,19 @@ import math
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 
 from ._common import (
     check_bool,
     check_choice,
     check_int,
+    finite_or,
+    history_count,
     lagrange_weights,
+    lam_ends,
     phis,
     push,
+    safe_h,
     safe_nodes,
     select_by_order,
     step_order,
@@ -86,7 +91,8 @@ class UniPCState(NamedTuple):
       x0s: (order - 1, *x.shape) previous data predictions (``x0s[0]`` at the previous time
         point, evaluated at the predicted point).
       lams: (order - 1,) their lam.
-      count: number of steps taken, capped at ``order`` (int32); entry ``k`` of the history
+      count: number of steps taken from a finite lam (a start at sigma = 1 does not count),
+        capped at ``order`` (int32); entry ``k`` of the history
         is valid iff ``k < count``.
     """
 
@@ -113,6 +119,18 @@ class UniPC(Solver):
     corrector: bool = True
     lower_order_final: bool = True
 
+    def _B(self, h: Array) -> Array:
+        return -h if self.variant == "bh1" else jnp.expm1(-h)
+
+    def check_ends(self, noise, ts) -> None:
+        if self.variant == "bh1" and self.corrector and np.isneginf(lam_ends(noise, ts)[0]):
+            raise ValueError(
+                "unipc(variant='bh1') cannot start at sigma = 1 (lam(ts[0]) = -inf): the "
+                "corrector of the first step has the weight B(h) = h, infinite for the infinite "
+                "first step. Use variant='bh2' (B(h) = e^h - 1, finite there), corrector=False, "
+                "or a schedule starting at t < 1"
+            )
+
     def init(self, model, x: Array, ts: Array) -> UniPCState:
         k = self.order - 1
         return UniPCState(
@@ -129,22 +147,28 @@ class UniPC(Solver):
         if self.corrector:
             # UniC for the previous step t_prev -> t_cur, with the evaluation just made.
             x_c = state.corr_base - state.corr_coef * m0
-            x = jnp.where(state.count >= 1, x_c, x)
-        p = step_order(self.order, state.count, i, n, self.lower_order_final)
+            x = jnp.where(i >= 1, x_c, x)
 
         lam_s, lam_t = ns.lam(t_cur), ns.lam(t_next)
+        p = step_order(self.order, state.count, i, n, self.lower_order_final, lam_t)
         h = lam_t - lam_s
         a_t, s_s, s_t = ns.alpha(t_next), ns.sigma(t_cur), ns.sigma(t_next)
-        x_base = (s_t / s_s) * x - a_t * jnp.expm1(-h) * m0  # UniP-1 = DDIM
-        B = -h if self.variant == "bh1" else jnp.expm1(-h)
-        aB = a_t * B
+        x_base = (s_t / s_s) * x - a_t * jnp.expm1(-h) * m0  # UniP-1 = DDIM, finite for h = inf
+        # UniC-1 keeps the true h: on a step from sigma = 1 (h = inf) its bh2 weight
+        # B = e^{-h} - 1 = -1 is finite. Everything else uses a safe h: it is masked out on
+        # infinite steps (first order; the corrector of a step into sigma = 0 is never applied).
+        h_c = jnp.where(jnp.isposinf(lam_t), safe_h(h), h)
+        h = safe_h(h)
+        aB = a_t * self._B(h)
+        aB_1 = a_t * self._B(h_c)
         # Order conditions: b_j = j! (-h) phi_{j+1}(-h) / B(h), j = 1..order.
         phi = phis(-h, self.order + 1)
-        b = [math.factorial(j) * -h * phi[j] / B for j in range(1, self.order + 1)]
+        b = [math.factorial(j) * -h * phi[j] / self._B(h) for j in range(1, self.order + 1)]
         # History nodes r_k = (lam_k - lam_s) / h < 0 (safe placeholders where missing) and
         # differences D_k = (m_k - m0) / r_k.
         num_hist = self.order - 1
-        raw = [(state.lams[k] - lam_s) / h for k in range(num_hist)]
+        # (a lam of -inf, from a start at sigma = 1, only occurs where the history is masked)
+        raw = [(finite_or(state.lams[k], lam_s - 1.0) - lam_s) / h for k in range(num_hist)]
         r = safe_nodes(raw, state.count)
         D = [(state.x0s[k] - m0) / r[k] for k in range(num_hist)]
 
@@ -159,11 +183,11 @@ class UniPC(Solver):
         state_next = dict(
             x0s=push(state.x0s, m0),
             lams=push(state.lams, lam_s),
-            count=jnp.minimum(state.count + 1, self.order).astype(jnp.int32),
+            count=history_count(state.count, lam_s, self.order),
         )
         if self.corrector:
             # UniC-q uses the q - 1 differences and the next evaluation at r = 1.
-            bases, coefs = [x_base + 0.5 * aB * m0], [0.5 * aB]
+            bases, coefs = [x_base + 0.5 * aB_1 * m0], [0.5 * aB_1]
             for q in range(2, self.order + 1):
                 c = lagrange_weights(r[: q - 1] + [1.0], b[:q])
                 res = sum(c_k * D_k for c_k, D_k in zip(c[:-1], D[: q - 1], strict=True))
