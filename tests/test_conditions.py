@@ -7,6 +7,9 @@ row after a split, chunk, shuffle or gather) changes these numbers by orders of 
 """
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -303,3 +306,79 @@ def test_cli_cond_uncond_guidance(capsys, monkeypatch, tmp_path):
     for argv, match in bad:
         assert main(argv) == 2, argv
         assert match in capsys.readouterr().err, (argv, match)
+
+
+# --- 1 and 8 devices ------------------------------------------------------------------------
+
+SHARDED_MARKER = "CONDITIONS_SHARDED_OK"
+
+SHARDED_SCRIPT = """
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)
+
+import hso_jax as hj
+from hso_jax.models import NULL_CLASS, ConditionalGaussianMixture, GaussianMixture
+
+assert len(jax.devices()) == 8, jax.devices()
+ns = hj.noise.VPLinear()
+cgm = ConditionalGaussianMixture(
+    [GaussianMixture([[-2.0, 0.0]], 0.5), GaussianMixture([[2.0, 1.0], [1.0, -1.0]], 0.4),
+     GaussianMixture([[0.0, -2.0]], 0.6)]
+)
+labels = jnp.asarray(np.arange(16) % 3)
+model = cgm.denoiser(ns, cond=labels, uncond=NULL_CLASS, guidance_scale=1.5)
+x_T = ns.prior(jax.random.key(0), (16, 2), jnp.float64)
+data = cgm.sample(jax.random.key(1), labels)
+runs = {
+    "direct": dict(x_T=x_T, steps=2, init="logsnr", learning_rate=0.1),
+    "ays": dict(data=data, num_samples=16, batch_size=32, max_sweeps=1, subdivide=False,
+                progress=False),
+    "gits": dict(x_T=x_T, teacher_points=10),
+}
+for method, kw in runs.items():
+    one = hj.optimize(model, 5, method=method, **kw)
+    eight = hj.optimize(model, 5, method=method, mesh="auto", **kw)
+    np.testing.assert_allclose(eight.t, one.t, rtol=1e-10, err_msg=method)
+    np.testing.assert_allclose(eight.objective, one.objective, rtol=1e-8, err_msg=method)
+    print(method, one.t)
+assert eight.info["teacher_batch"] == 16
+ts = {"logsnr": hj.schedules.logsnr_uniform(ns, 4)}
+solvers = {"unipc": hj.solvers.unipc()}
+ref = hj.evaluation.reference_solve(model, x_T, ns.t_max, ns.t_min)
+seen = []
+
+def first(x, r):
+    jax.debug.inspect_array_sharding(x, callback=seen.append)
+    return x[:, 0]
+
+kw = dict(metrics={"x_first": first})
+plain = hj.evaluation.evaluate_grid(model, x_T, ref, ts, solvers, **kw)
+sharded = hj.evaluation.evaluate_grid(model, x_T, ref, ts, solvers, mesh="auto", **kw)
+assert seen[-1].num_devices == 8, seen
+np.testing.assert_allclose(sharded[0].per_sample["x_first"], plain[0].per_sample["x_first"],
+                           rtol=1e-13)
+print("MARKER")
+""".replace("MARKER", SHARDED_MARKER)
+
+
+def run_on_8_devices(tmp_path, script, marker):
+    """Run ``script`` in a subprocess with 8 simulated CPU devices; it must print ``marker``."""
+    path = tmp_path / "script.py"
+    path.write_text(script)
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert marker in proc.stdout.splitlines()
+
+
+def test_optimizers_with_conditions_equal_on_1_and_8_devices(tmp_path):
+    run_on_8_devices(tmp_path, SHARDED_SCRIPT, SHARDED_MARKER)
