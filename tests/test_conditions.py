@@ -7,14 +7,12 @@ row after a split, chunk, shuffle or gather) changes these numbers by orders of 
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _devices import run_on_devices
 
 import hso_jax as hj
 from hso_jax import batch
@@ -364,21 +362,5 @@ print("MARKER")
 """.replace("MARKER", SHARDED_MARKER)
 
 
-def run_on_8_devices(tmp_path, script, marker):
-    """Run ``script`` in a subprocess with 8 simulated CPU devices; it must print ``marker``."""
-    path = tmp_path / "script.py"
-    path.write_text(script)
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert marker in proc.stdout.splitlines()
-
-
 def test_optimizers_with_conditions_equal_on_1_and_8_devices(tmp_path):
-    run_on_8_devices(tmp_path, SHARDED_SCRIPT, SHARDED_MARKER)
+    run_on_devices(tmp_path, SHARDED_SCRIPT, SHARDED_MARKER)
