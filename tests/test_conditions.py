@@ -57,6 +57,15 @@ def x_T():
     return NS.prior(jax.random.key(0), (8, 2), jnp.float64)
 
 
+@pytest.fixture(scope="module")
+def teacher(x_T):
+    """Teacher of the per-sample classes, solved in uneven chunks 3 + 3 + 2 of noises."""
+    model = CGM.denoiser(NS, cond=LABELS)
+    return hj.evaluation.teacher_trajectories(
+        model, x_T, num_points=6, batch_size=3, chunk=4, rtol=1e-8, atol=1e-8
+    )
+
+
 # --- the oracle ----------------------------------------------------------------------------
 
 
@@ -111,14 +120,9 @@ def test_sample_with_per_sample_classes_equals_per_class_runs(x_T):
         np.testing.assert_allclose(s, want2, rtol=1e-12, atol=1e-12)
 
 
-def test_reference_and_teacher_chunks_carry_conditions(x_T):
-    model = CGM.denoiser(NS, cond=LABELS)
+def test_teacher_chunks_carry_conditions(x_T, teacher):
+    """Chunks of noises (solve and predictions) each with their own condition rows."""
     exact = closed_form(x_T, LABELS)
-    kw = dict(rtol=1e-8, atol=1e-8)
-    # batch_size=3: uneven chunks 3 + 3 + 2 of noises, each with its own condition rows
-    teacher = hj.evaluation.teacher_trajectories(
-        model, x_T, num_points=5, batch_size=3, chunk=2, **kw
-    )
     np.testing.assert_allclose(teacher.x[-1], exact, atol=1e-6)
     k = 2
     mid = closed_form(x_T, LABELS, NS.t_max, float(teacher.t[k]))
@@ -189,7 +193,7 @@ def test_direct_holds_out_conditions_with_their_noises(x_T):
         optimize_direct(model, 4, x_T=x_T, x_T_val=x_T[:2], steps=1)
 
 
-def test_optimizers_with_a_batch_of_classes_return_one_schedule(x_T):
+def test_optimizers_with_a_batch_of_classes_return_one_schedule(x_T, teacher):
     model = CGM.denoiser(NS, cond=LABELS, uncond=NULL_CLASS, guidance_scale=2.0)
     data = CGM.sample(jax.random.key(2), LABELS)
     res = hj.optimize(
@@ -203,11 +207,11 @@ def test_optimizers_with_a_batch_of_classes_return_one_schedule(x_T):
         progress=False,
     )
     assert res.t.shape == (5,)
-    for method in ("gits", "mep-model"):
+    for method in ("gits", "mep-model"):  # teacher from x_T: see the 8-device test
         extra = dict(popsize=4, maxiter=2) if method == "mep-model" else {}
-        res = hj.optimize(model, 4, method=method, x_T=x_T, teacher_points=12, **extra)
+        res = hj.optimize(model, 4, method=method, teacher=teacher, **extra)
         assert res.t.shape == (5,) and res.info["teacher_batch"] == 8, method
-    res = hj.optimize(model, 4, method="hso")
+    res = hj.optimize(model, 4, method="mep-local", local_maxiter=3)
     assert any("conditions" in w and "guidance_scale=2" in w for w in res.warnings)
 
 
@@ -267,7 +271,7 @@ def test_dict_conditions_through_sampling_and_direct():
     for b in range(4):  # one sample at a time with its own condition row
         one = hj.sample(batch.take_conditions(model, slice(b, b + 1)), x_T[b : b + 1], ts, solver)
         np.testing.assert_allclose(out[b : b + 1], one, rtol=1e-12, atol=1e-12)
-    res = hj.optimize(model, 4, method="direct", x_T=x_T, steps=2, init="logsnr")
+    res = hj.optimize(model, 4, method="direct", x_T=x_T, steps=1, init="logsnr")
     assert res.t.shape == (5,) and res.info["condition_batch"] == 4
 
 
@@ -275,11 +279,25 @@ def test_dict_conditions_through_sampling_and_direct():
 
 
 def test_cli_cond_uncond_guidance(capsys, monkeypatch, tmp_path):
+    """The files reach the model as its cond / uncond / guidance_scale, one noise per row (the
+    optimiser itself is replaced: the library paths are tested above)."""
+    import sys
+
     from hso_jax.models import zoo
+    from hso_jax.optimizers import OptimizeResult
 
     ddpm = hj.noise.preset("ddpm")
+    seen = {}
+
+    def fake_optimize(model, nfe, *, method, solver, seed, x_T):
+        seen.update(model=model, x_T=x_T)
+        ts = hj.schedules.logsnr_uniform(ddpm, nfe)
+        fields = dict(objective=0.0, penalty=None, method=method, solver=solver, nfe=nfe)
+        return OptimizeResult.from_t(ts, ddpm, **fields)
+
     monkeypatch.setattr(zoo, "load", lambda name: CGM.denoiser(ddpm))
     monkeypatch.setattr(zoo, "sample_shape", lambda name: (2,))
+    monkeypatch.setattr(sys.modules["hso_jax.optimize"], "optimize", fake_optimize)
     np.save(tmp_path / "labels.npy", np.asarray(LABELS))
     np.save(tmp_path / "null.npy", np.array([NULL_CLASS]))
     np.savez(tmp_path / "bad.npz", prompt=np.zeros((8, 3)))
@@ -290,7 +308,9 @@ def test_cli_cond_uncond_guidance(capsys, monkeypatch, tmp_path):
     out, err = capsys.readouterr()
     assert rc == 0, err
     rec = json.loads(out)
-    assert rec["options"]["num_samples"] == 8  # one noise per condition row
+    assert rec["options"]["num_samples"] == 8 and seen["x_T"].shape == (8, 2)  # one per row
+    np.testing.assert_array_equal(seen["model"].cond, LABELS)
+    assert seen["model"].uncond.tolist() == [NULL_CLASS] and seen["model"].guidance_scale == 2.5
     assert rec["options"]["guidance"] == 2.5 and rec["options"]["cond"].endswith("labels.npy")
     bad = [
         ([*base, "--cond", str(tmp_path / "missing.npy")], "--cond: cannot read"),
