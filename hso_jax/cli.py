@@ -653,20 +653,22 @@ def _undo_on_interrupt(out: str):
 def _add_convert_parser(sub) -> None:
     p = sub.add_parser(
         "convert",
-        help="convert a diffusers UNet2DModel folder to a model directory for models.load",
+        help="convert a diffusers UNet folder to a model directory for models.load",
         description=(
-            "Convert a diffusers UNet2DModel folder (or a pipeline folder with unet/ and "
-            "scheduler/) to Flax parameters saved with Orbax; load it with "
-            "hso_jax.models.load(OUT). Needs the [convert] extra (torch, safetensors)."
+            "Convert a diffusers UNet2DModel or UNet2DConditionModel (Stable Diffusion) folder "
+            "(or a pipeline folder with unet/ and scheduler/) to Flax parameters saved with "
+            "Orbax; load it with hso_jax.models.load(OUT). Needs the [convert] extra (torch, "
+            "safetensors)."
         ),
     )
     p.add_argument("--diffusers", required=True, metavar="DIR", help="diffusers model folder")
     p.add_argument("--out", required=True, metavar="DIR", help="output model directory")
     p.add_argument(
         "--data-format",
-        default="NCHW",
+        default=None,
         choices=("NCHW", "NHWC"),
-        help="layout the converted model takes (default NCHW, as diffusers)",
+        help="layout the converted model takes (default NCHW, as diffusers, for a UNet2DModel; "
+        "NHWC latents for a UNet2DConditionModel)",
     )
     p.set_defaults(func=_cmd_convert, parser=p, x64=False)
 

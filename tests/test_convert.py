@@ -61,7 +61,7 @@ def _torch_model(config, seed=0):
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     kw = {k: v for k, v in config.items() if not k.startswith("_")}
-    model = diffusers.UNet2DModel(**kw).eval()
+    model = getattr(diffusers, config.get("_class_name", "UNet2DModel"))(**kw).eval()
     with torch.no_grad():  # perturb every weight (GroupNorm 1/0 init etc.) so all paths matter
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -1,17 +1,25 @@
-"""Convert a diffusers ``UNet2DModel`` (PyTorch) into a Flax model directory for :func:`load`.
+"""Convert a diffusers ``UNet2DModel`` or ``UNet2DConditionModel`` (PyTorch) into a Flax model
+directory for :func:`load`.
 
-Input: a diffusers model folder (``config.json`` + ``diffusion_pytorch_model.safetensors`` or
-``diffusion_pytorch_model.bin``; a pipeline folder with ``unet/`` and ``scheduler/`` works too),
-or an in-memory state dict with its config. Output: a directory with ``config.json``,
+Input: a diffusers model folder (``config.json`` + ``diffusion_pytorch_model.safetensors``,
+its sharded form with ``diffusion_pytorch_model.safetensors.index.json``, the ``.fp16``
+variant, or ``diffusion_pytorch_model.bin``; a pipeline folder, e.g. a Stable Diffusion one, with
+``unet/`` and ``scheduler/`` works too), or an in-memory state dict with its config. The
+config's ``_class_name`` selects the port: :mod:`hso_jax.models.unet` or
+:mod:`hso_jax.models.unet_cond`. Output: a directory with ``config.json``,
 ``scheduler_config.json``, ``hso_jax.json`` and the Orbax checkpoint ``params/``, which
 :func:`hso_jax.models.load` turns into a :class:`hso_jax.Denoiser` whose noise process comes from
 the scheduler config (``beta_schedule`` linear / scaled_linear / squaredcos_cap_v2,
 ``beta_start``, ``beta_end``, ``num_train_timesteps``) and whose prediction type from its
-``prediction_type`` (epsilon / v_prediction / sample).
+``prediction_type`` (epsilon / v_prediction / sample). Without a scheduler config the DDPM
+defaults are used for a ``UNet2DModel`` and the Stable Diffusion ones (scaled-linear betas
+0.00085..0.012, epsilon) for a ``UNet2DConditionModel``. The layout the loaded model takes is
+NCHW for a ``UNet2DModel`` (as diffusers) and NHWC latents for a ``UNet2DConditionModel``, unless
+``data_format`` says otherwise.
 
 Weight mapping (one-to-one, names as in :mod:`hso_jax.models.unet`): ``a.0.b.weight`` ->
 ``params["a_0"]["b"]["kernel"]``; convolution kernels OIHW -> HWIO, linear weights (out, in) ->
-(in, out), GroupNorm ``weight`` -> ``scale``. The attention names of old checkpoints
+(in, out), GroupNorm / LayerNorm ``weight`` -> ``scale``. The attention names of old checkpoints
 (``query``, ``key``, ``value``, ``proj_attn``, e.g. google/ddpm-*) are accepted as well as the
 current ``to_q``, ``to_k``, ``to_v``, ``to_out.0``.
 
@@ -20,10 +28,11 @@ Dependencies: ``.safetensors`` files are read with ``safetensors.numpy`` and ``.
 
 Command line::
 
-    python -m hso_jax.models.convert SRC_DIR OUT_DIR [--data-format NCHW|NHWC]
+    hso-jax convert --diffusers SRC_DIR --out OUT_DIR [--data-format NCHW|NHWC]
 
-Reference: diffusers ``UNet2DModel`` (src/diffusers/models/unets/unet_2d.py) and its
-``config.json`` / ``scheduler_config.json`` formats.
+Reference: diffusers ``UNet2DModel`` / ``UNet2DConditionModel``
+(src/diffusers/models/unets/unet_2d.py, unet_2d_condition.py) and their ``config.json`` /
+``scheduler_config.json`` formats.
 """
 
 from __future__ import annotations
@@ -36,7 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from .unet import UNetConfig
+from .unet import UNetConfig, abstract_params, as_config
+from .unet_cond import UNetCondConfig
+from .zoo import DEFAULT_SCHEDULER, SD_SCHEDULER, default_scheduler_config
 
 __all__ = [
     "convert",
@@ -45,18 +56,19 @@ __all__ = [
     "params_to_state_dict",
     "load_diffusers_folder",
     "DEFAULT_SCHEDULER",
+    "SD_SCHEDULER",
+    "default_data_format",
 ]
 
-# Used when a folder has no scheduler config: the DDPM defaults of diffusers' DDPMScheduler.
-DEFAULT_SCHEDULER: dict[str, Any] = {
-    "_class_name": "DDPMScheduler",
-    "num_train_timesteps": 1000,
-    "beta_schedule": "linear",
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "prediction_type": "epsilon",
-}
-_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+_WEIGHT_FILES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.safetensors.index.json",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.safetensors",
+)
+# Module names that contain "_<digit>" in diffusers itself (TimestepEmbedding's layers), so
+# the inverse mapping must not turn them into list indices.
+_NATIVE_NAMES = {"linear_1", "linear_2"}
 _DEPRECATED_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out_0"}
 
 
@@ -75,18 +87,6 @@ def _flax_path(key: str) -> tuple[str, ...]:
         else:
             out.append(_DEPRECATED_ATTN.get(part, part))
     return tuple(out)
-
-
-def _abstract_params(config: UNetConfig) -> dict[str, Any]:
-    import jax
-
-    from .unet import UNet2D
-
-    size = config.sample_size or 32
-    hw = (size, size) if isinstance(size, int) else tuple(size)
-    x = jax.ShapeDtypeStruct((1, *hw, config.in_channels), np.float32)
-    t = jax.ShapeDtypeStruct((1,), np.float32)
-    return jax.eval_shape(lambda x, t: UNet2D(config).init(jax.random.key(0), x, t), x, t)["params"]
 
 
 def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
@@ -110,16 +110,16 @@ def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
 
 
 def state_dict_to_params(
-    state_dict: Mapping[str, Any], config: UNetConfig | Mapping[str, Any]
+    state_dict: Mapping[str, Any], config: UNetConfig | UNetCondConfig | Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Map a diffusers ``UNet2DModel`` state dict to the Flax parameter dict.
+    """Map a diffusers ``UNet2DModel`` / ``UNet2DConditionModel`` state dict to Flax parameters.
 
     Args:
       state_dict: name -> tensor (torch tensors or NumPy arrays).
-      config: the model's config.json dict (or a :class:`UNetConfig`).
+      config: the model's config.json dict (or a :class:`UNetConfig` / :class:`UNetCondConfig`).
 
     Returns:
-      A nested dict of float32 ``jax.Array`` matching ``UNet2D.from_config(config)``.
+      A nested dict of float32 ``jax.Array`` matching ``as_config(config).module()``.
 
     Raises:
       ValueError: keys that map to no Flax parameter, Flax parameters with no tensor, or shape
@@ -127,8 +127,8 @@ def state_dict_to_params(
     """
     import jax.numpy as jnp
 
-    cfg = config if isinstance(config, UNetConfig) else UNetConfig.from_dict(config)
-    target = _flatten(_abstract_params(cfg))
+    cfg = as_config(config)
+    target = _flatten(abstract_params(cfg))
     out: dict[tuple[str, ...], Any] = {}
     unused, bad = [], []
     for key, value in state_dict.items():
@@ -155,7 +155,7 @@ def state_dict_to_params(
     missing = ["/".join(p) for p in target if p not in out]
     if unused or missing or bad:
         raise ValueError(
-            "state dict does not match the UNet2DModel config: "
+            f"state dict does not match the {cfg.to_dict()['_class_name']} config: "
             f"unexpected keys {unused[:10]}{' ...' if len(unused) > 10 else ''}; "
             f"missing parameters {missing[:10]}{' ...' if len(missing) > 10 else ''}; "
             f"shape mismatches {bad[:10]}"
@@ -170,7 +170,8 @@ def params_to_state_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
         parts = []
         for p in path[:-1]:
             head, _, tail = p.rpartition("_")
-            parts.extend([head, tail] if tail.isdigit() and head else [p])
+            native = p in _NATIVE_NAMES
+            parts.extend([head, tail] if tail.isdigit() and head and not native else [p])
         arr = np.asarray(v, np.float32)
         leaf = path[-1]
         if leaf == "kernel":
@@ -200,18 +201,26 @@ def load_diffusers_folder(
     src = Path(src)
     if not src.is_dir():
         raise FileNotFoundError(
-            f"{src} is not a directory; expected a diffusers UNet2DModel folder with config.json "
+            f"{src} is not a directory; expected a diffusers UNet2DModel folder (or a "
+            f"UNet2DConditionModel or pipeline folder) with config.json "
             f"and one of {list(_WEIGHT_FILES)}"
         )
     unet_dir, sched_path = _find_dirs(src)
     cfg_path = unet_dir / "config.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"missing {cfg_path} (the diffusers UNet2DModel config)")
+        raise FileNotFoundError(f"missing {cfg_path} (the diffusers UNet config)")
     config = json.loads(cfg_path.read_text())
     weights = next((unet_dir / f for f in _WEIGHT_FILES if (unet_dir / f).is_file()), None)
     if weights is None:
         raise FileNotFoundError(f"no weights in {unet_dir}: expected one of {list(_WEIGHT_FILES)}")
-    if weights.suffix == ".safetensors":
+    if weights.name.endswith(".index.json"):  # sharded: the index maps names to files
+        from safetensors.numpy import load_file
+
+        shards = sorted(set(json.loads(weights.read_text())["weight_map"].values()))
+        state_dict = {}
+        for shard in shards:
+            state_dict.update(load_file(str(unet_dir / shard)))
+    elif weights.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
         state_dict = load_file(str(weights))
@@ -228,17 +237,20 @@ def convert_state_dict(
     config: Mapping[str, Any],
     out: str | os.PathLike,
     scheduler_config: Mapping[str, Any] | None = None,
-    data_format: str = "NCHW",
+    data_format: str | None = None,
     source: str = "state dict",
 ) -> Path:
     """Write a model directory from a state dict + config (+ scheduler config).
 
     Args:
-      state_dict: diffusers UNet2DModel weights.
+      state_dict: diffusers UNet2DModel / UNet2DConditionModel weights.
       config: its config.json dict.
       out: output directory (created).
-      scheduler_config: diffusers scheduler config; the DDPM defaults when None.
-      data_format: layout the loaded Denoiser expects, ``"NCHW"`` (as in diffusers) or ``"NHWC"``.
+      scheduler_config: diffusers scheduler config; when None, the DDPM defaults
+        (:data:`DEFAULT_SCHEDULER`) for a UNet2DModel and Stable Diffusion's
+        (:data:`SD_SCHEDULER`) for a UNet2DConditionModel.
+      data_format: layout the loaded Denoiser expects, ``"NCHW"`` or ``"NHWC"``; None:
+        :func:`default_data_format`.
       source: provenance string stored in ``hso_jax.json``.
     """
     from .zoo import (
@@ -249,12 +261,13 @@ def convert_state_dict(
         save_checkpoint,
     )
 
+    cfg = as_config(config)
+    data_format = default_data_format(config) if data_format is None else data_format
     if data_format not in ("NCHW", "NHWC"):
         raise ValueError(f"data_format must be 'NCHW' or 'NHWC', got {data_format!r}")
-    sched = dict(DEFAULT_SCHEDULER if scheduler_config is None else scheduler_config)
+    sched = dict(default_scheduler_config(cfg) if scheduler_config is None else scheduler_config)
     noise_from_scheduler_config(sched)  # validate before writing anything
     prediction_from_scheduler_config(sched)
-    cfg = UNetConfig.from_dict(config)
     params = state_dict_to_params(state_dict, cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -273,20 +286,26 @@ def convert_state_dict(
     return out
 
 
+def default_data_format(config: Mapping[str, Any]) -> str:
+    """``"NHWC"`` (latents) for a UNet2DConditionModel config, ``"NCHW"`` (as diffusers) else."""
+    return "NHWC" if config.get("_class_name") == "UNet2DConditionModel" else "NCHW"
+
+
 def convert(
     src: str | os.PathLike,
     out: str | os.PathLike,
-    data_format: str = "NCHW",
+    data_format: str | None = None,
     scheduler_config: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Convert a diffusers UNet2DModel folder into a model directory for :func:`load`.
+    """Convert a diffusers UNet folder into a model directory for :func:`load`.
 
     Args:
       src: diffusers model folder (or pipeline folder with ``unet/`` and ``scheduler/``).
       out: output directory.
-      data_format: ``"NCHW"`` (default, diffusers' layout) or ``"NHWC"``.
+      data_format: ``"NCHW"`` or ``"NHWC"``; None: :func:`default_data_format` (NCHW for a
+        UNet2DModel, NHWC for a UNet2DConditionModel).
       scheduler_config: overrides the folder's scheduler config (needed when it has none and
-        the DDPM defaults are wrong).
+        the defaults, see :func:`convert_state_dict`, are wrong).
 
     Returns:
       The output directory.

@@ -3,7 +3,7 @@
 A model directory (written by :mod:`hso_jax.models.train` or :mod:`hso_jax.models.convert`)
 holds::
 
-    config.json            diffusers UNet2DModel config (the architecture)
+    config.json            diffusers UNet2DModel or UNet2DConditionModel config (the architecture)
     scheduler_config.json  diffusers scheduler config (beta schedule, prediction_type)
     hso_jax.json           {"format": "hso_jax-unet", "data_format": "NHWC" | "NCHW", ...}
     params/                Orbax checkpoint of the Flax parameter dict
@@ -49,6 +49,11 @@ __all__ = [
     "sample_shape",
     "noise_from_scheduler_config",
     "prediction_from_scheduler_config",
+    "default_scheduler_config",
+    "denoiser_from_config",
+    "sd_preset_name",
+    "DEFAULT_SCHEDULER",
+    "SD_SCHEDULER",
     "load_mnist_digits",
     "ZOO_DIR",
     "ZOO_MODELS",
@@ -65,6 +70,25 @@ ZOO_MODELS = ("mnist", "mnist-v2")
 MNIST_ID = ZOO_ALIASES["mnist"]
 MODEL_FORMAT = "hso_jax-unet"
 PARAMS_SUBDIR = "params"
+# Used when a folder has no scheduler config: the DDPM defaults of diffusers' DDPMScheduler
+# (UNet2DModel) and Stable Diffusion's training noise, the same for SD 1.x / 2.x / XL
+# (UNet2DConditionModel).
+DEFAULT_SCHEDULER: dict[str, Any] = {
+    "_class_name": "DDPMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_schedule": "linear",
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "prediction_type": "epsilon",
+}
+SD_SCHEDULER: dict[str, Any] = {
+    "_class_name": "DDPMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "prediction_type": "epsilon",
+}
 _PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
@@ -74,13 +98,17 @@ _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 # --------------------------------------------------------------------------------------
 
 
-def noise_from_scheduler_config(sched: dict[str, Any]) -> NoiseSchedule:
+def noise_from_scheduler_config(
+    sched: dict[str, Any], scaled_linear_preset: str = "sd15"
+) -> NoiseSchedule:
     """The discrete VP process of a diffusers scheduler config.
 
     Reads ``beta_schedule`` (``linear``, ``scaled_linear``, ``squaredcos_cap_v2``), ``beta_start``,
     ``beta_end``, ``num_train_timesteps`` (or explicit ``trained_betas``). The linear
-    1e-4..0.02 / 1000 schedule returns the shared ``preset("ddpm")`` object, so compiled samplers
-    are reused.
+    1e-4..0.02 / 1000 schedule returns the shared ``preset("ddpm")`` object, and Stable
+    Diffusion's scaled-linear 0.00085..0.012 / 1000 one ``preset(scaled_linear_preset)``
+    (``"sd15"``, ``"sd21"`` or ``"sdxl"``: the same betas, named after the model), so compiled
+    samplers are reused.
     """
     n = int(sched.get("num_train_timesteps", 1000))
     if sched.get("trained_betas") is not None:
@@ -94,7 +122,7 @@ def noise_from_scheduler_config(sched: dict[str, Any]) -> NoiseSchedule:
         return VPDiscrete.from_betas(linear_betas(b0, b1, n), name="linear")
     if kind == "scaled_linear":
         if n == 1000 and np.isclose(b0, 0.00085) and np.isclose(b1, 0.012):
-            return preset("sd15")
+            return preset(scaled_linear_preset)
         return VPDiscrete.from_betas(scaled_linear_betas(b0, b1, n), name="scaled_linear")
     if kind == "squaredcos_cap_v2":
         if n == 1000:
@@ -103,6 +131,33 @@ def noise_from_scheduler_config(sched: dict[str, Any]) -> NoiseSchedule:
     raise ValueError(
         f"scheduler beta_schedule = {kind!r} is not supported; supported: {list(_BETA_SCHEDULES)}"
     )
+
+
+def default_scheduler_config(config: Any) -> dict[str, Any]:
+    """The scheduler config assumed for a model folder without one: :data:`SD_SCHEDULER` for a
+    UNet2DConditionModel (a config object or its dict), :data:`DEFAULT_SCHEDULER` otherwise."""
+    from .unet import as_config
+    from .unet_cond import UNetCondConfig
+
+    conditional = isinstance(as_config(config), UNetCondConfig)
+    return dict(SD_SCHEDULER if conditional else DEFAULT_SCHEDULER)
+
+
+def sd_preset_name(config: Any, prediction_type: str = "epsilon") -> str:
+    """The noise preset named after a Stable Diffusion family member: ``"sdxl"`` for
+    ``addition_embed_type = "text_time"``, ``"sd21"`` for 1024-wide prompt embeddings
+    (OpenCLIP ViT-H, SD 2.x) or ``v_prediction`` (SD 2.x at 768 px), ``"sd15"`` otherwise.
+    All three have the same betas; the name labels schedules made for the model."""
+    from .unet import as_config
+    from .unet_cond import UNetCondConfig
+
+    cfg = as_config(config)
+    if not isinstance(cfg, UNetCondConfig):
+        return "sd15"
+    if cfg.addition_embed_type == "text_time":
+        return "sdxl"
+    sd2 = 1024 in cfg.per_block("cross_attention_dim") or prediction_type == "v_prediction"
+    return "sd21" if sd2 else "sd15"
 
 
 def prediction_from_scheduler_config(sched: dict[str, Any]) -> str:
@@ -192,8 +247,7 @@ def verify_manifest(ckpt: Path) -> bool:
         digest, sep, rel = line.partition("  ")
         if not sep or len(digest) != 64:
             raise ValueError(
-                f"checkpoint {ckpt}: corrupt checksum manifest {MANIFEST}, line {n}: "
-                f"{line[:80]!r}"
+                f"checkpoint {ckpt}: corrupt checksum manifest {MANIFEST}, line {n}: {line[:80]!r}"
             )
         want[rel] = digest
     have = _checkpoint_files(ckpt)
@@ -269,24 +323,17 @@ def load_params(name_or_dir: str | os.PathLike) -> tuple[dict[str, Any], Any, di
     """
     import jax
 
-    from .unet import UNet2D, UNetConfig
+    from .unet import abstract_params
 
     path = _resolve(name_or_dir)
-    config = _read_json(path / "config.json", "UNet2DModel config")
+    config = _read_json(path / "config.json", "diffusers UNet config")
     sched = _read_json(path / "scheduler_config.json", "diffusers scheduler config")
     meta = _read_json(path / "hso_jax.json", "hso_jax model metadata")
     if meta.get("format") != MODEL_FORMAT:
         raise ValueError(
             f"{path / 'hso_jax.json'}: format is {meta.get('format')!r}, expected {MODEL_FORMAT!r}"
         )
-    cfg = UNetConfig.from_dict(config)
-    size = cfg.sample_size or 32
-    hw = (size, size) if isinstance(size, int) else tuple(size)
-    x = jax.ShapeDtypeStruct((1, *hw, cfg.in_channels), np.float32)
-    t = jax.ShapeDtypeStruct((1,), np.float32)
-    abstract = jax.eval_shape(lambda x, t: UNet2D(cfg).init(jax.random.key(0), x, t), x, t)[
-        "params"
-    ]
+    abstract = abstract_params(config)
     ckpt = path / meta.get("checkpoint", PARAMS_SUBDIR)
     # The shipped models carry a manifest; a user's directory from an older converter may not.
     params = restore_checkpoint(ckpt, require_manifest=path.resolve().parent == ZOO_DIR)
@@ -311,7 +358,11 @@ def load(name_or_dir: str | os.PathLike = "mnist") -> Denoiser:
         written by :func:`hso_jax.models.convert.convert` / :mod:`hso_jax.models.train`.
 
     Returns:
-      ``Denoiser(unet_fn(config, data_format), noise, prediction, params=params)``.
+      ``Denoiser(unet_fn(config, data_format), noise, prediction, params=params)`` (see
+      :func:`denoiser_from_config`). A converted Stable Diffusion U-Net
+      (``UNet2DConditionModel``) takes NHWC latents and needs its prompt embeddings:
+      ``load(dir).replace(cond=emb, uncond=null_emb, guidance_scale=7.5)`` (one guided call is
+      one NFE; SDXL: ``cond`` is a dict, see :mod:`hso_jax.models.unet_cond`).
 
     Example::
 
@@ -319,14 +370,38 @@ def load(name_or_dir: str | os.PathLike = "mnist") -> Denoiser:
         x_T = model.noise.prior(key, (16, 28, 28, 1))
         x0 = hso_jax.sample(model, x_T, ts, hso_jax.solvers.ddim())
     """
+    config, params, meta = load_params(name_or_dir)
+    data_format = meta["hso_jax"].get("data_format", "NHWC")
+    return denoiser_from_config(config, params, meta["scheduler"], data_format)
+
+
+def denoiser_from_config(
+    config: Any,
+    params: Any,
+    scheduler_config: dict[str, Any] | None = None,
+    data_format: str = "NHWC",
+) -> Denoiser:
+    """A :class:`hso_jax.Denoiser` from a U-Net config, its parameters and a scheduler config.
+
+    Args:
+      config: a diffusers ``UNet2DModel`` / ``UNet2DConditionModel`` config.json dict (or a
+        config object of :mod:`hso_jax.models.unet` / :mod:`hso_jax.models.unet_cond`).
+      params: the Flax parameters (e.g. :func:`hso_jax.models.unet.init_params`).
+      scheduler_config: a diffusers scheduler config; None: :func:`default_scheduler_config`.
+      data_format: the layout the Denoiser takes, ``"NHWC"`` (default) or ``"NCHW"``.
+
+    Returns:
+      ``Denoiser(unet_fn(config, data_format), noise, prediction, params=params)``, time input
+      the continuous training step index (the Denoiser default). A conditional U-Net's
+      Denoiser needs ``.replace(cond=..., [uncond=..., guidance_scale=...])`` before use.
+    """
     from .unet import unet_fn
 
-    config, params, meta = load_params(name_or_dir)
-    noise = noise_from_scheduler_config(meta["scheduler"])
-    prediction = prediction_from_scheduler_config(meta["scheduler"])
-    data_format = meta["hso_jax"].get("data_format", "NHWC")
-    fn = unet_fn(config, data_format)
-    return Denoiser(fn, noise=noise, prediction=prediction, params=params)
+    sched = default_scheduler_config(config) if scheduler_config is None else scheduler_config
+    name = sd_preset_name(config, sched.get("prediction_type", "epsilon"))
+    noise = noise_from_scheduler_config(sched, name)
+    prediction = prediction_from_scheduler_config(sched)
+    return Denoiser(unet_fn(config, data_format), noise=noise, prediction=prediction, params=params)
 
 
 def sample_shape(name_or_dir: str | os.PathLike = "mnist") -> tuple[int, ...]:
@@ -337,7 +412,7 @@ def sample_shape(name_or_dir: str | os.PathLike = "mnist") -> tuple[int, ...]:
       FileNotFoundError / ValueError as :func:`load_params`.
     """
     path = _resolve(name_or_dir)
-    config = _read_json(path / "config.json", "UNet2DModel config")
+    config = _read_json(path / "config.json", "diffusers UNet config")
     meta = _read_json(path / "hso_jax.json", "hso_jax model metadata")
     size = config.get("sample_size") or 32
     h, w = (size, size) if isinstance(size, int) else tuple(size)
