@@ -10,16 +10,17 @@ counted at run time by a ``jax.debug.callback`` inside the network (forward eval
 recomputations included; the reverse pass of direct's gradient, about two evaluations' worth
 of work per forward one, is not a call and is not counted).
 
-Models: ``--model tiny`` (default), a small conditional JAX network written here (latents
-``(8, 8, 4)``, prompt embeddings ``(B, 8, 32)``, a shared null embedding; a few dense layers),
-or ``--model DIR``, a converted conditional model directory (``hso_jax.models.load``) with
-random embeddings of ``--cond-shape``. For a real model multiply the counts by its time per
+Models: ``--model tiny`` (default), the tiny random SD-1.5-like
+:class:`~hso_jax.models.UNet2DConditionModel` of ``hso_jax.models.tiny_config("sd15")``
+(latents ``(8, 8, 4)``, channels 8 / 16, prompt embeddings ``(B, 5, 12)``), or ``--model DIR``,
+a converted conditional model directory (``hso_jax.models.load``); random prompt and null
+embeddings of ``--cond-shape``. For a real model multiply the counts by its time per
 evaluation on your hardware.
 
 Run::
 
     python benchmarks/bench_cond_cost.py [--model tiny|DIR] [--batch 8] [--nfe 5]
-        [--out benchmarks/results]
+        [--shape 8 8 4] [--cond-shape 5 12] [--out benchmarks/results]
 
 Writes ``<out>/bench_cond_cost.{md,json}``.
 """
@@ -34,45 +35,33 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import hso_jax as hj
+from hso_jax.models import denoiser_from_config, tiny_config
+from hso_jax.models.unet import init_params
 
 OUT = Path(__file__).resolve().parent / "results"
 COUNT = [0]
 
 
-def _count(n):
-    COUNT[0] += int(n)
+def _count(rows):
+    COUNT[0] += int(rows.size)
 
 
 def counted(fn):
     """``fn`` that adds its batch size to ``COUNT`` whenever it runs (under jit too)."""
 
     def wrapped(params, x, t, cond):
-        jax.debug.callback(_count, x.shape[0])
+        # an array of the batch (batched under vmap, unlike the static x.shape[0])
+        jax.debug.callback(_count, x.reshape(x.shape[0], -1)[:, 0])
         return fn(params, x, t, cond)
 
     return wrapped
 
 
-def tiny_network(params, x, t, cond):
-    b = x.shape[0]
-    h = x.reshape(b, -1) @ params["w_in"] + jnp.mean(cond, axis=1) @ params["w_c"]
-    h = jnp.tanh(h + jnp.sin(1e-3 * t) * params["w_t"])
-    return (h @ params["w_out"]).reshape(x.shape)
-
-
-def tiny_model(shape, cond_shape):
-    ks = jax.random.split(jax.random.key(0), 4)
-    d, hidden = int(np.prod(shape)), 64
-    params = {
-        "w_in": jax.random.normal(ks[0], (d, hidden)) / np.sqrt(d),
-        "w_c": jax.random.normal(ks[1], (cond_shape[-1], hidden)) / np.sqrt(cond_shape[-1]),
-        "w_t": jax.random.normal(ks[2], (hidden,)),
-        "w_out": 0.5 * jax.random.normal(ks[3], (hidden, d)) / np.sqrt(hidden),
-    }
-    return hj.Denoiser(tiny_network, noise=hj.noise.preset("sd15"), params=params)
+def tiny_unet():
+    config = tiny_config("sd15")
+    return denoiser_from_config(config, init_params(config, jax.random.key(0)))
 
 
 def seconds_per_evaluation(model, x, t, repeats: int = 20) -> float:
@@ -91,12 +80,13 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=8, help="noises (and conditions)")
     p.add_argument("--nfe", type=int, default=5)
     p.add_argument("--shape", type=int, nargs="+", default=[8, 8, 4], help="sample shape")
-    p.add_argument("--cond-shape", type=int, nargs=2, default=[8, 32], help="(L, D)")
+    p.add_argument("--cond-shape", type=int, nargs=2, default=[5, 12], help="(L, D)")
     p.add_argument("--out", default=str(OUT))
     a = p.parse_args(argv)
     shape, cond_shape = tuple(a.shape), tuple(a.cond_shape)
     if a.model == "tiny":
-        model, name = tiny_model(shape, cond_shape), "tiny conditional network (this script)"
+        model, name = tiny_unet(), 'tiny random UNet2DConditionModel (tiny_config("sd15"))'
+
     else:
         model, name = hj.models.load(a.model), f"converted model {a.model}"
     model = model.replace(fn=counted(model.fn))

@@ -19,19 +19,18 @@ the reverse pass keeps one state per step and recomputes the step's network call
 argument (parameters, noises, conditions), output, temporary (activations kept for the reverse
 pass and scratch) and generated-code sizes, and the compile time.
 
-The network (``--model standin``, the default) is an SD-1.5-shaped stand-in written here: conv
-UNet with channels 320 / 640 / 1280 / 1280, two ResNet blocks per level (time embedding added),
-a transformer block (self-attention, cross-attention to the prompt, GEGLU feed-forward) after
-each ResNet block of the first three levels and in the middle, skip connections, 8 heads. It
-has the activation pattern that dominates SD's memory (self-attention over 4096 tokens at
-64 x 64) but is not diffusers' ``UNet2DConditionModel``: parameter counts differ (printed).
-``--model DIR`` instead loads a converted model directory (``hso_jax.models.load``) and uses
-its parameters' shapes.
+The network (``--model sd15``, the default) is :class:`hso_jax.models.UNet2DConditionModel`
+with Stable Diffusion 1.5's published configuration (channels 320 / 640 / 1280 / 1280, two
+layers per block, 8 heads, cross-attention width 768; 860 M parameters), its parameters given
+as shapes (``hso_jax.models.unet.abstract_params``); ``--model DIR`` takes a converted model
+directory instead. The solver loop is compiled as a ``lax.scan`` (``unroll=False``): direct
+unrolls it, which stores the same activations per step but multiplies the compile time by the
+number of steps (too slow for 2 CPU cores at this size); ``--unroll`` compiles it unrolled.
 
 The step is not run: one iteration on 2 CPU cores would take minutes. Run::
 
-    python benchmarks/bench_sd_memory.py [--model standin|DIR] [--batch 4] [--nfe 5]
-        [--size 64] [--out benchmarks/results]
+    python benchmarks/bench_sd_memory.py [--model sd15|DIR] [--batch 4] [--nfe 5]
+        [--size 64] [--unroll] [--out benchmarks/results]
 
 Writes ``<out>/bench_sd_memory.{md,json}``.
 """
@@ -45,91 +44,45 @@ import platform
 import time
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import hso_jax as hj
+from hso_jax.models import denoiser_from_config
+from hso_jax.models.unet import abstract_params
 from hso_jax.optimizers.direct import direct_loss
 from hso_jax.optimizers.refine import logits_from_lam
 
 OUT = Path(__file__).resolve().parent / "results"
-CHANNELS = (320, 640, 1280, 1280)
-ATTENTION = (True, True, True, False)
-HEADS = 8
 TEXT = (77, 768)
+SD15 = {
+    "_class_name": "UNet2DConditionModel",
+    "act_fn": "silu",
+    "attention_head_dim": 8,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "center_input_sample": False,
+    "cross_attention_dim": 768,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+    "sample_size": 64,
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+}
+"""Stable Diffusion 1.5's ``unet/config.json`` (runwayml/stable-diffusion-v1-5)."""
 
 
-class ResBlock(nn.Module):
-    ch: int
-
-    @nn.compact
-    def __call__(self, x, temb):
-        h = nn.Conv(self.ch, (3, 3))(nn.silu(nn.GroupNorm(32)(x)))
-        h = h + nn.Dense(self.ch)(nn.silu(temb))[:, None, None, :]
-        h = nn.Conv(self.ch, (3, 3))(nn.silu(nn.GroupNorm(32)(h)))
-        if x.shape[-1] != self.ch:
-            x = nn.Conv(self.ch, (1, 1))(x)
-        return x + h
-
-
-class Transformer(nn.Module):
-    ch: int
-
-    @nn.compact
-    def __call__(self, x, ctx):
-        b, h, w, c = x.shape
-        y = nn.Dense(c)(nn.GroupNorm(32)(x).reshape(b, h * w, c))
-        y = y + nn.MultiHeadDotProductAttention(HEADS)(nn.LayerNorm()(y))
-        y = y + nn.MultiHeadDotProductAttention(HEADS)(nn.LayerNorm()(y), ctx)
-        a, g = jnp.split(nn.Dense(8 * c)(nn.LayerNorm()(y)), 2, axis=-1)
-        y = y + nn.Dense(c)(a * nn.gelu(g))
-        return x + nn.Dense(c)(y).reshape(b, h, w, c)
-
-
-class StandIn(nn.Module):
-    """SD-1.5-shaped conditional UNet (see the module docstring), eps prediction."""
-
-    @nn.compact
-    def __call__(self, x, t, ctx):
-        freqs = jnp.exp(-math.log(10_000.0) * jnp.arange(160) / 160)
-        temb = jnp.broadcast_to(t, (x.shape[0],))[:, None] * freqs
-        temb = jnp.concatenate([jnp.sin(temb), jnp.cos(temb)], axis=-1)
-        temb = nn.Dense(1280)(nn.silu(nn.Dense(1280)(temb)))
-        h = nn.Conv(CHANNELS[0], (3, 3))(x)
-        skips = []
-        for i, (ch, att) in enumerate(zip(CHANNELS, ATTENTION, strict=True)):
-            for _ in range(2):
-                h = ResBlock(ch)(h, temb)
-                h = Transformer(ch)(h, ctx) if att else h
-                skips.append(h)
-            if i < len(CHANNELS) - 1:
-                h = nn.Conv(ch, (3, 3), strides=2)(h)
-        h = Transformer(CHANNELS[-1])(ResBlock(CHANNELS[-1])(h, temb), ctx)
-        for i, (ch, att) in reversed(list(enumerate(zip(CHANNELS, ATTENTION, strict=True)))):
-            for _ in range(2):
-                h = ResBlock(ch)(jnp.concatenate([h, skips.pop()], axis=-1), temb)
-                h = Transformer(ch)(h, ctx) if att else h
-            if i > 0:
-                b, hh, ww, c = h.shape
-                h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest")
-        return nn.Conv(4, (3, 3))(nn.silu(nn.GroupNorm(32)(h)))
-
-
-def standin_model(size: int):
-    net = StandIn()
-    x = jax.ShapeDtypeStruct((1, size, size, 4), jnp.float32)
-    ctx = jax.ShapeDtypeStruct((1, *TEXT), jnp.float32)
-    params = jax.eval_shape(
-        lambda x, c: net.init(jax.random.key(0), x, jnp.float32(0.0), c), x, ctx
-    )
-
-    def fn(params, x, t, ctx):
-        return net.apply(params, x, t, ctx)
-
-    model = hj.Denoiser(fn, noise=hj.noise.preset("sd15"), params=params)
-    return model, "SD-1.5-shaped stand-in (this script's StandIn)"
+def sd15_model(size: int):
+    config = dict(SD15, sample_size=size)
+    model = denoiser_from_config(config, abstract_params(config))
+    return model, "UNet2DConditionModel, Stable Diffusion 1.5 configuration, random weights"
 
 
 def loaded_model(path: str):
@@ -138,7 +91,7 @@ def loaded_model(path: str):
     return model.replace(params=params), f"converted model {path}"
 
 
-def lower_step(model, batch: int, size: int, nfe: int, remat: bool, cond_shape):
+def lower_step(model, batch: int, size: int, nfe: int, remat: bool, cond_shape, unroll: bool):
     """Compile direct's iteration (value and gradient on the training batch, held-out loss)."""
     solver = hj.solvers.unipc()
     ns = model.noise
@@ -153,8 +106,8 @@ def lower_step(model, batch: int, size: int, nfe: int, remat: bool, cond_shape):
     guided = model.replace(cond=emb, uncond=null, guidance_scale=7.5)
 
     def step(z, m, x_tr, r_tr, x_va, r_va):
-        loss, g = jax.value_and_grad(direct_loss)(z, m, solver, x_tr, r_tr, ends, True, remat)
-        return loss, g, direct_loss(z, m, solver, x_va, r_va, ends)
+        loss, g = jax.value_and_grad(direct_loss)(z, m, solver, x_tr, r_tr, ends, unroll, remat)
+        return loss, g, direct_loss(z, m, solver, x_va, r_va, ends, unroll)
 
     t0 = time.perf_counter()
     compiled = jax.jit(step).lower(z, guided, latents, latents, latents, latents).compile()
@@ -176,8 +129,9 @@ def markdown(res: dict) -> str:
         f"Network: {res['network']} ({res['parameters'] / 1e6:.0f} M parameters). Latents "
         f"{res['batch']} x {res['size']} x {res['size']} x 4 (training) + the same held out, "
         f"prompt embeddings {res['batch']} x {res['cond_shape'][0]} x {res['cond_shape'][1]}, "
-        f"guidance 7.5 (2 network calls per NFE), NFE {res['nfe']}, UniPC, unrolled solver "
-        f"loop. Compiled on {res['backend']} ({res['machine']}), not run. GiB:",
+        f"guidance 7.5 (2 network calls per NFE), NFE {res['nfe']}, UniPC, solver loop "
+        f"{'unrolled' if res['unroll'] else 'a lax.scan'}. Compiled on {res['backend']} "
+        f"({res['machine']}), not run. GiB:",
         "",
         "| remat | argument | output | temp | generated code | compile s |",
         "|---|---|---|---|---|---|",
@@ -202,21 +156,26 @@ def markdown(res: dict) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="standin", help="'standin' or a converted model dir")
+    p.add_argument("--model", default="sd15", help="'sd15' or a converted model directory")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--nfe", type=int, default=5)
     p.add_argument("--size", type=int, default=64, help="latent height = width")
+    p.add_argument(
+        "--cond-shape", type=int, nargs=2, default=list(TEXT), help="(L, D), --model DIR"
+    )
+    p.add_argument("--unroll", action="store_true", help="unroll the solver loop as direct does")
     p.add_argument("--out", default=str(OUT))
     a = p.parse_args(argv)
-    if a.model == "standin":
-        model, network = standin_model(a.size)
+    if a.model == "sd15":
+        model, network = sd15_model(a.size)
+        cond_shape = TEXT
     else:
         model, network = loaded_model(a.model)
-    cond_shape = TEXT
+        cond_shape = tuple(a.cond_shape)
     n_params = sum(math.prod(v.shape) for v in jax.tree_util.tree_leaves(model.params))
     runs = []
     for remat in (False, True):
-        runs.append(lower_step(model, a.batch, a.size, a.nfe, remat, cond_shape))
+        runs.append(lower_step(model, a.batch, a.size, a.nfe, remat, cond_shape, a.unroll))
         print(json.dumps(runs[-1]), flush=True)
     res = {
         "network": network,
@@ -225,6 +184,7 @@ def main(argv=None) -> None:
         "size": a.size,
         "nfe": a.nfe,
         "cond_shape": list(cond_shape),
+        "unroll": a.unroll,
         "backend": jax.default_backend(),
         "machine": f"{platform.machine()}, {jax.device_count()} device(s)",
         "jax": jax.__version__,

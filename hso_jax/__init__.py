@@ -1,6 +1,6 @@
 """hso_jax: optimised sampling schedules for diffusion models, in JAX."""
 
-from . import evaluation, io, models, noise, optimizers, schedules, solvers
+from . import batch, evaluation, io, models, noise, optimizers, schedules, solvers
 from .denoiser import Denoiser
 from .optimize import optimize
 from .solvers import sample, sample_trajectory
@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Denoiser",
+    "batch",
     "evaluation",
     "io",
     "models",
