@@ -387,8 +387,7 @@ config = tiny_config("sd15")
 unet = denoiser_from_config(config, init_params(config, jax.random.key(3)))
 ks = jax.random.split(jax.random.key(4), 3)
 emb = jax.random.normal(ks[0], (16, 5, 12), jnp.float32)
-null = jax.random.normal(ks[1], (1, 5, 12), jnp.float32)
-unet = unet.replace(cond=emb, uncond=null, guidance_scale=7.5)
+unet = unet.replace(cond=emb)  # guidance on 8 devices: the oracle above (half the compile)
 with jax.enable_x64(False):
     lat = unet.noise.prior(ks[2], (16, 8, 8, 4), jnp.float32)
     runs = {
@@ -412,4 +411,5 @@ def test_optimizers_with_conditions_equal_on_1_and_8_devices(tmp_path):
     """direct / AYS / GITS with per-sample conditions and guidance, on the oracle and on a tiny
     random conditional UNet: the same schedule on 1 device and on 8 (noises, KLUB samples,
     teacher solve and condition rows split over the devices)."""
-    run_on_devices(tmp_path, SHARDED_SCRIPT, SHARDED_MARKER)
+    # a few minutes on 2 CPU cores: two programs per method (1 and 8 devices), UNet included
+    run_on_devices(tmp_path, SHARDED_SCRIPT, SHARDED_MARKER, timeout=1800)
