@@ -31,7 +31,7 @@ PREDICTION = {"sd15": "epsilon", "sd21": "v_prediction", "sdxl": "epsilon"}
 
 
 def _cond(kind, batch, seed):
-    """(cond pytree as NumPy, diffusers kwargs builder) for a random prompt."""
+    """A random condition as NumPy: the prompt embedding, or for SDXL the dict of three."""
     rng = np.random.default_rng(seed)
     ctx = rng.standard_normal((batch, L_TOKENS, 12)).astype(np.float32)
     if kind != "sdxl":
@@ -191,6 +191,19 @@ def test_convert_unet_folder_bin_defaults(nets, tmp_path):
     assert sorted(sd) == sorted(ref)
     for k in ref:
         np.testing.assert_array_equal(sd[k], ref[k])
+
+
+def test_read_sharded_safetensors(nets, tmp_path):
+    """Large U-Nets ship sharded (``...safetensors.index.json`` + shards): all shards are read."""
+    pytest.importorskip("safetensors")
+    config, model, params, _ = nets("sd15")
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    assert len(list(tmp_path.glob("diffusion_pytorch_model-*.safetensors"))) > 1
+    cfg, state_dict, sched = cv.load_diffusers_folder(tmp_path)
+    assert sched is None and cfg["_class_name"] == "UNet2DConditionModel"
+    got = cv.state_dict_to_params(state_dict, cfg)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, params)
 
 
 def test_dpm_solver_pp_matches_diffusers_pipeline_loop(nets):
