@@ -324,7 +324,7 @@ def _export(ts, noise, args, record) -> str:
     return json.dumps(schedules.to_comfyui(ts, noise, end=args.end or "sigma_min")) + "\n"
 
 
-_CLI_MODEL_BASED = ("direct", "gits", "mep-model")
+_CLI_MODEL_BASED = ("ays", "direct", "gits", "mep-model")
 
 CONDITION_KEYS = ("encoder_hidden_states", "text_embeds", "time_ids")
 """Names of the arrays of a dict condition in an ``.npz`` file (SDXL's UNet: prompt embeddings,
@@ -398,21 +398,30 @@ def _conditions_from_args(args) -> tuple[dict, dict]:
                 "names, same shape after the leading sample axis)"
             )
         changes["uncond"] = uncond
-    if args.guidance is not None:
-        changes["guidance_scale"] = args.guidance
     rows = {s[0] for shape in shapes.values() for s in shape.values()} - {1}
     if len(rows) > 1:
         raise _UsageError(
             f"arguments --cond / --uncond: leading (sample) sizes differ, {shapes}; use one row "
-            "per noise or one shared row (size 1)"
+            "per prompt or one shared row (size 1)"
         )
-    if args.num_samples is None:
-        args.num_samples = rows.pop() if rows else 16
-    elif rows and rows != {args.num_samples}:
-        raise _UsageError(
-            f"arguments --cond / --uncond have {rows.pop()} rows but --num-samples is "
-            f"{args.num_samples}: pass one condition row per noise or one shared row (size 1)"
-        )
+    if rows:
+        n = rows.pop()
+        if args.num_samples is None:
+            args.num_samples = n * -(-16 // n)  # at least 16 noises, the same number per prompt
+        if args.num_samples % n:
+            raise _UsageError(
+                f"arguments --cond / --uncond have {n} rows (prompts) but --num-samples is "
+                f"{args.num_samples}: pass a multiple of {n} (each prompt gets the same number "
+                "of noises) or one shared row (size 1)"
+            )
+        reps = args.num_samples // n
+
+        def tile(v):  # prompt i conditions noises i, i + n, i + 2n, ...
+            return np.tile(v, (reps,) + (1,) * (v.ndim - 1)) if v.shape[0] == n else v
+
+        changes = {k: jax.tree_util.tree_map(tile, v) for k, v in changes.items()}
+    if args.guidance is not None:
+        changes["guidance_scale"] = args.guidance
     record = {"cond": str(args.cond), "uncond": args.uncond, "guidance": args.guidance}
     return changes, record
 
@@ -422,13 +431,14 @@ def _add_optimize_parser(sub) -> None:
 
     p = sub.add_parser(
         "optimize",
-        help="optimise a schedule: HSO / DM-NonUniform (model-free, seconds) or direct / GITS / "
-        "model-aware MEP (--model)",
+        help="optimise a schedule: HSO / DM-NonUniform (model-free, seconds) or AYS / direct / "
+        "GITS / model-aware MEP (--model)",
         description=(
             "Optimise a sampling schedule for --nfe network evaluations: from the noise process "
             "alone (HSO, DM-NonUniform and their single-level variants; --noise or a schedule "
-            "file), or from a model's trajectories (direct, gits, mep-model; --model, which "
-            "also gives the noise process). Warnings of the search go to stderr."
+            "file), or from a model (ays, direct, gits, mep-model; --model, which also gives the "
+            "noise process; --cond / --uncond / --guidance for a conditional model: one "
+            "schedule for all prompts). Warnings of the search go to stderr."
         ),
     )
     _add_noise_source(p, required=False)
@@ -447,7 +457,8 @@ def _add_optimize_parser(sub) -> None:
         "--num-samples",
         type=_positive_int,
         help="model-based methods: initial noises (direct: half trains, half is held out; "
-        "default: one per --cond row, else 16)",
+        "ays: model samples, >= 8; default 16, or the smallest multiple of the --cond rows "
+        "above it, each prompt repeated over its share of the noises)",
     )
     p.add_argument(
         "--cond",
@@ -539,8 +550,11 @@ def _optimize_with_model(args):
     with jax.enable_x64(False):
         model = model.replace(**changes)
         x_T = model.noise.prior(jax.random.key(args.sample_seed), (args.num_samples, *shape))
+        # AYS scores the KLUB on samples it draws from the model (one per noise and prompt)
+        data = {"shape": shape, "num_samples": args.num_samples, "progress": False}
+        kw = data if args.method == "ays" else {"x_T": x_T}
         res = optimize(
-            model, args.nfe, method=args.method, solver=args.solver, seed=args.seed, x_T=x_T
+            model, args.nfe, method=args.method, solver=args.solver, seed=args.seed, **kw
         )
     source = {"model": str(args.model), "num_samples": args.num_samples}
     source["sample_seed"] = args.sample_seed

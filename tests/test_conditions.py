@@ -289,8 +289,8 @@ def test_cli_cond_uncond_guidance(capsys, monkeypatch, tmp_path):
     ddpm = hj.noise.preset("ddpm")
     seen = {}
 
-    def fake_optimize(model, nfe, *, method, solver, seed, x_T):
-        seen.update(model=model, x_T=x_T)
+    def fake_optimize(model, nfe, *, method, solver, seed, **kw):
+        seen.update(model=model, **kw)
         ts = hj.schedules.logsnr_uniform(ddpm, nfe)
         fields = dict(objective=0.0, penalty=None, method=method, solver=solver, nfe=nfe)
         return OptimizeResult.from_t(ts, ddpm, **fields)
@@ -308,8 +308,9 @@ def test_cli_cond_uncond_guidance(capsys, monkeypatch, tmp_path):
     out, err = capsys.readouterr()
     assert rc == 0, err
     rec = json.loads(out)
-    assert rec["options"]["num_samples"] == 8 and seen["x_T"].shape == (8, 2)  # one per row
-    np.testing.assert_array_equal(seen["model"].cond, LABELS)
+    # 16 noises: the 8 labels (prompts) repeated, each prompt with the same number of noises
+    assert rec["options"]["num_samples"] == 16 and seen["x_T"].shape == (16, 2)
+    np.testing.assert_array_equal(seen["model"].cond, np.tile(LABELS, 2))
     assert seen["model"].uncond.tolist() == [NULL_CLASS] and seen["model"].guidance_scale == 2.5
     assert rec["options"]["guidance"] == 2.5 and rec["options"]["cond"].endswith("labels.npy")
     bad = [
@@ -318,9 +319,14 @@ def test_cli_cond_uncond_guidance(capsys, monkeypatch, tmp_path):
         ([*base, "--uncond", str(tmp_path / "null.npy")], "--uncond: needs --cond"),
         ([*base, "--cond", str(tmp_path / "bad.npz")], "named among"),
         ([*base, *cond, "--uncond", str(tmp_path / "floats.npy")], "do not match those of"),
-        ([*base, *cond, "--num-samples", "6"], "8 rows but --num-samples is 6"),
+        ([*base, *cond, "--num-samples", "12"], "8 rows (prompts) but --num-samples is 12"),
         (["optimize", "--noise", "ddpm", "--nfe", "4", *cond], "--cond: only applies"),
     ]
+    ays = ["optimize", "--model", "toy", "--method", "ays", "--nfe", "4", *cond]
+    assert main([*ays, "--num-samples", "8"]) == 0, capsys.readouterr().err
+    assert seen["shape"] == (2,) and seen["num_samples"] == 8  # AYS draws its data
+    np.testing.assert_array_equal(seen["model"].cond, LABELS)
+    capsys.readouterr()
     for argv, match in bad:
         assert main(argv) == 2, argv
         assert match in capsys.readouterr().err, (argv, match)
