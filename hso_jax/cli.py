@@ -324,7 +324,7 @@ def _export(ts, noise, args, record) -> str:
     return json.dumps(schedules.to_comfyui(ts, noise, end=args.end or "sigma_min")) + "\n"
 
 
-_CLI_MODEL_BASED = ("ays", "direct", "gits", "mep-model")
+_CLI_MODEL_BASED = ("direct", "gits", "mep-model")
 
 CONDITION_KEYS = ("encoder_hidden_states", "text_embeds", "time_ids")
 """Names of the arrays of a dict condition in an ``.npz`` file (SDXL's UNet: prompt embeddings,
@@ -431,12 +431,12 @@ def _add_optimize_parser(sub) -> None:
 
     p = sub.add_parser(
         "optimize",
-        help="optimise a schedule: HSO / DM-NonUniform (model-free, seconds) or AYS / direct / "
-        "GITS / model-aware MEP (--model)",
+        help="optimise a schedule: HSO / DM-NonUniform (model-free, seconds) or direct / GITS / "
+        "model-aware MEP (--model)",
         description=(
             "Optimise a sampling schedule for --nfe network evaluations: from the noise process "
             "alone (HSO, DM-NonUniform and their single-level variants; --noise or a schedule "
-            "file), or from a model (ays, direct, gits, mep-model; --model, which also gives the "
+            "file), or from a model (direct, gits, mep-model; --model, which also gives the "
             "noise process; --cond / --uncond / --guidance for a conditional model: one "
             "schedule for all prompts). Warnings of the search go to stderr."
         ),
@@ -457,7 +457,7 @@ def _add_optimize_parser(sub) -> None:
         "--num-samples",
         type=_positive_int,
         help="model-based methods: initial noises (direct: half trains, half is held out; "
-        "ays: model samples, >= 8; default 16, or the smallest multiple of the --cond rows "
+        "default 16, or the smallest multiple of the --cond rows "
         "above it, each prompt repeated over its share of the noises)",
     )
     p.add_argument(
@@ -550,11 +550,8 @@ def _optimize_with_model(args):
     with jax.enable_x64(False):
         model = model.replace(**changes)
         x_T = model.noise.prior(jax.random.key(args.sample_seed), (args.num_samples, *shape))
-        # AYS scores the KLUB on samples it draws from the model (one per noise and prompt)
-        data = {"shape": shape, "num_samples": args.num_samples, "progress": False}
-        kw = data if args.method == "ays" else {"x_T": x_T}
         res = optimize(
-            model, args.nfe, method=args.method, solver=args.solver, seed=args.seed, **kw
+            model, args.nfe, method=args.method, solver=args.solver, seed=args.seed, x_T=x_T
         )
     source = {"model": str(args.model), "num_samples": args.num_samples}
     source["sample_seed"] = args.sample_seed
