@@ -13,6 +13,7 @@ import types
 __version__ = "0.1.0"
 
 _SUBMODULES = (
+    "batch",
     "denoiser",
     "evaluation",
     "io",

@@ -4,6 +4,8 @@ Subcommands::
 
     hso-jax demo                                   # the main job on the shipped MNIST model
     hso-jax optimize --noise sd21 --nfe 5 --solver unipc --format diffusers
+    hso-jax optimize --model DIR --method direct --nfe 5 --cond emb.npy --uncond null.npy \
+        --guidance 7.5
     hso-jax schedules --noise sd15 --nfe 10 --kind ays --format diffusers
     hso-jax schedules --noise flux-dev --resolution 1024 --nfe 28 --kind default
     hso-jax convert --diffusers DIR --out DIR          # needs the [convert] extra
@@ -406,6 +408,105 @@ def _export(ts, noise, args, record) -> str:
 
 _CLI_MODEL_BASED = ("direct", "gits", "mep-model")
 
+CONDITION_KEYS = ("encoder_hidden_states", "text_embeds", "time_ids")
+"""Names of the arrays of a dict condition in an ``.npz`` file (SDXL's UNet: prompt embeddings,
+pooled text embeddings, micro-conditioning time ids)."""
+
+
+def _read_condition(path: str, option: str):
+    """An array (.npy) or a dict of arrays (.npz, keys among ``CONDITION_KEYS``)."""
+    suffix = Path(path).suffix
+    if suffix not in (".npy", ".npz"):
+        raise _UsageError(f"argument {option}: expected a .npy or .npz file, got {path!r}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_NPY_MAGIC))
+        if suffix == ".npy":
+            if head != _NPY_MAGIC:
+                raise ValueError("not a NumPy .npy file (no .npy header)")
+            tree = np.load(path, allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                tree = {k: z[k] for k in z.files}
+    except (OSError, ValueError, TypeError) as e:
+        raise _UsageError(f"argument {option}: cannot read {path!r}: {e}") from None
+    if isinstance(tree, dict):
+        unknown = sorted(set(tree) - set(CONDITION_KEYS))
+        if not tree or unknown:
+            raise _UsageError(
+                f"argument {option}: {path!r} holds arrays {sorted(tree)}; a dict condition "
+                f"takes arrays named among {list(CONDITION_KEYS)}"
+            )
+    for key, v in tree.items() if isinstance(tree, dict) else [("", tree)]:
+        where = f"{path!r}" + (f"[{key!r}]" if key else "")
+        if v.dtype.kind not in "fiu" or v.ndim < 1:
+            raise _UsageError(
+                f"argument {option}: {where} must be a real array with a leading sample axis, "
+                f"got dtype {v.dtype} and shape {v.shape}"
+            )
+    # float conditions in the models' precision (float32); integer labels as they are
+    as_model = lambda v: v.astype(np.float32) if v.dtype.kind == "f" else v  # noqa: E731
+    return jax.tree_util.tree_map(as_model, tree)
+
+
+def _condition_rows(tree) -> dict[str, tuple[int, ...]]:
+    items = tree.items() if isinstance(tree, dict) else [("array", tree)]
+    return {k: tuple(v.shape) for k, v in items}
+
+
+def _conditions_from_args(args) -> tuple[dict, dict]:
+    """The Denoiser changes (cond, uncond, guidance_scale) of --cond / --uncond / --guidance,
+    checked against each other and --num-samples, and their record for the output."""
+    if args.cond is None:
+        for option, value in (("--uncond", args.uncond), ("--guidance", args.guidance)):
+            if value is not None:
+                raise _UsageError(f"argument {option}: needs --cond (the conditions)")
+        return {}, {}
+    if args.guidance is not None and args.uncond is None:
+        raise _UsageError(
+            "argument --guidance: needs --uncond (classifier-free guidance calls the network "
+            "with --cond and with --uncond)"
+        )
+    cond = _read_condition(args.cond, "--cond")
+    shapes = {"--cond": _condition_rows(cond)}
+    changes = {"cond": cond}
+    if args.uncond is not None:
+        uncond = _read_condition(args.uncond, "--uncond")
+        shapes["--uncond"] = _condition_rows(uncond)
+        a, b = shapes["--cond"], shapes["--uncond"]
+        if set(a) != set(b) or any(a[k][1:] != b[k][1:] for k in a):
+            raise _UsageError(
+                f"argument --uncond: its arrays {b} do not match those of --cond {a} (same "
+                "names, same shape after the leading sample axis)"
+            )
+        changes["uncond"] = uncond
+    rows = {s[0] for shape in shapes.values() for s in shape.values()} - {1}
+    if len(rows) > 1:
+        raise _UsageError(
+            f"arguments --cond / --uncond: leading (sample) sizes differ, {shapes}; use one row "
+            "per prompt or one shared row (size 1)"
+        )
+    if rows:
+        n = rows.pop()
+        if args.num_samples is None:
+            args.num_samples = n * -(-16 // n)  # at least 16 noises, the same number per prompt
+        if args.num_samples % n:
+            raise _UsageError(
+                f"arguments --cond / --uncond have {n} rows (prompts) but --num-samples is "
+                f"{args.num_samples}: pass a multiple of {n} (each prompt gets the same number "
+                "of noises) or one shared row (size 1)"
+            )
+        reps = args.num_samples // n
+
+        def tile(v):  # prompt i conditions noises i, i + n, i + 2n, ...
+            return np.tile(v, (reps,) + (1,) * (v.ndim - 1)) if v.shape[0] == n else v
+
+        changes = {k: jax.tree_util.tree_map(tile, v) for k, v in changes.items()}
+    if args.guidance is not None:
+        changes["guidance_scale"] = args.guidance
+    record = {"cond": str(args.cond), "uncond": args.uncond, "guidance": args.guidance}
+    return changes, record
+
 
 def _add_optimize_parser(sub) -> None:
     from .optimize import MODEL_FREE, SOLVERS
@@ -417,8 +518,9 @@ def _add_optimize_parser(sub) -> None:
         description=(
             "Optimise a sampling schedule for --nfe network evaluations: from the noise process "
             "alone (HSO, DM-NonUniform and their single-level variants; --noise or a schedule "
-            "file), or from a model's trajectories (direct, gits, mep-model; --model, which "
-            "also gives the noise process). Warnings of the search go to stderr."
+            "file), or from a model (direct, gits, mep-model; --model, which also gives the "
+            "noise process; --cond / --uncond / --guidance for a conditional model: one "
+            "schedule for all prompts). Warnings of the search go to stderr."
         ),
     )
     _add_noise_source(p, required=False)
@@ -436,9 +538,28 @@ def _add_optimize_parser(sub) -> None:
     p.add_argument(
         "--num-samples",
         type=_positive_int,
-        default=16,
         help="model-based methods: initial noises (direct: half trains, half is held out; "
-        "default 16)",
+        "default 16, or the smallest multiple of the --cond rows "
+        "above it, each prompt repeated over its share of the noises)",
+    )
+    p.add_argument(
+        "--cond",
+        metavar="FILE",
+        help="model-based methods: conditions, e.g. prompt embeddings: a .npy array (B, ...) "
+        "with one row per noise or one shared row (B = 1), or a .npz of named arrays for a "
+        f"dict condition (SDXL: {', '.join(CONDITION_KEYS)})",
+    )
+    p.add_argument(
+        "--uncond",
+        metavar="FILE",
+        help="unconditional (null-prompt) condition for classifier-free guidance, same kind "
+        "of file as --cond (usually one shared row)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=_finite_float,
+        metavar="W",
+        help="classifier-free guidance scale (needs --cond and --uncond), e.g. 7.5",
     )
     p.add_argument(
         "--sample-seed", type=int, default=0, help="model-based methods: seed of the noises"
@@ -463,10 +584,11 @@ def _cmd_optimize(args) -> int:
         _preset_options(args)  # preset options need --noise
         res, noise, source = _optimize_with_model(args)
     else:
-        if args.model is not None:
-            raise _UsageError(
-                f"argument --model: only applies to --method {' / '.join(_CLI_MODEL_BASED)}"
-            )
+        for option in ("model", "cond", "uncond", "guidance"):
+            if getattr(args, option) is not None:
+                raise _UsageError(
+                    f"argument --{option}: only applies to --method {' / '.join(_CLI_MODEL_BASED)}"
+                )
         if not has_noise:
             raise _UsageError(
                 "one of the arguments --noise --betas-file --alphas-cumprod-file is required"
@@ -500,18 +622,23 @@ def _optimize_with_model(args):
     from .models import zoo
     from .optimize import optimize
 
+    changes, cond_record = _conditions_from_args(args)
+    if args.num_samples is None:
+        args.num_samples = 16
     try:
         model = zoo.load(args.model)
         shape = zoo.sample_shape(args.model)
     except FileNotFoundError as e:
         raise _UsageError(f"argument --model: {e}") from None
     with jax.enable_x64(False):
+        model = model.replace(**changes)
         x_T = model.noise.prior(jax.random.key(args.sample_seed), (args.num_samples, *shape))
         res = optimize(
             model, args.nfe, method=args.method, solver=args.solver, seed=args.seed, x_T=x_T
         )
     source = {"model": str(args.model), "num_samples": args.num_samples}
     source["sample_seed"] = args.sample_seed
+    source.update({k: v for k, v in cond_record.items() if v is not None})
     return res, model.noise, source
 
 

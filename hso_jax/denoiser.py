@@ -18,6 +18,13 @@ convention, not rounded), and ``t`` itself otherwise (sigma for EDM); ``time_inp
 ``"index"``, ``"index-rounded"``, ``"t"``, ``"sigma_edm"``, ``"scaled"`` (1000 t) or any callable
 ``t -> t_in``.
 
+Conditions. ``cond`` and ``uncond`` are pytrees whose array leaves carry the sample axis first:
+leading size ``B`` (the batch of ``x``) gives one condition per sample, leading size 1 one
+condition shared by all samples (broadcast to the batch here, so the network always receives
+condition rows aligned with ``x``), and scalar leaves are passed unchanged. Any other leading
+size raises ``ValueError``. How batches of conditions travel through solvers and optimisers
+(split, chunked, sharded with their samples) is described in :mod:`hso_jax.batch`.
+
 Classifier-free guidance (Ho & Salimans 2022): with ``guidance_scale = w``, the network is called
 with ``cond`` and ``uncond`` and the raw prediction is ``p_u + w (p_c - p_u)``; one guided call
 counts as one network evaluation (NFE), as everywhere in the field.
@@ -132,7 +139,7 @@ class Denoiser:
 
     def _call(self, x, t_in, cond):
         args = () if self.params is None else (self.params,)
-        tail = () if cond is None else (cond,)
+        tail = () if cond is None else (_align_condition(cond, x),)
         return self.fn(*args, x, t_in, *tail)
 
     def raw(self, x, t):
@@ -176,9 +183,29 @@ class Denoiser:
         return (ds * x - s * out) / (ds * a - s * da)
 
 
-jax.tree_util.register_pytree_node(
-    Denoiser, lambda d: d.tree_flatten(), Denoiser.tree_unflatten
-)
+def _align_condition(cond, x):
+    """Condition leaves with leading size 1 broadcast to ``x``'s batch; a leading size other
+    than 1 or ``x``'s batch is an error (a misaligned condition batch)."""
+    if jnp.ndim(x) < 1:
+        return cond
+    batch = jnp.shape(x)[0]
+
+    def align(path, leaf):
+        shape = jnp.shape(leaf)
+        if len(shape) == 0 or shape[0] == batch:
+            return leaf
+        if shape[0] == 1:
+            return jnp.broadcast_to(leaf, (batch, *shape[1:]))
+        raise ValueError(
+            f"condition leaf cond{jax.tree_util.keystr(path)} has leading size {shape[0]}, but "
+            f"the state batch x has {batch} samples (shape {tuple(jnp.shape(x))}); a condition "
+            f"needs one row per sample (leading size {batch}) or one shared row (leading size 1)"
+        )
+
+    return jax.tree_util.tree_map_with_path(align, cond)
+
+
+jax.tree_util.register_pytree_node(Denoiser, lambda d: d.tree_flatten(), Denoiser.tree_unflatten)
 
 
 def as_denoiser(

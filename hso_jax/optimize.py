@@ -105,6 +105,10 @@ def optimize(
         :class:`~hso_jax.noise.NoiseSchedule` (model-free methods only). The model-free
         methods use only the model's noise process and do not call the network (a warning
         in ``res.warnings`` says so).
+        Conditions and guidance: a Denoiser with ``cond`` / ``uncond`` / ``guidance_scale``
+        (one row per sample of ``x_T`` / ``data``, or one shared row; :mod:`hso_jax.batch`)
+        is optimised for with each sample under its own condition, and the model-based
+        methods return one schedule for the whole batch of conditions.
       nfe: network evaluations of the sampler the schedule is for (integer >= 2).
       method: one of ``"hso"`` (default), ``"hso-dmn"``, ``"mep-local"``, ``"dmn"`` (model-free)
         or ``"ays"``, ``"direct"``, ``"gits"``, ``"mep-model"`` (model-based); the tables
@@ -145,13 +149,16 @@ def optimize(
           ``step_optim.py`` (``trunc_num="hso"`` gives this function's behaviour before it
           followed the official code); for ``"hso-dmn"``: ``"hso"``. ``info["trunc_num"]``
           reports the value used;
-        * ``"ays"``: ``key``, ``data`` and the options of ``optimize_ays``;
+        * ``"ays"``: ``key``, ``data``, ``mesh`` and the options of ``optimize_ays``;
         * ``"direct"``: ``x_T`` (required), ``reference``, ``x_T_val``, ``reference_val``,
-          ``val_fraction``, ``init`` (warm start: a schedule, an OptimizeResult or a dict of
-          them), ``steps``, ``learning_rate``, ``patience``, ... (``optimize_direct``);
+          ``cond_val`` / ``uncond_val`` (conditions of ``x_T_val``), ``val_fraction``,
+          ``init`` (warm start: a schedule, an OptimizeResult or a dict of them), ``steps``,
+          ``learning_rate``, ``patience``, ``remat``, ``batch_size``, ``mesh``, ...
+          (``optimize_direct``);
         * ``"gits"``, ``"mep-model"``: the teacher, ``x_T`` (required unless ``teacher``, a
           :class:`~hso_jax.evaluation.Teacher`, is given), ``teacher_points`` (100),
-          ``teacher_grid`` (``"logsnr"``), ``teacher_rtol`` / ``teacher_atol`` (1e-4);
+          ``teacher_grid`` (``"logsnr"``), ``teacher_rtol`` / ``teacher_atol`` (1e-4),
+          ``teacher_batch_size`` (samples per teacher solve), ``mesh`` (devices);
           ``"gits"``: ``coeff``; ``"mep-model"``: the options of ``"hso"`` except ``p`` and
           ``frame``.
 
@@ -219,6 +226,16 @@ def optimize(
             f"model's noise process ({getattr(noise_schedule, 'name', '') or noise_schedule!r}); "
             f"the methods that evaluate the network are {', '.join(map(repr, MODEL_BASED))}"
         )
+        if model.cond is not None or model.uncond is not None:
+            note += (
+                "; its conditions (cond / uncond"
+                + (
+                    f", guidance_scale={model.guidance_scale:g}"
+                    if model.guidance_scale is not None
+                    else ""
+                )
+                + ") were not used either"
+            )
         res = dataclasses.replace(res, warnings=res.warnings + (note,))
     return res
 

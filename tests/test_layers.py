@@ -1,8 +1,8 @@
 """The package's layers (DESIGN.md): a module imports only from its own layer or below.
 
-noise -> denoiser -> schedules -> solvers -> models -> reference -> objectives -> optimizers ->
-evaluation -> optimize / io -> demo / cli. Imports inside functions count too, and no module
-imports a private name of another module.
+noise -> denoiser -> batch -> schedules -> solvers -> models -> reference -> objectives ->
+optimizers -> evaluation -> optimize / io -> demo / cli. Imports inside functions count too,
+and no module imports a private name of another module.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ LAYERS = [
     ("_validate", "_signals", "__init__"),  # __init__ holds __version__; it loads lazily
     ("noise",),
     ("denoiser",),
+    ("batch",),
     ("schedules",),
     ("solvers",),
     ("models",),

@@ -4,10 +4,9 @@ The check runs in a subprocess with ``--xla_force_host_platform_device_count=8``
 test process keeps its single device.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
+
+from _devices import run_on_devices
 
 MARKER = "SHARDED_GRID_OK"
 
@@ -70,15 +69,4 @@ SCRIPT = textwrap.dedent(
 
 
 def test_sharded_grid_equals_unsharded_on_8_devices(tmp_path):
-    script = tmp_path / "sharded_grid.py"
-    script.write_text(SCRIPT)
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert MARKER in proc.stdout.splitlines()
+    run_on_devices(tmp_path, SCRIPT, MARKER)

@@ -26,18 +26,19 @@ and the metrics over the group's stacked schedules; a grid with mixed lengths is
 rejected. Compiled functions are cached by JAX, so a second grid with the same shapes does not
 recompile.
 
-Sharded evaluation. With ``mesh`` (a :class:`jax.sharding.Mesh` with an axis named ``"batch"``,
-or ``"auto"`` for all of ``jax.devices()`` on one axis), ``x_T`` and the reference are placed
-with ``NamedSharding(mesh, PartitionSpec("batch"))`` (split along the sample axis) and the model,
-schedules and key are replicated; ``jit`` then runs every group data-parallel, one slice of the
-batch per device, and the per-sample results are gathered on the host. Samples never interact,
-so the results equal the unsharded ones up to floating-point round-off: XLA may fuse or
-contract a per-sample reduction differently for another per-device shape (about one ulp; in
-the 8-device CPU test the samples are bit-identical). The batch size must be divisible by the
-number of devices on the ``"batch"`` axis. The same call runs unchanged on a multi-GPU or TPU host:
-``jax.devices()`` lists the accelerators, ``mesh="auto"`` uses all of them; on CPU,
-``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (set before importing JAX) simulates
-eight devices. Multi-host (multi-process) runs would need globally sharded inputs built with
+Sharded evaluation. With ``mesh`` (a :class:`jax.sharding.Mesh` with an axis named ``"batch"``, or
+``"auto"`` for all of ``jax.devices()`` on one axis), ``x_T`` and the reference are placed with
+``NamedSharding(mesh, PartitionSpec("batch"))`` (split along the sample axis), so are the model's
+per-sample condition rows (:func:`hso_jax.batch.shard_model`), and the rest of the model, the
+schedules and the key are replicated; ``jit`` then runs every group data-parallel, one slice of the
+batch per device, and the per-sample results are gathered on the host. Samples never interact, so
+the results equal the unsharded ones up to floating-point round-off: XLA may fuse or contract a
+per-sample reduction differently for another per-device shape (about one ulp; in the 8-device CPU
+test the samples are bit-identical). The batch size must be divisible by the number of devices on
+the ``"batch"`` axis. The same call runs unchanged on a multi-GPU or TPU host: ``jax.devices()``
+lists the accelerators, ``mesh="auto"`` uses all of them; on CPU,
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (set before importing JAX) simulates eight
+devices. Multi-host (multi-process) runs would need globally sharded inputs built with
 ``jax.make_array_from_process_local_data``; this module handles one host.
 """
 
@@ -53,8 +54,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
+from ..batch import (
+    check_conditions,
+    make_batch_mesh,
+    replicate,
+    resolve_mesh,
+    shard_batch,
+    shard_model,
+)
 from ..denoiser import Denoiser
 from ..schedules import RANGE_RTOL, check_schedule
 from ..solvers import Solver, sample
@@ -127,50 +136,6 @@ class GridRecord:
 # --------------------------------------------------------------------------------------
 # Sharding helpers
 # --------------------------------------------------------------------------------------
-
-
-def make_batch_mesh(devices: Sequence[Any] | None = None) -> Mesh:
-    """A 1-D mesh with axis ``"batch"`` over ``devices`` (default: all of ``jax.devices()``)."""
-    devs = list(jax.devices() if devices is None else devices)
-    if not devs:
-        raise ValueError("devices must not be empty")
-    return Mesh(np.array(devs), ("batch",))
-
-
-def _resolve_mesh(mesh) -> Mesh | None:
-    if mesh is None:
-        return None
-    if isinstance(mesh, str):
-        if mesh != "auto":
-            raise ValueError(f"mesh must be None, 'auto' or a jax.sharding.Mesh, got {mesh!r}")
-        return make_batch_mesh()
-    if not isinstance(mesh, Mesh):
-        raise TypeError(
-            f"mesh must be None, 'auto' or a jax.sharding.Mesh, got {type(mesh).__name__}"
-        )
-    if "batch" not in mesh.axis_names:
-        raise ValueError(
-            f"mesh must have an axis named 'batch' (the sample axis is split along it), got axes "
-            f"{tuple(mesh.axis_names)}"
-        )
-    return mesh
-
-
-def shard_batch(x: Array, mesh: Mesh) -> Array:
-    """Place ``x`` on ``mesh`` split along its first (sample) axis over the ``"batch"`` axis.
-
-    Raises:
-      ValueError: ``x.shape[0]`` is not divisible by the number of devices on ``"batch"``.
-    """
-    mesh = _resolve_mesh(mesh)
-    n = mesh.shape["batch"]
-    if np.ndim(x) < 1 or np.shape(x)[0] % n:
-        raise ValueError(
-            f"the batch size ({np.shape(x)[0] if np.ndim(x) else 'no batch axis'}) must be "
-            f"divisible by the number of devices on the mesh's 'batch' axis ({n}); pad or trim "
-            f"the batch to a multiple of {n}"
-        )
-    return jax.device_put(x, NamedSharding(mesh, PartitionSpec("batch")))
 
 
 # --------------------------------------------------------------------------------------
@@ -346,7 +311,7 @@ def evaluate_grid(
     solv = _named("solvers", solvers, _check_solver)
     metric_fns = _metric_fns(metrics, data_range)
     denoise_final = bool(denoise_final)
-    mesh = _resolve_mesh(mesh)
+    mesh = resolve_mesh(mesh)
 
     x_T = jnp.asarray(x_T)
     target = jnp.asarray(reference, x_T.dtype)
@@ -360,15 +325,12 @@ def evaluate_grid(
                 f"{reference_time!r}"
             )
 
+    check_conditions(model, x_T.shape[0], "x_T")
     if mesh is not None:
         x_T = shard_batch(x_T, mesh)
         target = shard_batch(target, mesh)
-        replicated = NamedSharding(mesh, PartitionSpec())
-        model = jax.device_put(model, replicated)
-        if key is not None:
-            key = jax.device_put(key, replicated)
-    else:
-        replicated = None
+        model = shard_model(model, mesh)  # per-sample conditions split like x_T
+        key = replicate(key, mesh)
 
     if denoise_final:
         target = _denoise(model, target, jnp.asarray(t_ref, x_T.dtype))
@@ -381,8 +343,7 @@ def evaluate_grid(
     for sv_name, solver in solv:
         for length, members in groups.items():
             ts_stack = jnp.stack([jnp.asarray(ts, x_T.dtype) for _, ts in members])
-            if replicated is not None:
-                ts_stack = jax.device_put(ts_stack, replicated)
+            ts_stack = replicate(ts_stack, mesh)
             vals, finite, outs = _eval_group(
                 model,
                 x_T,

@@ -1,6 +1,8 @@
 """Models: analytic oracles (Gaussian mixtures with exact denoisers) and network ports.
 
-* :class:`GaussianMixture` - analytic oracle with an exact denoiser.
+* :class:`GaussianMixture` - analytic oracle with an exact denoiser;
+  :class:`ConditionalGaussianMixture` - its class-conditional form (exact conditional,
+  unconditional and guided denoisers).
 * :class:`UNet2D`, :func:`unet_fn` - Flax Linen port of diffusers' ``UNet2DModel``.
 * :func:`load` - the shipped MNIST DDPM (``load("mnist")``) or a converted model directory, as
   a ready :class:`hso_jax.Denoiser`; :func:`denoiser_from_config` - the same from a config and
@@ -13,13 +15,15 @@
 * :mod:`hso_jax.models.classifier` - MNIST feature network (FD-MNIST's features).
 """
 
-from .gaussian_mixture import GaussianMixture
+from .gaussian_mixture import NULL_CLASS, ConditionalGaussianMixture, GaussianMixture
 from .unet import UNet2D, UNetConfig, unet_fn
 from .unet_cond import UNet2DConditionModel, UNetCondConfig, tiny_config
 from .zoo import denoiser_from_config, load, load_mnist_digits
 
 __all__ = [
     "GaussianMixture",
+    "ConditionalGaussianMixture",
+    "NULL_CLASS",
     "UNet2D",
     "UNetConfig",
     "unet_fn",

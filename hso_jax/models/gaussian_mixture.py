@@ -23,6 +23,13 @@ The exact noise prediction is written without dividing by ``sigma``,
 so it is finite at sigma = 0 (where it is 0 for s_k > 0) as well as at alpha = 0; the exact
 velocity of the process, dx_t/dt = alpha'(t) x0 + sigma'(t) eps, follows from the two
 (rectified flow: u = eps - x0).
+
+Class-conditional data (:class:`ConditionalGaussianMixture`): class ``c`` has prior
+probability ``pi_c`` and its own mixture ``p(x0 | c) = sum_{k in c} w_k N(mu_k, diag(s_k^2))``.
+The exact conditional denoiser ``E[x0 | x_t = x, c]`` is the posterior mean above over the
+components of class ``c`` alone; the exact unconditional one ``E[x0 | x_t = x]`` is the same
+over all components with weights ``pi_c w_k``. Classifier-free guidance with scale ``w`` then
+gives ``D_u + w (D_c - D_u)`` from two exact predictions, with no network anywhere.
 """
 
 from __future__ import annotations
@@ -37,7 +44,10 @@ import numpy as np
 from ..denoiser import Denoiser
 from ..noise import NoiseSchedule
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "ConditionalGaussianMixture", "NULL_CLASS"]
+
+NULL_CLASS = -1
+"""The label of the unconditional (null) condition of :class:`ConditionalGaussianMixture`."""
 
 Array = Any
 
@@ -135,17 +145,23 @@ class GaussianMixture:
         lp = self._component_log_probs(x, loc, var) + _as_float(self.log_weights)
         return jax.scipy.special.logsumexp(lp, axis=-1)
 
-    def _posterior(self, x, noise: NoiseSchedule, t):
+    def _posterior(self, x, noise: NoiseSchedule, t, log_weights=None):
         """Responsibilities r (..., K), per-component residual (x - alpha mu_k) / var_k
-        (..., K, D), and the marginal parameters."""
+        (..., K, D), and the marginal parameters; ``log_weights`` (broadcastable to (..., K))
+        replaces the mixture's own, e.g. one class's components."""
         a, sg, mu, s, var = self._marginal_params(noise, t)
-        lp = self._component_log_probs(x, a * mu, var) + _as_float(self.log_weights)
+        lw = _as_float(self.log_weights) if log_weights is None else log_weights
+        lp = self._component_log_probs(x, a * mu, var) + lw
         r = jax.nn.softmax(lp, axis=-1)
         return r, (x[..., None, :] - a * mu) / var, a, sg, mu, s
 
     def x0(self, x, noise: NoiseSchedule, t) -> Array:
         """Exact E[x0 | x_t = x], x of shape (..., D)."""
-        r, res, a, _, mu, s = self._posterior(x, noise, t)
+        return self._posterior_mean(x, noise, t, _as_float(self.log_weights))
+
+    def _posterior_mean(self, x, noise, t, log_weights):
+        """E[x0 | x_t = x] for component log-weights broadcastable to (..., K)."""
+        r, res, a, _, mu, s = self._posterior(x, noise, t, log_weights)
         post = mu + a * s * s * res  # (..., K, D)
         return jnp.sum(r[..., None] * post, axis=-2)
 
@@ -213,3 +229,146 @@ def _exact_velocity(params, x, t):
 
 
 _EXACT = {"x0": _exact_x0, "eps": _exact_eps, "flow": _exact_velocity}
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True, eq=False, init=False)
+class ConditionalGaussianMixture:
+    """Class-conditional Gaussian mixture with exact conditional and unconditional denoisers.
+
+    Conditions are integer class labels: ``0 .. C - 1`` for a class and :data:`NULL_CLASS`
+    (``-1``) for the unconditional (null) condition, so ``denoiser(noise, cond=labels,
+    uncond=NULL_CLASS, guidance_scale=w)`` is an exactly guided model. A batch of labels
+    ``(B,)`` gives each sample of a ``(B, D)`` state its own class; a scalar or ``(1,)`` label
+    is shared by all samples (:mod:`hso_jax.batch`).
+
+    Args:
+      classes: one :class:`GaussianMixture` per class, all of the same dimension D.
+      class_weights: ``(C,)`` class prior probabilities (normalised here); uniform if omitted.
+    """
+
+    mixture: GaussianMixture  # all components; log-weights log(pi_c w_k)
+    within: Array  # (M,) log w_k within its class
+    class_of: Array  # (M,) class of each component
+
+    def __init__(self, classes, class_weights=None):
+        classes = list(classes)
+        if not classes or not all(isinstance(g, GaussianMixture) for g in classes):
+            raise TypeError(
+                "classes must be a non-empty sequence of GaussianMixture (one per class), got "
+                f"{[type(g).__name__ for g in classes] or classes!r}"
+            )
+        dims = sorted({g.dim for g in classes})
+        if len(dims) != 1:
+            raise ValueError(f"every class must have the same dimension D, got dimensions {dims}")
+        c = len(classes)
+        pi = np.full(c, 1.0 / c) if class_weights is None else np.asarray(class_weights, float)
+        if pi.shape != (c,) or not np.all(np.isfinite(pi)) or np.any(pi <= 0):
+            raise ValueError(
+                f"class_weights must be {c} finite positive numbers (one per class), got "
+                f"{class_weights!r}"
+            )
+        pi = pi / pi.sum()
+        within = np.concatenate([np.asarray(g.log_weights) for g in classes])
+        class_of = np.concatenate([np.full(g.num_components, i) for i, g in enumerate(classes)])
+        mixture = GaussianMixture(
+            np.concatenate([g.means for g in classes]),
+            np.concatenate([g.stds for g in classes]),
+            np.exp(within + np.log(pi)[class_of]),
+        )
+        object.__setattr__(self, "mixture", mixture)
+        object.__setattr__(self, "within", within)
+        object.__setattr__(self, "class_of", class_of)
+
+    def tree_flatten(self):
+        return (self.mixture, self.within, self.class_of), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        for name, value in zip(("mixture", "within", "class_of"), children, strict=True):
+            object.__setattr__(obj, name, value)
+        return obj
+
+    @property
+    def num_classes(self) -> int:
+        return int(np.max(self.class_of)) + 1
+
+    @property
+    def dim(self) -> int:
+        return self.mixture.dim
+
+    def class_mixture(self, label: int) -> GaussianMixture:
+        """The data distribution of class ``label`` (``NULL_CLASS``: the marginal), a plain
+        :class:`GaussianMixture` with its own exact denoiser."""
+        label = self._check_labels(label, "label")
+        if int(label) == NULL_CLASS:
+            return self.mixture
+        sel = np.asarray(self.class_of) == int(label)
+        m = self.mixture
+        return GaussianMixture(m.means[sel], m.stds[sel], np.exp(self.within[sel]))
+
+    def _check_labels(self, labels, name: str):
+        v = np.asarray(labels)
+        if not np.issubdtype(v.dtype, np.integer):
+            raise TypeError(f"{name} must be integer class labels, got dtype {v.dtype}")
+        c = self.num_classes
+        if np.any((v < NULL_CLASS) | (v >= c)):
+            raise ValueError(
+                f"{name} must lie in 0..{c - 1} (a class) or be {NULL_CLASS} (unconditional), got "
+                f"values {sorted(set(v.ravel().tolist()))[:8]}"
+            )
+        return v
+
+    def log_weights(self, labels) -> Array:
+        """Per-sample component log-weights ``(..., M)`` of labels ``(...)``: ``log w_k`` on the
+        labelled class's components (``-inf`` elsewhere), ``log pi_c w_k`` for the null label."""
+        labels = jnp.asarray(labels)[..., None]
+        cls = jnp.asarray(self.class_of)
+        own = jnp.where(cls == labels, _as_float(self.within), -jnp.inf)
+        return jnp.where(labels == NULL_CLASS, _as_float(self.mixture.log_weights), own)
+
+    def x0(self, x, noise: NoiseSchedule, t, labels=NULL_CLASS) -> Array:
+        """Exact ``E[x0 | x_t = x, c]`` for labels broadcastable to ``x.shape[:-1]``
+        (``NULL_CLASS``: the unconditional ``E[x0 | x_t = x]``)."""
+        labels = jnp.broadcast_to(jnp.asarray(labels), jnp.shape(x)[:-1])
+        return self.mixture._posterior_mean(x, noise, t, self.log_weights(labels))
+
+    def sample(self, key, labels) -> Array:
+        """Exact samples ``(B, D)``, sample ``b`` from class ``labels[b]`` (null: the marginal)."""
+        labels = self._check_labels(labels, "labels")
+        if labels.ndim != 1:
+            raise ValueError(f"labels must have shape (B,), got {labels.shape}")
+        kc, kn = jax.random.split(key)
+        m = self.mixture
+        mu, s = _as_float(m.means), _as_float(m.stds)
+        comp = jax.random.categorical(kc, self.log_weights(labels))
+        return mu[comp] + s[comp] * jax.random.normal(kn, (labels.shape[0], self.dim), mu.dtype)
+
+    def denoiser(
+        self, noise: NoiseSchedule, cond=None, uncond=None, guidance_scale: float | None = None
+    ) -> Denoiser:
+        """The exact Denoiser (x0 prediction) under ``noise``, conditioned on the labels
+        ``cond`` (one per sample, or shared), with optional classifier-free guidance towards
+        ``cond`` away from ``uncond`` (typically :data:`NULL_CLASS`). Without ``cond`` it is
+        the unconditional denoiser."""
+        if not isinstance(noise, NoiseSchedule):
+            raise TypeError(f"noise must be a NoiseSchedule, got {type(noise).__name__}")
+        for name, v in (("cond", cond), ("uncond", uncond)):
+            if v is not None:
+                self._check_labels(v, name)
+        return Denoiser(
+            _conditional_x0,
+            noise=noise,
+            prediction="x0",
+            params=(self, noise),
+            time_input="t",
+            cond=None if cond is None else jnp.asarray(cond),
+            uncond=None if uncond is None else jnp.asarray(uncond),
+            guidance_scale=guidance_scale,
+        )
+
+
+def _conditional_x0(params, x, t, labels=NULL_CLASS):
+    cgm, noise = params
+    return cgm.x0(x, noise, t, labels)

@@ -87,6 +87,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _validate
+from ..batch import (
+    check_conditions,
+    condition_batch,
+    replicate,
+    resolve_mesh,
+    shard_batch,
+    take_conditions,
+    vmap_samples,
+)
 from ..denoiser import Denoiser
 from ..schedules import check_schedule
 
@@ -284,16 +293,19 @@ def _gather(data, idx, e1, e2, s, r, u, slot_of_group, start, *, size):
     sl = slot_of_group[g]
     s_k = s[g, j]
     expand = (slice(None),) + (None,) * (data.ndim - 1)
-    x_s = data[idx[sl, j]] + s_k[expand] * e1[sl, j]
+    rows = idx[sl, j]
+    x_s = data[rows] + s_k[expand] * e1[sl, j]
     x_u = x_s + r[g, j][expand] * e2[sl, j]
-    return x_s, s_k, x_u, u[g]
+    return x_s, s_k, x_u, u[g], rows
 
 
 @jax.jit
-def _pair_sq_diff(model, x_s, s, x_u, u):
-    """||D(x_s, s) - D(x_u, u)||^2 per sample: one network call on the stacked batch."""
-    den = jax.vmap(_edm_denoiser(model))
-    d = den(jnp.concatenate([x_s, x_u]), jnp.concatenate([s, u]))
+def _pair_sq_diff(model, x_s, s, x_u, u, rows):
+    """||D(x_s, s) - D(x_u, u)||^2 per sample: one network call on the stacked batch. ``rows``:
+    the data rows of the samples, whose per-sample conditions go with them."""
+    model = take_conditions(model, jnp.concatenate([rows, rows]))
+    den = vmap_samples(lambda m, x, sig: _edm_denoiser(m)(x, sig))
+    d = den(model, jnp.concatenate([x_s, x_u]), jnp.concatenate([s, u]))
     n = x_s.shape[0]
     return jnp.sum(jnp.square(d[:n] - d[n:]).reshape(n, -1), axis=-1)
 
@@ -308,7 +320,19 @@ def _traced(*xs) -> bool:
 
 
 def _group_samples(
-    model, data, key, slot_ids, slot_of_group, lo, u, c, *, num, batch_size, include_normaliser
+    model,
+    data,
+    key,
+    slot_ids,
+    slot_of_group,
+    lo,
+    u,
+    c,
+    *,
+    num,
+    batch_size,
+    include_normaliser,
+    mesh=None,
 ):
     """Per-sample contributions y[g, j] of groups g: interval [lo[g], u[g]] with the random
     numbers of slot ``slot_ids[slot_of_group[g]]`` (drawn from ``fold_in(key, slot_id)``).
@@ -316,9 +340,11 @@ def _group_samples(
     The interval term of group g is ``mean_j y[g, j]``. All groups are prepared by one jitted
     call; the network then runs on fixed-shape batches of ``batch_size // 2`` sample pairs
     (a jitted kernel compiled once per network and batch size, whatever the number of points,
-    candidates or levels; the last batch is padded). Slots and groups are padded to a few
-    bucket sizes, so the preparation compiles once per bucket, not once per pass shape.
-    Concrete inputs are assembled with NumPy (no eager XLA compiles); traced ones with jnp.
+    candidates or levels; the last batch is padded), split over the devices of ``mesh`` (then
+    ``batch_size // 2`` is rounded up to a multiple of their number). Slots and groups are
+    padded to a few bucket sizes, so the preparation compiles once per bucket, not once per
+    pass shape. Concrete inputs are assembled with NumPy (no eager XLA compiles); traced ones
+    with jnp.
     """
     traced = _traced(lo, u, key)
     xp = jnp if traced else np
@@ -337,12 +363,14 @@ def _group_samples(
     )
     total = n_groups * num
     size = max(1, batch_size // 2)
+    if mesh is not None:
+        size = -(-size // mesh.shape["batch"]) * mesh.shape["batch"]
     out = []
     for start in range(0, total, size):
-        x_s, s_k, x_u, u_k = _gather(
-            data, idx, e1, e2, s, r, u, slot_of_group, np.int32(start), size=size
-        )
-        out.append(_pair_sq_diff(model, x_s, s_k, x_u, u_k))
+        pairs = _gather(data, idx, e1, e2, s, r, u, slot_of_group, np.int32(start), size=size)
+        if mesh is not None:
+            pairs = [shard_batch(v, mesh) for v in pairs]
+        out.append(_pair_sq_diff(model, *pairs))
     if traced:
         sq = jnp.concatenate(out)[:total].reshape(n_groups, num)
         return sq * factor[:n_groups]
@@ -363,18 +391,27 @@ def model_samples(
     ``x_T = noise.prior(key, ...)`` at ``t_max`` is integrated to ``t_min`` by
     :func:`hso_jax.evaluation.reference_solve` (adaptive Tsit5, rtol = atol = 1e-9 in float64,
     ~2e-6 in float32), then denoised once, ``x0 = D(x, t_min)``. Solved in chunks of ``chunk``
-    samples. Returns float32 samples of shape ``(num, *shape)``.
+    samples. Returns float32 samples of shape ``(num, *shape)``. With per-sample conditions
+    (:mod:`hso_jax.batch`) ``num`` must equal the condition batch: sample ``i`` is drawn under
+    condition row ``i``.
     """
     from ..reference import reference_solve
 
     ns = model.noise
+    b = condition_batch(model)
+    if b is not None and b != num:
+        raise ValueError(
+            f"the model has {b} per-sample condition rows, so it draws {b} samples (one per "
+            f"condition), got num={num}"
+        )
     out = []
     keys = jax.random.split(key, -(-num // chunk))
     for i, k in enumerate(keys):
         n = min(chunk, num - i * chunk)
+        m = take_conditions(model, slice(i * chunk, i * chunk + n))
         x_T = ns.prior(k, (n, *shape), jnp.float32)
-        x = reference_solve(model, x_T, ns.t_max, ns.t_min)
-        x0 = model.x0(jnp.asarray(x, jnp.float32), jnp.asarray(ns.t_min, jnp.float32))
+        x = reference_solve(m, x_T, ns.t_max, ns.t_min)
+        x0 = m.x0(jnp.asarray(x, jnp.float32), jnp.asarray(ns.t_min, jnp.float32))
         out.append(np.asarray(x0, np.float32))
     return jnp.asarray(np.concatenate(out, axis=0))
 
@@ -410,6 +447,9 @@ class KLUB:
         replacement per slot).
       c: importance-sampling constant (paper: 0.5).
       batch_size: network evaluations per call (``batch_size // 2`` sample pairs).
+      include_normaliser: keep the importance-sampling normaliser (always, except in tests).
+      mesh: ``None`` or a Mesh with a ``"batch"`` axis over which every network call's sample
+        pairs (and their condition rows) are split.
     """
 
     model: Denoiser
@@ -419,6 +459,7 @@ class KLUB:
     c: float = 0.5
     batch_size: int = 256
     include_normaliser: bool = True
+    mesh: Any = None
 
     name = "klub"
 
@@ -452,6 +493,7 @@ class KLUB:
             num=self.num_samples,
             batch_size=self.batch_size,
             include_normaliser=self.include_normaliser,
+            mesh=self.mesh,
         )
 
     # --- sigma-level interface (used by the optimiser) ---------------------------------
@@ -534,6 +576,7 @@ def klub(
     shape: tuple[int, ...] | None = None,
     batch_size: int | None = None,
     dtype: Any = jnp.float32,
+    mesh: Any = None,
     _include_normaliser: bool = True,
 ) -> KLUB:
     r"""Monte-Carlo KLUB objective of ``model`` (see the module docstring for the maths).
@@ -552,6 +595,15 @@ def klub(
       batch_size: network evaluations per call (default: about 2^17 input floats per call).
       dtype: working dtype of the network evaluations (float32 by default whatever the x64
         flag, so results do not depend on it).
+      mesh: ``None`` (one device), ``"auto"`` (all devices) or a Mesh with a ``"batch"`` axis:
+        the sample pairs of every network call are split over its devices; the result is the
+        same up to round-off.
+
+    Conditions: a model with per-sample conditions (:mod:`hso_jax.batch`) needs one condition
+    row per data row (``data[i]`` is a sample given condition ``i``); each Monte-Carlo sample
+    is denoised under the condition of its data row, so the KLUB is that of the conditional
+    model averaged over the batch of conditions. With ``data=None`` one sample is drawn per
+    condition row.
 
     Returns:
       A :class:`KLUB`: ``obj(ts)`` (scalar), ``obj.terms(ts)`` (per step), ``obj.samples(ts)``.
@@ -583,10 +635,12 @@ def klub(
                 "data is None: pass data (an (N, *sample_shape) array of x0 samples) or shape= "
                 "(one sample's shape) to draw samples from the model"
             )
-        num_samples = 1024 if num_samples is None else num_samples
+        b = condition_batch(model)
+        num_samples = (1024 if b is None else min(b, 1024)) if num_samples is None else num_samples
         key, k_data = jax.random.split(key)
-        data = model_samples(model, shape, num_samples, k_data)
+        data = model_samples(model, shape, num_samples if b is None else b, k_data)
     data = _check_data(data, shape, num_samples)
+    check_conditions(model, int(data.shape[0]), "data")
     if num_samples is None:
         num_samples = min(int(data.shape[0]), 1024)
     # Shuffle once: every slot then uses a random window of consecutive rows (distinct rows,
@@ -595,20 +649,23 @@ def klub(
     seed = np.asarray(jax.random.bits(k_perm, (2,), jnp.uint32))
     perm = np.random.default_rng(seed).permutation(int(data.shape[0]))
     data = jnp.asarray(np.asarray(data)[perm], dtype)
+    model = take_conditions(model, perm)  # per-sample conditions stay with their rows
     sample_shape = tuple(data.shape[1:])
     if batch_size is None:
         batch_size = _default_batch_size(sample_shape)
     elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    _probe_model(model, data)
+    _probe_model(take_conditions(model, slice(0, 1)), data)
+    mesh = resolve_mesh(mesh)
     return KLUB(
-        model=model,
-        data=data,
+        model=replicate(model, mesh),
+        data=replicate(data, mesh),
         key=key,
         num_samples=num_samples,
         c=c,
         batch_size=int(batch_size),
         include_normaliser=bool(_include_normaliser),
+        mesh=mesh,
     )
 
 

@@ -24,6 +24,8 @@ TEACHER_OPTIONS = (
     "teacher_grid",
     "teacher_rtol",
     "teacher_atol",
+    "teacher_batch_size",
+    "mesh",
 )
 
 
@@ -76,7 +78,9 @@ def check_noise_batch(name: str, x, method: str, min_batch: int = 1) -> Array:
 
 def teacher_from_options(model: Denoiser, method: str, opts: dict) -> tuple[Teacher, dict]:
     """The teacher trajectories of a method: ``opts["teacher"]`` if given, else computed from
-    ``opts["x_T"]`` on a fine grid. Returns the teacher and a description for ``info``."""
+    ``opts["x_T"]`` on a fine grid (in chunks of ``teacher_batch_size`` samples, split over
+    ``mesh``; per-sample conditions of the model go with their noises). Returns the teacher
+    and a description for ``info``."""
     teacher = opts.get("teacher")
     if teacher is not None:
         if not isinstance(teacher, Teacher):
@@ -96,7 +100,17 @@ def teacher_from_options(model: Denoiser, method: str, opts: dict) -> tuple[Teac
     grid = opts.get("teacher_grid", "logsnr" if finite else "time")
     rtol = opts.get("teacher_rtol", 1e-4)
     atol = opts.get("teacher_atol", 1e-4)
-    teacher = teacher_trajectories(model, x_T, num_points=points, grid=grid, rtol=rtol, atol=atol)
+    size, mesh = opts.get("teacher_batch_size"), opts.get("mesh")
+    teacher = teacher_trajectories(
+        model,
+        x_T,
+        num_points=points,
+        grid=grid,
+        rtol=rtol,
+        atol=atol,
+        batch_size=size,
+        mesh=mesh,
+    )
     info = {
         "teacher": "computed",
         "teacher_points": int(teacher.t.shape[0]),
@@ -104,5 +118,6 @@ def teacher_from_options(model: Denoiser, method: str, opts: dict) -> tuple[Teac
         "teacher_batch": int(x_T.shape[0]),
         "teacher_rtol": rtol,
         "teacher_atol": atol,
+        "teacher_batch_size": size,
     }
     return teacher, info

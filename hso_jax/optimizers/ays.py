@@ -191,6 +191,7 @@ def optimize_ays(
     c: float = 0.5,
     shape: tuple[int, ...] | None = None,
     batch_size: int | None = None,
+    mesh: Any = None,
     progress: bool = True,
     callback: Callable[[dict[str, Any]], None] | None = None,
     _include_normaliser: bool = True,
@@ -230,6 +231,14 @@ def optimize_ays(
       c: importance-sampling constant ``c > 0`` (paper: 0.5).
       shape: one sample's shape (checked against ``data``; required when ``data`` is None).
       batch_size: samples per network call.
+      mesh: ``None`` (one device), ``"auto"`` (all of ``jax.devices()``) or a
+        :class:`jax.sharding.Mesh` with a ``"batch"`` axis: every network call's samples and
+        their condition rows are split over the devices (:func:`hso_jax.objectives.klub.klub`).
+
+    Conditions: with per-sample conditions (:mod:`hso_jax.batch`), ``data`` holds one row per
+    condition (``data[i]`` drawn given condition ``i``; ``data=None`` draws them from the
+    model), every KLUB sample is denoised under its row's condition, and the result is one
+    schedule for the whole batch of conditions.
       progress: show a tqdm progress bar (sweep, KLUB, elapsed time).
       callback: called after every sweep / pass with a dict: ``level`` (steps), ``sweep``,
         ``klub``, ``elapsed`` (s), ``t`` (current schedule), ``sigmas``.
@@ -300,6 +309,7 @@ def optimize_ays(
         c=c,
         shape=shape,
         batch_size=batch_size,
+        mesh=mesh,
         _include_normaliser=_include_normaliser,
     )
 

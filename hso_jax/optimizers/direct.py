@@ -24,10 +24,24 @@ any schedule or :class:`~hso_jax.optimizers.OptimizeResult`, e.g. HSO or AYS, wa
 so the held-out error never ends above that of the initialisation.
 
 Cost per iteration: one forward and one reverse pass of the solver on the training batch
-(about 3x the network calls of sampling it) plus one forward pass on the held-out batch; the
-reverse pass stores every network activation of the forward pass (memory grows linearly with
-NFE and batch; see ``benchmarks/bench_direct.py``). One compilation per (model, solver,
-number of points, batch shapes).
+(about 3x the network calls of sampling it) plus one forward pass on the held-out batch.
+Without rematerialisation the reverse pass stores every network activation of the forward pass
+(memory grows linearly with NFE and batch; see ``benchmarks/bench_direct.py``); with
+``remat=True`` (``jax.checkpoint`` of each solver step, the default for samples of 4096 values
+or more, e.g. Stable Diffusion latents) it stores one state per step and recomputes each step's
+network calls on the way back (about one more forward pass; the result is the same; XLA's
+memory analysis for an SD-sized network in ``benchmarks/bench_sd_memory.py``). One compilation
+per (model, solver, number of points, batch shapes).
+
+Conditions and devices. With per-sample conditions (:mod:`hso_jax.batch`; e.g. a batch of
+prompt embeddings, one per noise) every noise is solved under its own condition, in the
+reference solve and in the loss: the training / held-out split by ``val_fraction`` takes the
+conditions' rows with the noises' rows (the last rows are held out, so order the batch so that
+they hold the prompts to validate on), and an explicit ``x_T_val`` comes with ``cond_val`` /
+``uncond_val``. The loss averages over all noises and conditions: one schedule for the model,
+not one per prompt. With ``mesh`` the noises, references and condition rows of both batches
+are split over the devices along the sample axis; the result equals the single-device one up
+to round-off.
 
 Reference: Tong et al., "Learning to Discretize Denoising Diffusion ODEs" (LD3, ICLR 2025),
 which learns the time steps of a fixed solver against teacher samples; here the teacher is the
@@ -47,6 +61,15 @@ import numpy as np
 import optax
 
 from .. import _validate, schedules
+from ..batch import (
+    check_chunk,
+    check_conditions,
+    condition_batch,
+    resolve_mesh,
+    shard_batch,
+    shard_model,
+    take_conditions,
+)
 from ..denoiser import Denoiser
 from ..reference.solve import reference_solve
 from ..schedules import check_schedule
@@ -71,27 +94,32 @@ def _schedule(z, ends, noise):
     return noise.t_from_lam(lam).at[0].set(ends[2]).at[-1].set(ends[3])
 
 
-def direct_loss(z, model: Denoiser, solver, x_T, reference, ends, unroll=True) -> Array:
+def direct_loss(
+    z, model: Denoiser, solver, x_T, reference, ends, unroll=True, remat=False
+) -> Array:
     """Mean per-sample RMSE of ``solver`` on the schedule of logits ``z``.
 
     ``ends = (lam_start, lam_end, t_start, t_end)``. Pure: jit, grad and vmap apply.
     ``unroll``: of the solver's step loop (:func:`~hso_jax.sample`); unrolled, the gradient is
-    2.7x faster on the MNIST model on CPU (``benchmarks/bench_direct.py``).
+    2.7x faster on the MNIST model on CPU (``benchmarks/bench_direct.py``). ``remat``:
+    rematerialise each solver step in the gradient (``jax.checkpoint``; same value).
     """
     ts = _schedule(z, ends, model.noise)
-    x = sample(model, x_T, ts, solver, unroll=unroll)
+    x = sample(model, x_T, ts, solver, unroll=unroll, remat=remat)
     err = jnp.sqrt(jnp.mean(jnp.square(x - reference).reshape(x.shape[0], -1), axis=1))
     return jnp.mean(err)
 
 
-def _step(z, state, lr, model, x_tr, r_tr, x_va, r_va, ends, solver):
-    loss, g = jax.value_and_grad(direct_loss)(z, model, solver, x_tr, r_tr, ends)
-    val = direct_loss(z, model, solver, x_va, r_va, ends)
+def _step(z, state, lr, m_tr, x_tr, r_tr, m_va, x_va, r_va, ends, solver, remat):
+    loss, g = jax.value_and_grad(direct_loss)(z, m_tr, solver, x_tr, r_tr, ends, True, remat)
+    val = direct_loss(z, m_va, solver, x_va, r_va, ends)
     u, state = _ADAM.update(g, state, z)
     return z - lr * u, state, loss, val, jnp.max(jnp.abs(g))
 
 
-_STEP = jax.jit(_step, static_argnames=("solver",))
+_STEP = jax.jit(_step, static_argnames=("solver", "remat"))
+REMAT_MIN_SIZE = 4096
+"""``remat=None`` turns rematerialisation on for samples of at least this many values."""
 _LOSS = jax.jit(direct_loss, static_argnames=("solver",))
 
 
@@ -131,9 +159,22 @@ def _candidates(init, noise, num_points, t_start, t_end) -> dict[str, np.ndarray
     return {"user": _as_times("init", init, noise, num_points)}
 
 
-def _split(x_T, reference, x_T_val, reference_val, val_fraction):
+def _split(model, x_T, reference, x_T_val, reference_val, val_fraction, cond_val, uncond_val):
+    """Training and held-out batches ``(model, x_T, reference)``, each model carrying the
+    condition rows of its noises."""
+    check_conditions(model, x_T.shape[0], "x_T")
     if x_T_val is not None:
-        return x_T, reference, x_T_val, reference_val
+        changes = {k: v for k, v in (("cond", cond_val), ("uncond", uncond_val)) if v is not None}
+        m_va = model.replace(**changes)
+        if condition_batch(model) is not None and "cond" not in changes:
+            raise ValueError(
+                "the model has per-sample conditions (one row per x_T sample): x_T_val needs its "
+                "own, pass cond_val= (and uncond_val= for per-sample unconditional rows)"
+            )
+        check_conditions(m_va, x_T_val.shape[0], "x_T_val")
+        return (model, x_T, reference), (m_va, x_T_val, reference_val)
+    if cond_val is not None or uncond_val is not None:
+        raise ValueError("cond_val / uncond_val are given without x_T_val")
     if reference_val is not None:
         raise ValueError("reference_val is given without x_T_val")
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
@@ -147,17 +188,29 @@ def _split(x_T, reference, x_T_val, reference_val, val_fraction):
             f"x_T holds {b} samples: val_fraction={val_fraction} leaves no training or no "
             "held-out sample (pass at least 2 samples, or x_T_val)"
         )
-    ref_tr = None if reference is None else reference[: b - n_val]
-    ref_va = None if reference is None else reference[b - n_val :]
-    return x_T[: b - n_val], ref_tr, x_T[b - n_val :], ref_va
+    tr, va = slice(0, b - n_val), slice(b - n_val, b)
+    ref_tr = None if reference is None else reference[tr]
+    ref_va = None if reference is None else reference[va]
+    return (take_conditions(model, tr), x_T[tr], ref_tr), (
+        take_conditions(model, va),
+        x_T[va],
+        ref_va,
+    )
 
 
-def _reference(name, ref, model, x, rtol, atol):
+def _reference(name, ref, model, x, rtol, atol, batch_size, mesh):
     noise = model.noise
     if ref is None:
-        return reference_solve(model, x, noise.t_max, noise.t_min, rtol=rtol, atol=atol).astype(
-            x.dtype
-        )
+        return reference_solve(
+            model,
+            x,
+            noise.t_max,
+            noise.t_min,
+            rtol=rtol,
+            atol=atol,
+            batch_size=batch_size,
+            mesh=mesh,
+        ).astype(x.dtype)
     ref = jnp.asarray(ref)
     if ref.shape != x.shape:
         raise ValueError(
@@ -186,6 +239,11 @@ def optimize_direct(
     patience: int = 25,
     reference_rtol: float = 1e-4,
     reference_atol: float = 1e-4,
+    cond_val: Any = None,
+    uncond_val: Any = None,
+    remat: bool | None = None,
+    batch_size: int | None = None,
+    mesh: Any = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> OptimizeResult:
     """Optimise a schedule by gradient descent on the held-out sample error (see module doc).
@@ -218,6 +276,17 @@ def optimize_direct(
       patience: iterations without a held-out improvement before stopping.
       reference_rtol, reference_atol: tolerances of the reference solves when they are
         computed here.
+      cond_val, uncond_val: conditions of ``x_T_val`` (pytrees like the model's ``cond`` /
+        ``uncond``, one row per held-out sample or one shared row); required with ``x_T_val``
+        when the model has per-sample conditions; default: the model's.
+      remat: rematerialise every solver step in the gradient (``jax.checkpoint``): ``True``,
+        ``False``, or ``None`` (default: on for samples of at least ``REMAT_MIN_SIZE`` = 4096
+        values, where the stored activations dominate memory). Same result either way.
+      batch_size: samples per reference solve (default: all at once; see
+        :func:`~hso_jax.evaluation.reference_solve`).
+      mesh: ``None`` (one device), ``"auto"`` (all devices) or a Mesh with a ``"batch"``
+        axis: the training and held-out noises, references and condition rows are split over
+        its devices (batch sizes divisible by their number), as is each reference solve.
       callback: called after every iteration with a dict ``iteration``, ``train``, ``val``,
         ``t`` (the iterate's schedule, NumPy), ``elapsed``.
 
@@ -228,7 +297,8 @@ def optimize_direct(
       ``init`` (the chosen candidate and every candidate's training loss) and timings
       (``compile_s``, ``run_s``, ``per_iteration_s``, ``reference_s``) and
       ``step_memory_bytes`` (XLA's memory analysis of one compiled iteration: ``argument``,
-      ``output``, ``temp``; ``None`` where the backend gives none).
+      ``output``, ``temp``; ``None`` where the backend gives none), ``remat``, ``devices``
+      and ``condition_batch`` (per-sample condition rows, ``None`` when shared or none).
 
     Raises:
       TypeError / ValueError naming the argument (model, solver, nfe, noise batches,
@@ -247,6 +317,11 @@ def optimize_direct(
         raise TypeError(f"callback must be callable, got {callback!r}")
     x_T = check_noise_batch("x_T", x_T, "direct")
     check_model_input(model, x_T, model.noise.t_max)
+    if remat is not None and not isinstance(remat, bool):
+        raise TypeError(f"remat must be None or a bool, got {remat!r}")
+    if remat is None:
+        remat = math.prod(x_T.shape[1:]) >= REMAT_MIN_SIZE
+    batch_size, mesh = check_chunk("batch_size", batch_size), resolve_mesh(mesh)
     if x_T_val is not None:
         x_T_val = check_noise_batch("x_T_val", x_T_val, "direct")
         if x_T_val.shape[1:] != x_T.shape[1:] or x_T_val.dtype != x_T.dtype:
@@ -254,7 +329,9 @@ def optimize_direct(
                 f"x_T_val must have x_T's sample shape {x_T.shape[1:]} and dtype {x_T.dtype}, "
                 f"got {x_T_val.shape[1:]} and {x_T_val.dtype}"
             )
-    x_tr, r_tr, x_va, r_va = _split(x_T, reference, x_T_val, reference_val, val_fraction)
+    (m_tr, x_tr, r_tr), (m_va, x_va, r_va) = _split(
+        model, x_T, reference, x_T_val, reference_val, val_fraction, cond_val, uncond_val
+    )
     cands = _candidates(init, noise, num_points, t_start, t_end)
     for t in cands.values():
         check_finite_ends(
@@ -266,9 +343,13 @@ def optimize_direct(
         )
 
     t_ref = time.perf_counter()
-    r_tr = _reference("reference", r_tr, model, x_tr, reference_rtol, reference_atol)
-    r_va = _reference("reference_val", r_va, model, x_va, reference_rtol, reference_atol)
+    tols = (reference_rtol, reference_atol, batch_size, mesh)
+    r_tr = _reference("reference", r_tr, m_tr, x_tr, *tols)
+    r_va = _reference("reference_val", r_va, m_va, x_va, *tols)
     reference_s = time.perf_counter() - t_ref
+    if mesh is not None:
+        m_tr, x_tr, r_tr = shard_model(m_tr, mesh), shard_batch(x_tr, mesh), shard_batch(r_tr, mesh)
+        m_va, x_va, r_va = shard_model(m_va, mesh), shard_batch(x_va, mesh), shard_batch(r_va, mesh)
 
     dtype = x_tr.dtype
     f64 = jnp.float64
@@ -282,7 +363,7 @@ def optimize_direct(
         lam = lam_of[k]
         ends = _ends(lam, t, dtype)
         z = logits_from_lam(jnp.asarray(lam, dtype))
-        init_losses[k] = float(_LOSS(z, model, solver_obj, x_tr, r_tr, ends))
+        init_losses[k] = float(_LOSS(z, m_tr, solver_obj, x_tr, r_tr, ends))
     best_init = min(init_losses, key=init_losses.get)
     t0, lam0 = cands[best_init], lam_of[best_init]
     ends = _ends(lam0, t0, dtype)
@@ -290,9 +371,9 @@ def optimize_direct(
     z = logits_from_lam(jnp.asarray(lam0, dtype))
     state = _ADAM.init(z)
 
-    args = (z, state, jnp.asarray(0.0, dtype), model, x_tr, r_tr, x_va, r_va, ends)
+    args = (z, state, jnp.asarray(0.0, dtype), m_tr, x_tr, r_tr, m_va, x_va, r_va, ends)
     t_c = time.perf_counter()
-    step = _STEP.lower(*args, solver=solver_obj).compile()
+    step = _STEP.lower(*args, solver=solver_obj, remat=remat).compile()
     compile_s = time.perf_counter() - t_c
     memory = _memory(step)
 
@@ -361,6 +442,9 @@ def optimize_direct(
             "total_s": time.perf_counter() - t_begin,
         },
         "step_memory_bytes": memory,
+        "remat": remat,
+        "devices": 1 if mesh is None else int(mesh.shape["batch"]),
+        "condition_batch": condition_batch(model),
     }
     params = {"t_start": float(t_best[0]), "t_end": float(t_best[-1])}
     options = {

@@ -50,6 +50,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from .. import _validate
 from ..denoiser import Denoiser
@@ -272,6 +273,8 @@ def _describe(v) -> Any:
         return f"array{tuple(v.shape)} {v.dtype}"
     if isinstance(v, Teacher):
         return f"Teacher(K={np.shape(v.t)[0]}, B={np.shape(v.x)[1]})"
+    if isinstance(v, Mesh):
+        return f"Mesh({dict(v.shape)})"
     return v
 
 
@@ -306,7 +309,11 @@ def optimize_gits(
       **teacher_options: ``x_T`` ((B, ...) initial noise at the grid start) or ``teacher`` (a
         ready :class:`~hso_jax.evaluation.Teacher`), ``teacher_points`` (K, 100),
         ``teacher_grid`` (``"logsnr"`` | ``"karras"`` | ``"time"`` | an array of times),
-        ``teacher_rtol`` / ``teacher_atol`` (1e-4).
+        ``teacher_rtol`` / ``teacher_atol`` (1e-4), ``teacher_batch_size`` (samples per
+        teacher solve, default all), ``mesh`` (``None``, ``"auto"`` or a Mesh: the teacher
+        solve's samples split over the devices). Per-sample conditions of the model
+        (:mod:`hso_jax.batch`) go with their rows of ``x_T``: the cost averages over the
+        whole batch of conditions, one schedule for all of them.
 
     Returns:
       :class:`~hso_jax.optimizers.OptimizeResult` with ``method="gits"``, ``objective`` the

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..batch import check_conditions
 from ..denoiser import Denoiser, as_denoiser
 from ..schedules import check_schedule
 from .base import Solver
@@ -58,6 +59,8 @@ def _validate(model, x_T, ts, solver, key, nfe, denoise_final):
         )
     if not hasattr(x_T, "shape") or not jnp.issubdtype(jnp.asarray(x_T).dtype, jnp.floating):
         raise TypeError("x_T must be a floating-point array")
+    if jnp.ndim(x_T) >= 1:
+        check_conditions(model, jnp.shape(x_T)[0], "x_T")
     ts = check_schedule(ts, model.noise)
     if _is_concrete(ts):
         solver.check_ends(model.noise, ts)
@@ -108,8 +111,8 @@ def _check_unroll(unroll) -> int | bool:
     raise ValueError(f"unroll must be a bool or an integer >= 1, got {unroll!r}")
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "denoise_final", "keep", "unroll"))
-def _run(model, x_T, ts, solver, key, denoise_final, keep, unroll=1):
+@functools.partial(jax.jit, static_argnames=("solver", "denoise_final", "keep", "unroll", "remat"))
+def _run(model, x_T, ts, solver, key, denoise_final, keep, unroll=1, remat=False):
     ts = ts.astype(x_T.dtype)
     n = ts.shape[0] - 1
     keys = None if key is None else jax.random.split(key, n)
@@ -121,6 +124,10 @@ def _run(model, x_T, ts, solver, key, denoise_final, keep, unroll=1):
         x_next, state, x0 = solver.step(model, x, state, t_cur, t_next, i, n, k)
         return (x_next, state), ((x_next, x0) if keep else None)
 
+    if remat:
+        # Reverse mode keeps only each step's input (x, solver state) and recomputes the
+        # step's network activations on the way back.
+        body = jax.checkpoint(body)
     (x, _), hist = jax.lax.scan(
         body, (x_T, state), (jnp.arange(n), ts[:-1], ts[1:], keys), unroll=unroll
     )
@@ -188,6 +195,7 @@ def sample(
     denoise_final: bool = False,
     check_finite: bool = True,
     unroll: int | bool = 1,
+    remat: bool = False,
     noise: Any = None,
     prediction: str | None = None,
     time_input: str | Callable | None = None,
@@ -197,7 +205,9 @@ def sample(
     Args:
       model: a :class:`~hso_jax.Denoiser`, or a plain network callable ``fn(x, t_in)`` together
         with ``noise=`` (e.g. ``sample(fn, x_T, ts, solver, noise="sd21")``).
-      x_T: initial noise at ``ts[0]`` (e.g. ``model.noise.prior(key, shape)``).
+      x_T: initial noise at ``ts[0]`` (e.g. ``model.noise.prior(key, shape)``). A model with
+        per-sample conditions needs one condition row per sample of ``x_T`` (see
+        :mod:`hso_jax.batch`; a mismatch raises ``ValueError``).
       ts: strictly decreasing model times, ``len(ts) = n + 1`` for n steps.
       solver: a solver object, e.g. ``hso_jax.solvers.dpm_solver_pp(order=2)``.
       key: PRNG key, required by stochastic solvers.
@@ -213,6 +223,10 @@ def sample(
         result is the same; unrolling costs compile time (one copy of the step per step) and
         can make reverse-mode gradients w.r.t. ``ts`` several times faster (measured in
         ``benchmarks/bench_direct.py``; :func:`~hso_jax.optimizers.direct_loss` unrolls).
+      remat: rematerialise each step under reverse-mode differentiation (``jax.checkpoint``
+        of the step): a gradient w.r.t. ``ts`` then stores one state per step instead of every
+        network activation of every step, and recomputes one step's forward pass on the way
+        back (about one more network call per step). The result is the same.
       noise: only with a callable ``model`` (required then): the noise process it was trained
         under, a preset name (:func:`hso_jax.noise.preset`) or a NoiseSchedule.
       prediction: only with a callable ``model``: what it returns, ``"eps"`` (default), ``"x0"``,
@@ -233,8 +247,10 @@ def sample(
     )
     ts = _validate(model, x_T, ts, solver, key, nfe, denoise_final)
     unroll = _check_unroll(unroll)
+    if not isinstance(remat, bool):
+        raise TypeError(f"remat must be a bool, got {remat!r}")
     try:
-        out = _run(model, x_T, ts, solver, key, bool(denoise_final), False, unroll)
+        out = _run(model, x_T, ts, solver, key, bool(denoise_final), False, unroll, remat)
     except (TypeError, ValueError) as e:
         check_model_input(model, x_T, ts[0])  # names x_T if its shape is what failed
         raise e
