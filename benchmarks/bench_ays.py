@@ -137,12 +137,14 @@ def bench_mnist(quick: bool):
     from hso_jax.models.zoo import load_mnist_digits
 
     images, _ = load_mnist_digits("train")
-    # Full run: the optimiser's own stopping rules (default max_sweeps / refine_sweeps are
-    # caps that should not bind); --quick: one sweep per level.
+    # Full run: the optimiser's own stopping rules, with rel_tol = 5 %: at the default 1 % the
+    # first level is still lowering the bound (a held-out KLUB too) by 2-5 % per sweep at the
+    # 20-sweep cap, and the 10 -> 20 -> 40 pipeline takes over 10 minutes on 2 cores;
+    # --quick: one sweep per level.
     settings = (
         dict(num_samples=8, max_sweeps=1, refine_sweeps=1, batch_size=128)
         if quick
-        else dict(num_samples=16, batch_size=128)  # batch_size: network evaluations per call
+        else dict(num_samples=16, batch_size=128, rel_tol=0.05)  # batch_size: evals per call
     )
     res, stats = run_pipeline(model, images, jax.random.key(0), **settings)
     stats.pop("sigmas_40")
