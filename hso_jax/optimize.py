@@ -208,11 +208,12 @@ def optimize(
         raise TypeError(f"seed must be an integer, got {seed!r}")
     _enable_compile_cache()  # the persistent compilation cache (hso_jax._compile_cache)
 
-    runner, known = _METHOD_TABLE[method]
-    unknown = sorted(set(options) - set(known()))
+    runner, known_options = _METHOD_TABLE[method]
+    known = known_options()
+    unknown = [] if known is None else sorted(set(options) - set(known))
     if unknown:
         raise ValueError(
-            f"unknown option(s) {unknown} for method={method!r}; known options: {sorted(known())}"
+            f"unknown option(s) {unknown} for method={method!r}; known options: {sorted(known)}"
         )
     if method in MODEL_BASED:
         from .optimizers._trajectory import check_model
@@ -291,16 +292,19 @@ def _mep_model(model, nfe: int, solver, seed: int, options: dict) -> OptimizeRes
 
 
 def _keywords(module: str, name: str, extra: tuple[str, ...] = ()):
-    """The keyword-only options of ``module.name`` (``solver`` and ``key`` are arguments of
-    :func:`optimize` itself), plus ``extra``; looked up lazily (model-based imports)."""
+    """The keyword-only options of ``module.name`` (``solver`` is an argument of
+    :func:`optimize` itself), plus ``extra``; looked up lazily (model-based imports). ``None``
+    (no check here) when the function takes ``**options`` it does not list: it checks them."""
 
-    def known() -> tuple[str, ...]:
+    def known() -> tuple[str, ...] | None:
         import importlib
         import inspect
 
         fn = getattr(importlib.import_module(module, __package__), name)
-        params = inspect.signature(fn).parameters.items()
-        kw = [k for k, p in params if p.kind == p.KEYWORD_ONLY and not k.startswith("_")]
+        params = inspect.signature(fn).parameters.values()
+        if not extra and any(p.kind == p.VAR_KEYWORD for p in params):
+            return None
+        kw = [p.name for p in params if p.kind == p.KEYWORD_ONLY and not p.name.startswith("_")]
         return tuple(k for k in kw if k != "solver") + extra
 
     return known
@@ -308,7 +312,7 @@ def _keywords(module: str, name: str, extra: tuple[str, ...] = ()):
 
 # method -> (runner, its known options). Model-free runners take the noise process and the
 # method name; model-based ones the Denoiser.
-_METHOD_TABLE: dict[str, tuple[Callable, Callable[[], tuple[str, ...]]]] = {
+_METHOD_TABLE: dict[str, tuple[Callable, Callable[[], tuple[str, ...] | None]]] = {
     **{m: (_model_free, lambda m=m: _HSO_OPTIONS[m]) for m in MODEL_FREE},
     "ays": (_ays, _keywords(".optimizers.ays", "optimize_ays")),
     "direct": (_direct, _keywords(".optimizers.direct", "optimize_direct")),
