@@ -18,8 +18,6 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _validate
-
 Array = Any
 
 # lower_order_final applies only to schedules with fewer steps than this (as in the originals:
@@ -179,9 +177,4 @@ def select_by_order(p: Array, candidates: Sequence[Array]) -> Array:
 # --- eager validation for the factories ------------------------------------------------------
 
 
-def check_int(name: str, value, allowed: Sequence[int]) -> int:
-    return _validate.integer(name, value, allowed=allowed)
 
-
-check_choice = _validate.choice
-check_bool = _validate.boolean

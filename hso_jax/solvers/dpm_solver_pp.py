@@ -65,10 +65,8 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _validate
 from ._common import (
-    check_bool,
-    check_choice,
-    check_int,
     history_count,
     lam_ends,
     phis,
@@ -263,10 +261,10 @@ def dpm_solver_pp(
     Raises:
       ValueError: ``order`` not in (1, 2, 3), unknown ``method``, non-bool flags.
     """
-    order = check_int("order", order, (1, 2, 3))
-    method = check_choice("method", method, ("multistep", "singlestep"))
-    lower_order_final = check_bool("lower_order_final", lower_order_final)
-    legacy_3m = check_bool("legacy_3m", legacy_3m)
+    order = _validate.integer("order", order, allowed=(1, 2, 3))
+    method = _validate.choice("method", method, ("multistep", "singlestep"))
+    lower_order_final = _validate.boolean("lower_order_final", lower_order_final)
+    legacy_3m = _validate.boolean("legacy_3m", legacy_3m)
     if method == "singlestep":
         return DPMSolverPPSinglestep(order=order)
     return DPMSolverPP(order=order, lower_order_final=lower_order_final, legacy_3m=legacy_3m)

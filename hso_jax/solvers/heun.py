@@ -41,8 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _validate
 from ..noise import RectifiedFlow
-from ._common import check_choice, lam_ends
+from ._common import lam_ends
 from ._edm import edm_slope, edm_vars
 from .base import Solver
 
@@ -131,4 +132,4 @@ def heun(space: str = "auto") -> Heun:
     Raises:
       ValueError: unknown ``space``.
     """
-    return Heun(space=check_choice("space", space, SPACES))
+    return Heun(space=_validate.choice("space", space, SPACES))

@@ -40,9 +40,8 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
+from .. import _validate
 from ._common import (
-    check_bool,
-    check_int,
     finite_or,
     history_count,
     lagrange_weights,
@@ -146,6 +145,6 @@ def ipndm(order: int = 4, variable_step: bool = False) -> IPNDM:
     Raises:
       ValueError: ``order`` not in 1..4 or a non-bool flag.
     """
-    order = check_int("order", order, (1, 2, 3, 4))
-    variable_step = check_bool("variable_step", variable_step)
+    order = _validate.integer("order", order, allowed=(1, 2, 3, 4))
+    variable_step = _validate.boolean("variable_step", variable_step)
     return IPNDM(order=order, variable_step=variable_step)

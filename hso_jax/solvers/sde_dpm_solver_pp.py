@@ -33,7 +33,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._common import check_bool, check_int, history_count, push, safe_h, step_order
+from .. import _validate
+from ._common import history_count, push, safe_h, step_order
 from .base import Solver
 from .dpm_solver_pp import DPMSolverPPState
 
@@ -98,6 +99,6 @@ def sde_dpm_solver_pp(order: int = 2, lower_order_final: bool = True) -> SDEDPMS
     Raises:
       ValueError: ``order`` not in (1, 2) or a non-bool flag.
     """
-    order = check_int("order", order, (1, 2))
-    lower_order_final = check_bool("lower_order_final", lower_order_final)
+    order = _validate.integer("order", order, allowed=(1, 2))
+    lower_order_final = _validate.boolean("lower_order_final", lower_order_final)
     return SDEDPMSolverPP(order=order, lower_order_final=lower_order_final)

@@ -56,10 +56,8 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _validate
 from ._common import (
-    check_bool,
-    check_choice,
-    check_int,
     finite_or,
     history_count,
     lagrange_weights,
@@ -223,10 +221,10 @@ def unipc(
     Raises:
       ValueError: ``order`` not in (1, 2, 3), unknown ``variant``, non-bool flags.
     """
-    order = check_int("order", order, (1, 2, 3))
-    variant = check_choice("variant", variant, ("bh2", "bh1"))
-    corrector = check_bool("corrector", corrector)
-    lower_order_final = check_bool("lower_order_final", lower_order_final)
+    order = _validate.integer("order", order, allowed=(1, 2, 3))
+    variant = _validate.choice("variant", variant, ("bh2", "bh1"))
+    corrector = _validate.boolean("corrector", corrector)
+    lower_order_final = _validate.boolean("lower_order_final", lower_order_final)
     return UniPC(
         order=order, variant=variant, corrector=corrector, lower_order_final=lower_order_final
     )
