@@ -478,3 +478,19 @@ def test_check_schedule_accepts():
     S.check_schedule(np.array([1.0 + 1e-7, 0.001]), ns)  # rounding-level overshoot
     S.check_schedule(np.array([5.0, -3.0]))  # no range check without a process
     assert jax.jit(lambda t: S.check_schedule(t, ns) * 2)(jnp.array([0.5, 0.1])).shape == (2,)
+
+
+def test_baseline_name_table():
+    """``baseline(name, ...)`` is the function of that name; ``"uniform"`` is ``"time"``; an
+    unknown name lists the known ones."""
+    ns = hj.noise.preset("sd15")
+    np.testing.assert_array_equal(
+        hj.schedules.baseline("karras", ns, 5, rho=3.0), hj.schedules.karras(ns, 5, rho=3.0)
+    )
+    np.testing.assert_array_equal(
+        hj.schedules.baseline("uniform", ns, 4), hj.schedules.time_uniform(ns, 4)
+    )
+    with pytest.raises(ValueError, match=r"unknown baseline schedule 'kara'; known: \["):
+        hj.schedules.baseline("kara", ns, 5)
+    with pytest.raises(TypeError):
+        hj.schedules.BASELINES["x"] = hj.schedules.karras  # read-only
