@@ -52,6 +52,7 @@ import numpy as np
 
 import hso_jax as hj
 from hso_jax import objectives as ob
+from hso_jax.optimizers import compiled
 from hso_jax.optimizers import hso as hso_mod
 from hso_jax.optimizers.refine import refine
 
@@ -83,7 +84,7 @@ _CACHE_VARIABLES = (
 
 
 def _clear():
-    hso_mod._CACHE.clear()
+    compiled.clear()
     jax.clear_caches()
 
 

@@ -87,8 +87,6 @@ DM-NonUniform (CVPR 2024).
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from typing import Any, NamedTuple
 
 import jax
@@ -101,6 +99,7 @@ from ..objectives import dmn, hso_trunc_num, mep, mep_model, spacing
 from ..objectives.dmn import DMN_TRUNC_NUM
 from ..objectives.spacing import d_min, normalised_time, time_from_normalised
 from ._ends import check_finite_ends
+from .compiled import run_compiled
 from .de import differential_evolution
 from .refine import RefineResult, refine, refine_continuation
 from .result import OptimizeResult
@@ -321,52 +320,6 @@ def _local(noise, rho, t_start, t_end, spf, table, cfg: _Config):
 
 
 # --------------------------------------------------------------------------------------
-# Compilation cache (AOT, so cold / warm is known exactly)
-# --------------------------------------------------------------------------------------
-
-_CACHE: dict = {}
-
-
-def _compiled(fn, static: _Config, *args):
-    """``(executable, timings)``; timings are zero when the executable was cached."""
-    leaves, treedef = jax.tree.flatten(args)
-    sig = tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves)
-    k = (fn.__name__, static, treedef, sig)
-    hit = _CACHE.get(k)
-    if hit is not None:
-        return hit, {"trace_s": 0.0, "compile_s": 0.0, "compile_cpu_s": 0.0}
-    t0, c0 = time.perf_counter(), time.process_time()
-    lowered = jax.jit(fn, static_argnums=(len(args),)).lower(*args, static)
-    t1 = time.perf_counter()
-    exe = lowered.compile()
-    _CACHE[k] = exe
-    t2, c2 = time.perf_counter(), time.process_time()
-    return exe, {"trace_s": t1 - t0, "compile_s": t2 - t1, "compile_cpu_s": c2 - c0}
-
-
-def _anonymous(noise):
-    """The process without its (static) name, so that processes differing only by name (sd15,
-    sd21, sdxl; or sd21 and ddpm, which differ only in their arrays) share compiled code."""
-    if dataclasses.is_dataclass(noise) and "name" in {f.name for f in dataclasses.fields(noise)}:
-        return dataclasses.replace(noise, name="")
-    return noise
-
-
-def _run(fn, static, noise, *args):
-    """Run the cached (or freshly compiled) ``fn``; ``timings`` say which: ``cold`` is true when
-    this call traced and compiled (``trace_s``, ``compile_s`` wall; ``compile_cpu_s`` process
-    CPU time of both), ``run_s`` is the execution alone."""
-    args = (_anonymous(noise),) + args
-    exe, timings = _compiled(fn, static, *args)
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(exe(*args))
-    run_s = time.perf_counter() - t0
-    cold_s = timings["trace_s"] + timings["compile_s"]
-    timings.update(cold=cold_s > 0, run_s=run_s, total_s=cold_s + run_s)
-    return out, timings
-
-
-# --------------------------------------------------------------------------------------
 # Option validation
 # --------------------------------------------------------------------------------------
 
@@ -518,7 +471,7 @@ def _bilevel(noise, nfe, n, method, solver, seed, opts, options, table=None) -> 
     lower, upper = box(noise, opts["bounds"])
     dmin, gamma = d_min(nfe), opts["gamma"]
     spf = np.asarray([dmin, gamma], np.float64)
-    out, timings = _run(_search, cfg, noise, np.int64(seed), lower, upper, spf, table)
+    out, timings = run_compiled(_search, cfg, noise, np.int64(seed), lower, upper, spf, table)
     de, sched = jax.tree.map(np.asarray, out)  # host copies: no eager JAX work from here on
     loc, penalty = de.aux
     pl = de.population_aux.local
@@ -622,7 +575,9 @@ def _single(noise, nfe, n, method, solver, opts, options) -> OptimizeResult:
     dmin = d_min(nfe)
     spf = np.asarray([dmin, opts["gamma"]], np.float64)
     f64 = np.float64
-    out, timings = _run(_local, cfg, noise, f64(opts["rho"]), f64(t_start), f64(t_end), spf, None)
+    out, timings = run_compiled(
+        _local, cfg, noise, f64(opts["rho"]), f64(t_start), f64(t_end), spf, None
+    )
     loc, pen, sched = jax.tree.map(np.asarray, out)
     info = {
         "n_intervals": n,
