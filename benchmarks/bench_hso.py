@@ -3,14 +3,16 @@
 Measures, per (noise, solver, NFE):
 
 * the time to a schedule three ways: **cold** -- the first ``hso_jax.optimize`` call in a new
-  process with an empty persistent compilation cache (tracing + XLA compilation + run);
-  **cache hit** -- the same in another new process that finds the executable in the persistent
-  cache written by the first (``hso_jax._compile_cache``; tracing + loading + run); **warm** --
-  the same call again in the same process (median and minimum of ``--repeats`` calls). The new
-  processes' wall times from start to exit (interpreter, ``import hso_jax``, the call) are
-  reported too. Beside them, the official SciPy search (``hso_scipy_reference.py``) on the same
-  problem, for the SD 2.1 cases it covers: its stored wall time by default, or measured now
-  with ``--scipy run`` (tens of seconds to minutes per case);
+  process with an empty package cache (tracing + XLA compilation + run); **cache hit** -- the
+  same in another new process that finds the traced search in the program store and its
+  executable in the persistent compilation cache, both written by the first
+  (``hso_jax._compile_cache``, ``hso_jax.optimizers.compiled``; reading + loading + run);
+  **warm** -- the same call again in the same process (median and minimum of ``--repeats``
+  calls). The new processes' wall times from start to exit (interpreter, ``import hso_jax``,
+  the call) are reported too. Beside them, the official SciPy search
+  (``hso_scipy_reference.py``) on the same problem, for the SD 2.1 cases it covers: its stored
+  wall time by default, or measured now with ``--scipy run`` (tens of seconds to minutes per
+  case);
 * in-process cold: the first call after ``jax.clear_caches()`` and clearing the search's
   executable cache, with its CPU time (``process_time``, less sensitive to other processes on
   a shared machine) and the trace / compile / run split (the persistent cache is turned off
@@ -154,6 +156,7 @@ def _new_process(noise_name: str, solver: str, nfe: int, cache_root: str) -> dic
         "trace_s": tm["trace_s"],
         "compile_s": tm["compile_s"],
         "run_s": tm["run_s"],
+        "program_loaded": tm["loaded"],
         "cache_entries": len(list((Path(cache_root) / "xla").glob("*-cache"))),
         "t": out["t"],
     }
@@ -167,6 +170,8 @@ def _cold_and_cache_hit(noise_name: str, solver: str, nfe: int) -> dict:
         hit = _new_process(noise_name, solver, nfe, root)
     if cold["t"] != hit["t"]:
         raise RuntimeError(f"cache hit changed the schedule: {cold['t']} != {hit['t']}")
+    if cold["program_loaded"] or not hit["program_loaded"]:
+        raise RuntimeError("the second process did not read the traced search the first stored")
     return {"cold": cold, "cache_hit": hit}
 
 

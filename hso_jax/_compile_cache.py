@@ -4,13 +4,15 @@ A model-free search costs 0.02-0.13 s to run but several seconds to compile (8-1
 two CPU cores), and without a persistent cache every new process compiles it again. JAX can
 store compiled XLA executables on disk and load them in a later process
 (``jax_compilation_cache_dir``); this module turns that on in the package's cache folder, so a
-repeated ``hso-jax optimize`` with the same shapes skips XLA compilation (it still traces the
-search, about a second).
+repeated ``hso-jax optimize`` with the same shapes skips XLA compilation. Together with it, the
+traced searches are kept (:mod:`hso_jax.optimizers.compiled`, about 1-2 s of tracing saved), so
+a repeated search costs about the import time.
 
-Where: ``$HSO_JAX_CACHE/xla`` if ``HSO_JAX_CACHE`` is set, else ``~/.cache/hso_jax/xla`` (the
-package's cache root, shared with the reference cache of :mod:`hso_jax.evaluation.cache`).
-Delete the folder to empty the cache. As with any JAX compilation cache, its files are
-executable code: do not let people you do not trust write to it.
+Where: ``$HSO_JAX_CACHE/xla`` (executables) and ``$HSO_JAX_CACHE/programs`` (traced searches)
+if ``HSO_JAX_CACHE`` is set, else the same folders under ``~/.cache/hso_jax`` (the package's
+cache root, shared with the reference cache of :mod:`hso_jax.evaluation.cache`). Delete them
+to empty the cache. As with any JAX compilation cache, their files are executable code: do not
+let people you do not trust write to them.
 
 When it is turned on:
 
@@ -29,7 +31,8 @@ It is left alone (nothing here changes any JAX setting) when:
 * ``HSO_JAX_COMPILE_CACHE`` is ``0``, ``false``, ``no`` or ``off`` (``1``, ``true``, ``yes``,
   ``on`` or empty keep it on; any other value raises ``ValueError``);
 * the user has set ``jax_compilation_cache_dir`` (``jax.config.update`` or
-  ``JAX_COMPILATION_CACHE_DIR``) -- their folder and thresholds are used as they are;
+  ``JAX_COMPILATION_CACHE_DIR``) -- their folder and thresholds are used as they are, and no
+  traced search is kept;
 * ``jax_enable_compilation_cache`` is false.
 
 An unwritable folder (read-only, a file where the folder should be, no space) is reported once
@@ -37,7 +40,8 @@ per process with a ``UserWarning`` and the program continues without the persist
 nothing is lost but the compilation time. Should a write fail later, JAX itself warns and goes
 on. A damaged entry (say, from a process killed while writing it) fails JAX's decompression
 check: JAX warns, compiles again and gives the same result, but does not replace the entry, so
-the warning comes back on every run until the folder is deleted.
+the warning comes back on every run until the folder is deleted. A damaged traced search is
+reported, traced again and replaced.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from pathlib import Path
 
 import jax
 
+from .optimizers import compiled
 from .reference.cache import default_cache_dir
 
 __all__ = [
@@ -60,6 +65,7 @@ __all__ = [
     "cache_everything",
     "compile_cache_dir",
     "enable",
+    "program_store_dir",
 ]
 
 ENV_VAR = "HSO_JAX_COMPILE_CACHE"
@@ -76,6 +82,12 @@ _WARNED: set[str] = set()  # unwritable folders already reported
 def compile_cache_dir() -> Path:
     """The folder of the package's compilation cache: ``<cache root>/xla`` (absolute)."""
     return (default_cache_dir() / "xla").absolute()
+
+
+def program_store_dir() -> Path:
+    """The folder of the traced searches (:mod:`hso_jax.optimizers.compiled`):
+    ``<cache root>/programs`` (absolute)."""
+    return (default_cache_dir() / "programs").absolute()
 
 
 def _opted_out() -> bool:
@@ -144,6 +156,7 @@ def enable() -> Path | None:
             # the user chose is kept.
             jax.config.update(threshold, LIBRARY_MIN_COMPILE_TIME_S)
         jax.config.update("jax_compilation_cache_dir", key)
+        compiled.use_store(program_store_dir())
         _OURS = key
         return folder
 

@@ -162,3 +162,40 @@ def test_unwritable_cache_warns_once_and_keeps_the_result(tmp_path):
     )
     assert (root / "xla").is_file()
     assert "Traceback" not in q.stderr
+
+
+_REPEAT = """
+    import json, warnings
+    import hso_jax
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = hso_jax.optimize(hso_jax.noise.preset("sd21"), nfe=2, method="mep-local")
+    print(json.dumps({"t": res.t.tolist(), "loaded": res.info["timings"]["loaded"],
+                      "warnings": [str(w.message) for w in caught]}))
+"""
+
+
+def test_a_new_process_reads_the_traced_search_and_replaces_a_damaged_one(tmp_path):
+    root = tmp_path / "root"
+
+    def run() -> dict:
+        return json.loads(_python(_REPEAT, HSO_JAX_CACHE=str(root)).stdout)
+
+    first = run()
+    (entry,) = (root / "programs").glob("*.jaxprog")
+    assert first["loaded"] is False and first["warnings"] == []
+    second = run()  # traced program read back, executable from the persistent cache
+    assert second["loaded"] is True and second["t"] == first["t"] and second["warnings"] == []
+
+    entry.write_bytes(b"half an entry")  # e.g. a disk that filled up under another writer
+    third = run()
+    assert third["loaded"] is False and third["t"] == first["t"]
+    assert len(third["warnings"]) == 1 and "damaged program cache entry" in third["warnings"][0]
+    fourth = run()  # the damaged entry was replaced by a good one
+    assert fourth["loaded"] is True and fourth["t"] == first["t"]
+
+
+def test_opt_out_keeps_no_traced_search(tmp_path):
+    root = tmp_path / "root"
+    out = json.loads(_python(_REPEAT, HSO_JAX_CACHE=str(root), HSO_JAX_COMPILE_CACHE="0").stdout)
+    assert out["loaded"] is False and not (root / "programs").exists()

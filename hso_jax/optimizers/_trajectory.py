@@ -9,7 +9,6 @@ import numpy as np
 
 from .. import solvers
 from ..denoiser import Denoiser
-from ..reference.teacher import Teacher, teacher_trajectories
 from ._ends import lam_is_finite
 
 __all__ = ["resolve_solver", "check_model", "check_noise_batch", "teacher_from_options"]
@@ -76,11 +75,15 @@ def check_noise_batch(name: str, x, method: str, min_batch: int = 1) -> Array:
     return x
 
 
-def teacher_from_options(model: Denoiser, method: str, opts: dict) -> tuple[Teacher, dict]:
+def teacher_from_options(model: Denoiser, method: str, opts: dict) -> tuple[Any, dict]:
     """The teacher trajectories of a method: ``opts["teacher"]`` if given, else computed from
     ``opts["x_T"]`` on a fine grid (in chunks of ``teacher_batch_size`` samples, split over
     ``mesh``; per-sample conditions of the model go with their noises). Returns the teacher
     and a description for ``info``."""
+    # imported here: the reference solve brings diffrax (about a second), which the
+    # model-free searches that share this module's options never need
+    from ..reference.teacher import Teacher, teacher_trajectories
+
     teacher = opts.get("teacher")
     if teacher is not None:
         if not isinstance(teacher, Teacher):

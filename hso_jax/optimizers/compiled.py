@@ -1,41 +1,62 @@
-"""Ahead-of-time compiled searches, cached per process, so cold and warm calls are known exactly.
+"""Ahead-of-time compiled searches: cached per process, and their traced programs kept on disk.
 
 A model-free search (HSO's whole bi-level loop, or one lower-level solve) is one XLA program
 per (function, static configuration, argument shapes and dtypes). :func:`run_compiled` lowers
-and compiles it once per process and reports in ``timings`` whether this call traced and
-compiled (``cold``) or reused the executable.
+and compiles it once per process and reports in ``timings`` whether this call compiled
+(``cold``) or reused the executable.
+
+A new process would trace the search again (1-2 s of Python for HSO: the DE loop, every
+lower-level L-BFGS solve and the objective) before JAX's persistent compilation cache can
+even be asked for the executable. With a *program store* (:func:`use_store`, turned on together
+with the package's persistent compilation cache, :mod:`hso_jax._compile_cache`) the traced and
+lowered program is serialised with :mod:`jax.export` on the first call and read back by later
+processes: they skip tracing, and the compilation of the read program is a hit in the
+persistent cache, so a repeated search costs about the import time.
+
+An entry is found under a hash of the function, its static configuration, the argument
+structure, shapes and dtypes, the backend, ``jax_enable_x64``, the JAX version and a
+fingerprint of the package's source, so an edited or upgraded package never reads a program
+traced by another version. Entries are written atomically (a temporary file, then a rename);
+an entry that cannot be read is reported (``UserWarning``), traced again and replaced. Like
+JAX's cache, the store holds code: do not let people you do not trust write to it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import os
+import pickle
+import tempfile
 import time
+import warnings
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["anonymous", "clear", "run_compiled"]
+__all__ = ["anonymous", "clear", "run_compiled", "store", "use_store"]
 
+_FORMAT = 1  # bump when the layout of a stored entry changes
+_SUFFIX = ".jaxprog"
 _CACHE: dict = {}
+_STORE: Path | None = None
+_PACKAGE = Path(__file__).resolve().parents[1]
 
 
-def _compiled(fn: Callable, static: Hashable, *args):
-    """``(executable, timings)``; timings are zero when the executable was cached."""
-    leaves, treedef = jax.tree.flatten(args)
-    sig = tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves)
-    k = (fn.__name__, static, treedef, sig)
-    hit = _CACHE.get(k)
-    if hit is not None:
-        return hit, {"trace_s": 0.0, "compile_s": 0.0, "compile_cpu_s": 0.0}
-    t0, c0 = time.perf_counter(), time.process_time()
-    lowered = jax.jit(fn, static_argnums=(len(args),)).lower(*args, static)
-    t1 = time.perf_counter()
-    exe = lowered.compile()
-    _CACHE[k] = exe
-    t2, c2 = time.perf_counter(), time.process_time()
-    return exe, {"trace_s": t1 - t0, "compile_s": t2 - t1, "compile_cpu_s": c2 - c0}
+def use_store(folder: str | Path | None) -> None:
+    """Keep traced programs in ``folder`` (created on first write); ``None`` turns it off."""
+    global _STORE
+    _STORE = None if folder is None else Path(folder).absolute()
+
+
+def store() -> Path | None:
+    """The folder of the program store in use, or None."""
+    return _STORE
 
 
 def clear() -> None:
@@ -51,17 +72,146 @@ def anonymous(noise):
     return noise
 
 
+@functools.cache
+def _source_fingerprint() -> str:
+    """Hash of every Python file of the package: a changed package never reuses a program."""
+    h = hashlib.sha256()
+    for path in sorted(_PACKAGE.rglob("*.py")):
+        h.update(path.relative_to(_PACKAGE).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _entry_name(fn: Callable, static: Hashable, treedef, sig) -> str | None:
+    """The entry's file name, or None when ``static`` has no stable text (an object address)."""
+    text = repr(static)
+    if " at 0x" in text:
+        return None
+    parts = (
+        _FORMAT, fn.__module__, fn.__qualname__, text, str(treedef), sig, jax.__version__,
+        jax.default_backend(), jax.config.jax_enable_x64, _source_fingerprint(),
+    )  # fmt: skip
+    return hashlib.sha256(repr(parts).encode()).hexdigest() + _SUFFIX
+
+
+def _flattened(fn, static, treedef):
+    """``fn`` over flat argument leaves, returning flat output leaves; the output treedef is
+    appended to the returned list when the function is traced."""
+    out_tree = []
+
+    def flat(*xs):
+        out, tree = jax.tree.flatten(fn(*jax.tree.unflatten(treedef, xs), static))
+        out_tree.append(tree)
+        return out
+
+    flat.__name__ = flat.__qualname__ = fn.__name__  # names the executable (logs, XLA cache)
+    return flat, out_tree
+
+
+def _read(path: Path, sig):
+    """``(Exported, output treedef)`` from a stored entry, or None (absent or unreadable)."""
+    try:
+        blob = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):  # absent (the write will say if it fails)
+        return None
+    except OSError as e:
+        warnings.warn(f"cannot read the program cache entry {path} ({e}); tracing again",
+                      UserWarning, stacklevel=4)  # fmt: skip
+        return None
+    try:
+        entry = pickle.loads(blob)
+        exported = jax.export.deserialize(bytearray(entry["exported"]))
+        avals = tuple((tuple(a.shape), str(a.dtype)) for a in exported.in_avals)
+        if entry["format"] != _FORMAT or avals != sig:
+            raise ValueError("its argument shapes or format differ from this call's")
+        return exported, entry["out_tree"]
+    except Exception as e:  # a damaged or foreign file: say so, trace again and replace it
+        warnings.warn(
+            f"ignoring the damaged program cache entry {path} ({type(e).__name__}: {e}); "
+            "tracing again and replacing it",
+            UserWarning,
+            stacklevel=4,
+        )
+        return None
+
+
+def _write(path: Path, exported, out_tree) -> None:
+    """Store an entry atomically; a failure is reported once per folder and otherwise ignored
+    (the search's result does not depend on the store)."""
+    entry = {"format": _FORMAT, "exported": bytes(exported.serialize()), "out_tree": out_tree}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(entry, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as e:
+        warnings.warn(f"cannot write the program cache entry {path} ({e}); the next process "
+                      "traces this search again", UserWarning, stacklevel=4)  # fmt: skip
+
+
+def _executable(fn, static, treedef, leaves, sig, name: str | None):
+    """``(lowered program over leaves -> output leaves, output treedef, loaded, trace_s)``."""
+    t0 = time.perf_counter()
+    flat, out_tree = _flattened(fn, static, treedef)
+    if _STORE is None or name is None:  # no store: plain lowering, nothing to serialise
+        lowered = jax.jit(flat).lower(*leaves)
+        return lowered, out_tree[0], False, time.perf_counter() - t0
+    path = _STORE / name
+    found = _read(path, sig)
+    loaded = found is not None
+    if not loaded:
+        found = jax.export.export(jax.jit(flat))(*leaves), out_tree[0]
+        _write(path, *found)
+    exported, tree = found
+
+    def call(*xs):
+        return exported.call(*xs)
+
+    call.__name__ = call.__qualname__ = fn.__name__
+    return jax.jit(call).lower(*leaves), tree, loaded, time.perf_counter() - t0
+
+
+def _compiled(fn: Callable, static: Hashable, args: tuple):
+    """``(run(args) -> output, timings)``; timings are zero when the executable was cached."""
+    leaves, treedef = jax.tree.flatten(args)
+    sig = tuple((np.shape(x), str(jnp.result_type(x))) for x in leaves)
+    k = (fn.__name__, static, treedef, sig)
+    hit = _CACHE.get(k)
+    if hit is not None:
+        return hit, {"trace_s": 0.0, "compile_s": 0.0, "compile_cpu_s": 0.0, "loaded": False}
+    c0 = time.process_time()
+    name = _entry_name(fn, static, treedef, sig)
+    lowered, out_tree, loaded, trace_s = _executable(fn, static, treedef, leaves, sig, name)
+    t1 = time.perf_counter()
+    exe = lowered.compile()
+    compile_s, cpu_s = time.perf_counter() - t1, time.process_time() - c0
+
+    def run(a):
+        return jax.tree.unflatten(out_tree, exe(*jax.tree.leaves(a)))
+
+    _CACHE[k] = run
+    return run, {"trace_s": trace_s, "compile_s": compile_s, "compile_cpu_s": cpu_s,
+                 "loaded": loaded}  # fmt: skip
+
+
 def run_compiled(fn: Callable, static: Hashable, noise, *args) -> tuple[Any, dict]:
     """Run ``fn(anonymous(noise), *args, static)`` from its cached (or fresh) executable.
 
-    Returns ``(out, timings)``: ``cold`` is true when this call traced and compiled
-    (``trace_s``, ``compile_s`` wall; ``compile_cpu_s`` process CPU time of both), ``run_s`` is
-    the execution alone and ``total_s`` their sum.
+    Returns ``(out, timings)``: ``cold`` is true when this call compiled (``trace_s``: tracing,
+    or reading the stored program; ``compile_s``: compilation, possibly a hit in the persistent
+    cache; both wall time, ``compile_cpu_s`` the process CPU time of both), ``loaded`` when the
+    traced program came from the program store, ``run_s`` is the execution alone and
+    ``total_s`` their sum.
     """
     args = (anonymous(noise),) + args
-    exe, timings = _compiled(fn, static, *args)
+    run, timings = _compiled(fn, static, args)
     t0 = time.perf_counter()
-    out = jax.block_until_ready(exe(*args))
+    out = jax.block_until_ready(run(args))
     run_s = time.perf_counter() - t0
     cold_s = timings["trace_s"] + timings["compile_s"]
     timings.update(cold=cold_s > 0, run_s=run_s, total_s=cold_s + run_s)

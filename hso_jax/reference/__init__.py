@@ -4,24 +4,40 @@ grid, and the on-disk cache of reference solutions.
 This layer sits below the objectives and optimisers that need an exact solution (KLUB's model
 samples, direct's targets, GITS / MEP-model's teachers) and above the solvers and models;
 :mod:`hso_jax.evaluation` re-exports it for users.
+
+Its submodules load on first use (PEP 562): the cache's folder rules are needed by every
+command, diffrax (about 1.5 s to import) only by a reference solve.
 """
 
-from . import cache, solve, teacher
-from .cache import cached_reference, default_cache_dir, reference_cache_path
-from .solve import REFERENCE_SOLVERS, reference_solve, reference_trajectory
-from .teacher import GRIDS, Teacher, teacher_trajectories
+from __future__ import annotations
 
-__all__ = [
-    "GRIDS",
-    "REFERENCE_SOLVERS",
-    "Teacher",
-    "cache",
-    "cached_reference",
-    "default_cache_dir",
-    "reference_cache_path",
-    "reference_solve",
-    "reference_trajectory",
-    "solve",
-    "teacher",
-    "teacher_trajectories",
-]
+import importlib
+
+_SUBMODULES = ("cache", "solve", "teacher")
+_OBJECTS = {  # name -> the submodule that defines it
+    "GRIDS": "teacher",
+    "REFERENCE_SOLVERS": "solve",
+    "Teacher": "teacher",
+    "cached_reference": "cache",
+    "default_cache_dir": "cache",
+    "reference_cache_path": "cache",
+    "reference_solve": "solve",
+    "reference_trajectory": "solve",
+    "teacher_trajectories": "teacher",
+}
+
+__all__ = sorted((*_SUBMODULES, *_OBJECTS))
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _OBJECTS:
+        value = getattr(importlib.import_module(f".{_OBJECTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
