@@ -66,10 +66,10 @@ from ._compile_cache import enable as _enable_compile_cache
 from .denoiser import Denoiser, as_denoiser
 from .noise import NoiseSchedule
 from .optimizers._trajectory import TEACHER_OPTIONS
-from .optimizers.hso import METHODS as _HSO_METHODS
-from .optimizers.hso import OPTIONS as _HSO_OPTIONS
-from .optimizers.hso import SOLVERS as _HSO_SOLVERS
-from .optimizers.hso import optimize_hso, solver_flavour
+from .optimizers.hso import optimize_hso
+from .optimizers.hso_config import METHODS as _HSO_METHODS
+from .optimizers.hso_config import SOLVERS as _HSO_SOLVERS
+from .optimizers.hso_config import HSOConfig, solver_flavour
 from .optimizers.result import OptimizeResult
 
 __all__ = ["optimize", "METHODS", "MODEL_FREE", "MODEL_BASED", "SOLVERS"]
@@ -313,11 +313,11 @@ def _keywords(module: str, name: str, extra: tuple[str, ...] = ()):
 # method -> (runner, its known options). Model-free runners take the noise process and the
 # method name; model-based ones the Denoiser.
 _METHOD_TABLE: dict[str, tuple[Callable, Callable[[], tuple[str, ...] | None]]] = {
-    **{m: (_model_free, lambda m=m: _HSO_OPTIONS[m]) for m in MODEL_FREE},
+    **{m: (_model_free, lambda m=m: HSOConfig.option_names(m)) for m in MODEL_FREE},
     "ays": (_ays, _keywords(".optimizers.ays", "optimize_ays")),
     "direct": (_direct, _keywords(".optimizers.direct", "optimize_direct")),
     "gits": (_gits, _keywords(".optimizers.gits", "optimize_gits", _TEACHER)),
-    "mep-model": (_mep_model, lambda: tuple(_HSO_OPTIONS["mep-model"]) + tuple(_TEACHER)),
+    "mep-model": (_mep_model, lambda: HSOConfig.option_names("mep-model") + tuple(_TEACHER)),
 }
 assert set(_METHOD_TABLE) == set(METHODS)
 

@@ -19,6 +19,7 @@ import pytest
 import hso_jax as hj
 from hso_jax import objectives as ob
 from hso_jax.optimizers import hso as hso_mod
+from hso_jax.optimizers.hso_config import HSOConfig
 
 SD21 = hj.noise.preset("sd21")
 REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks/results/hso_scipy_reference.json"
@@ -200,8 +201,8 @@ def test_dmn_hso_rule_is_one_keyword_away():
     np.testing.assert_allclose(float(ob.dmn(ns, trunc_num=0)(jnp.asarray(r.t))), r.objective)
     assert float(ob.dmn(ns, trunc_num=3)(jnp.asarray(r.t))) > 2 * 51.18
     # defaults: 3 (official) for "dmn", HSO's rule (None) for the bi-level "hso-dmn"
-    assert hso_mod._check_options("dmn", {})["trunc_num"] == 3
-    assert hso_mod._check_options("hso-dmn", {})["trunc_num"] is None
+    assert HSOConfig.from_options("dmn", 5, {}).trunc_num == 3
+    assert HSOConfig.from_options("hso-dmn", 5, {}).trunc_num == "hso"
     for bad in (-1, "official", 2.5, True):
         with pytest.raises(ValueError, match=r"trunc_num must be .*'hso'"):
             hj.optimize(ns, 5, method="dmn", trunc_num=bad)
@@ -274,16 +275,17 @@ def test_ays_dispatch(monkeypatch):
 def test_a_collapsed_interval_is_reported():
     """A lower-level optimum with two (numerically) coinciding points must not pass silently:
     in float32 such a schedule is not strictly decreasing."""
-    from hso_jax.optimizers import hso as H
+    from hso_jax.optimizers.hso_lower import refined_grid
+    from hso_jax.optimizers.hso_report import search_warnings
     from hso_jax.optimizers.refine import RefineResult
 
     ns = hj.noise.preset("ddpm")
     t = jnp.array([0.96, 0.96 - 1e-9, 0.5, 0.2, 0.03], jnp.float64)
     one = jnp.asarray(1.0)
     loc = RefineResult(ns.lam(t), one, one, 0.0 * one, 0.0 * one, jnp.asarray(3), True)
-    cfg = H._config("hso", 4, 4, H._check_options("hso", {}))
-    sched = H._schedule(ns, ns.lam(t), t[0], t[-1])
-    w = H._warnings(loc, None, 4, 0.15, sched, cfg, {})
+    cfg = HSOConfig(method="hso", n=4)
+    grid = refined_grid(ns, ns.lam(t), t[0], t[-1])
+    w = search_warnings(loc, None, 4, 0.15, grid, cfg, {})
     assert any("degenerate schedule: points 0 and 1 are 1e-09 apart" in s for s in w), w
-    ok = H._schedule(ns, ns.lam(t.at[1].set(0.7)), t[0], t[-1])
-    assert not any("degenerate" in s for s in H._warnings(loc, None, 4, 0.15, ok, cfg, {}))
+    ok = refined_grid(ns, ns.lam(t.at[1].set(0.7)), t[0], t[-1])
+    assert not any("degenerate" in s for s in search_warnings(loc, None, 4, 0.15, ok, cfg, {}))

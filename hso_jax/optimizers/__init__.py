@@ -2,7 +2,9 @@
 
 * :mod:`~hso_jax.optimizers.de` -- differential evolution (best1bin, deferred), one jit-able loop;
 * :mod:`~hso_jax.optimizers.refine` -- Optax L-BFGS refinement of a lam grid with fixed ends;
-* :mod:`~hso_jax.optimizers.hso` -- HSO (bi-level) and its single-level relatives;
+* :mod:`~hso_jax.optimizers.hso` -- HSO, the bi-level search (entry point of the HSO family);
+* :mod:`~hso_jax.optimizers.dmn` -- DM-NonUniform's single-level optimiser (and ``"mep-local"``);
+* :mod:`~hso_jax.optimizers.hso_config` -- :class:`HSOConfig`, the validated options of both;
 * :mod:`~hso_jax.optimizers.ays` -- Align Your Steps (imported on use);
 * :mod:`~hso_jax.optimizers.direct` -- gradient descent on the held-out sample error through
   the solver (imported on use);
@@ -13,12 +15,15 @@ The public entry point is :func:`hso_jax.optimize`.
 """
 
 from .de import DEResult, differential_evolution, latin_hypercube
+from .dmn import optimize_dmn
 from .hso import init_family, karras_lam, optimize_hso
+from .hso_config import HSOConfig
 from .refine import RefineResult, lam_from_logits, logits_from_lam, refine
 from .result import OptimizeResult
 
 __all__ = [
     "DEResult",
+    "HSOConfig",
     "OptimizeResult",
     "RefineResult",
     "differential_evolution",
@@ -27,6 +32,7 @@ __all__ = [
     "lam_from_logits",
     "latin_hypercube",
     "logits_from_lam",
+    "optimize_dmn",
     "optimize_hso",
     "refine",
 ]

@@ -1,0 +1,233 @@
+"""The configuration of an HSO-family search: method tables, solver flavours, options.
+
+:class:`HSOConfig` is the one validated, frozen set of options of the model-free methods
+(:mod:`hso_jax.optimizers.hso`, :mod:`hso_jax.optimizers.dmn`) and of ``"mep-model"``. It is
+hashable, since it is the static argument of the compiled searches
+(:func:`hso_jax.optimizers.compiled.run_compiled`) and part of their cache key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from .. import _validate, solvers
+from ..objectives.dmn import DMN_TRUNC_NUM
+from ..objectives.mep import FRAMES
+from ..objectives.spacing import GAMMA
+
+__all__ = [
+    "BILEVEL",
+    "BOUNDS",
+    "INITS",
+    "METHODS",
+    "SINGLE_LEVEL",
+    "SOLVERS",
+    "HSOConfig",
+    "n_intervals",
+    "solver_flavour",
+]
+
+METHODS = ("hso", "mep-local", "dmn", "hso-dmn", "mep-model")
+BILEVEL = ("hso", "hso-dmn", "mep-model")
+SINGLE_LEVEL = ("mep-local", "dmn")
+SOLVERS = ("unipc", "dpm-solver-pp", "ddim")
+BOUNDS = ((3.0, 16.0), (0.01, 0.03), (0.96, 1.0))
+INITS = ("karras", "logsnr", "time", "quadratic")
+
+_CLOSED_FORM = ("hso", "hso-dmn", "mep-local", "dmn")  # p and frame shape the MEP / DMN formula
+_DMN = ("hso-dmn", "dmn")
+_OBJECTIVE = {"dmn": "dmn", "hso-dmn": "dmn", "mep-model": "mep-model"}  # otherwise "mep"
+
+
+def solver_flavour(solver: Any, method: str = "hso") -> str:
+    """HSO's solver flavour (one of :data:`SOLVERS`) of a solver name or object.
+
+    Objects map by type: :class:`~hso_jax.solvers.UniPC` -> ``"unipc"``, multistep
+    :class:`~hso_jax.solvers.DPMSolverPP` -> ``"dpm-solver-pp"``, :class:`~hso_jax.solvers.DDIM`
+    -> ``"ddim"`` (the order and other settings do not change the schedule). ``method`` only
+    names the method in error messages.
+    """
+    if isinstance(solver, str):
+        if solver in SOLVERS:
+            return solver
+        raise ValueError(
+            f"solver must be one of {SOLVERS} or a solver object of these kinds (e.g. "
+            f"hso_jax.solvers.unipc()) for method={method!r}, got {solver!r}"
+        )
+    kinds = (
+        (solvers.UniPC, "unipc"),
+        (solvers.DPMSolverPP, "dpm-solver-pp"),
+        (solvers.DDIM, "ddim"),
+    )
+    for cls, name in kinds:
+        if isinstance(solver, cls):
+            return name
+    if isinstance(solver, solvers.Solver):
+        raise ValueError(
+            f"method={method!r} has schedule flavours for UniPC, DPM-Solver++ (multistep) and "
+            f"DDIM solver objects, got {type(solver).__name__}; for another solver with one "
+            "network call per step, solver='unipc' gives NFE + 1 points"
+        )
+    raise TypeError(
+        f"solver must be one of {SOLVERS} or a hso_jax solver object (e.g. "
+        f"hso_jax.solvers.unipc()) for method={method!r}, got {type(solver).__name__}"
+    )
+
+
+def n_intervals(solver: str, nfe: int) -> int:
+    """Optimised intervals: NFE for multistep solvers, NFE - 1 for DDIM."""
+    return nfe - 1 if solver == "ddim" else nfe
+
+
+def _option(default: Any, methods: tuple[str, ...], *, traced: bool = False):
+    """A field that is an option of ``methods``. A ``traced`` value reaches the compiled search
+    as an argument, so it takes no part in equality, hashing and ``repr``: one executable
+    serves all its values (an on-disk program store may key on ``repr``)."""
+    return dataclasses.field(
+        default=default, compare=not traced, repr=not traced, metadata={"methods": methods}
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class HSOConfig:
+    """Validated options of one HSO-family search (see :func:`hso_jax.optimize` for their
+    meaning); the constructor checks every value and normalises it (floats, tuples, the
+    method's default ``trunc_num``).
+
+    ``method`` and ``n`` (optimised intervals, :func:`n_intervals`) are not options; every
+    other field is an option of the methods :meth:`option_names` lists. Equality, the hash and
+    ``repr`` cover what changes the compiled program; ``gamma``, ``bounds``, ``rho``,
+    ``t_start`` and ``t_end`` are passed to it as arguments and are left out of them (read
+    them as attributes).
+
+    Raises:
+      TypeError: a value of the wrong type. ValueError: a value out of range.
+    """
+
+    method: str
+    n: int
+    p: float = _option(2.0, _CLOSED_FORM)
+    frame: str = _option("vp", _CLOSED_FORM)
+    gamma: float = _option(GAMMA, METHODS, traced=True)
+    local_maxiter: int = _option(100, METHODS)
+    local_gtol: float = _option(1e-9, METHODS)
+    local_ftol: float = _option(1e-13, METHODS)
+    # None: the method's default (DM-NonUniform's 3 for "dmn", HSO's rule for "hso-dmn")
+    trunc_num: int | str | None = _option(None, _DMN)
+    popsize: int = _option(20, BILEVEL)
+    maxiter: int = _option(60, BILEVEL)
+    tol: float = _option(0.01, BILEVEL)
+    mutation: tuple[float, float] = _option((0.5, 1.0), BILEVEL)
+    recombination: float = _option(0.7, BILEVEL)
+    polish: bool = _option(True, BILEVEL)
+    bounds: tuple[tuple[float, float], ...] = _option(BOUNDS, BILEVEL, traced=True)
+    init: str | None = _option(None, SINGLE_LEVEL)  # None: the method's default grid
+    rho: float = _option(7.0, SINGLE_LEVEL, traced=True)
+    t_start: float | None = _option(None, SINGLE_LEVEL, traced=True)  # None: t_max
+    t_end: float | None = _option(None, SINGLE_LEVEL, traced=True)  # None: see dmn.py
+
+    def __post_init__(self):
+        v = _validate
+        checked = {
+            "method": v.choice("method", self.method, METHODS),
+            "n": v.integer("n", self.n, 1),
+            "p": v.real("p", self.p, 0.0, open_lo=True),
+            "frame": v.choice("frame", self.frame, FRAMES),
+            "gamma": v.real("gamma", self.gamma, 0.0),
+            "local_maxiter": v.integer("local_maxiter", self.local_maxiter, 1),
+            "local_gtol": v.real("local_gtol", self.local_gtol, 0.0),
+            "local_ftol": v.real("local_ftol", self.local_ftol, 0.0),
+            "trunc_num": _trunc_num(self.method, self.trunc_num),
+            "popsize": v.integer("popsize", self.popsize, 2),
+            "maxiter": v.integer("maxiter", self.maxiter, 1),
+            "tol": v.real("tol", self.tol, 0.0),
+            "mutation": _mutation(self.mutation),
+            "recombination": v.real("recombination", self.recombination, 0.0, 1.0),
+            "polish": v.boolean("polish", self.polish),
+            "bounds": _bounds(self.bounds),
+            "init": None if self.init is None else v.choice("init", self.init, INITS),
+            "rho": v.real("rho", self.rho, 0.0, open_lo=True),
+            "t_start": None if self.t_start is None else v.real("t_start", self.t_start),
+            "t_end": None if self.t_end is None else v.real("t_end", self.t_end),
+        }
+        for name, value in checked.items():  # frozen: the normalised values go in this way
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def option_names(cls, method: str) -> tuple[str, ...]:
+        """The options ``method`` takes (the fields that list it)."""
+        _validate.choice("method", method, METHODS)
+        fields = dataclasses.fields(cls)
+        return tuple(f.name for f in fields if method in f.metadata.get("methods", ()))
+
+    @classmethod
+    def from_options(cls, method: str, n: int, options: dict[str, Any]) -> HSOConfig:
+        """The configuration of ``method`` on ``n`` intervals from user options; a name the
+        method does not take raises ``ValueError`` listing those it does."""
+        known = cls.option_names(method)
+        bad = sorted(set(options) - set(known))
+        if bad:
+            raise ValueError(
+                f"unknown option(s) {bad} for method={method!r}; known options: {sorted(known)}"
+            )
+        return cls(method=method, n=n, **options)
+
+    @property
+    def objective(self) -> str:
+        """The objective the method minimises: ``"mep"``, ``"dmn"`` or ``"mep-model"``."""
+        return _OBJECTIVE.get(self.method, "mep")
+
+    @property
+    def bilevel(self) -> bool:
+        """Whether the method is a bi-level search (:data:`BILEVEL`)."""
+        return self.method in BILEVEL
+
+
+def _trunc_num(method: str, tn) -> int | str | None:
+    """``trunc_num`` -> an integer or ``"hso"`` (HSO's rule) for the DMN methods, whose
+    default is 3 (the official DM-NonUniform value) for ``"dmn"`` and HSO's rule for
+    ``"hso-dmn"``; ``None`` stays ``None`` for the others."""
+    if tn is None:
+        if method not in _DMN:
+            return None
+        tn = DMN_TRUNC_NUM if method == "dmn" else "hso"
+    if isinstance(tn, str) and tn == "hso":
+        return tn
+    if isinstance(tn, bool) or not isinstance(tn, (int, np.integer)) or tn < 0:
+        raise ValueError(
+            f"trunc_num must be a non-negative integer (DM-NonUniform: {DMN_TRUNC_NUM}) or 'hso' "
+            f"(HSO's rule: 0 for N <= 5, 3 for N = 6, 7, 0 for N >= 8), got {tn!r}"
+        )
+    return int(tn)
+
+
+def _mutation(mut) -> tuple[float, float]:
+    if not (isinstance(mut, (tuple, list)) and len(mut) == 2):
+        raise ValueError(f"mutation must be a (low, high) pair in [0, 2), got {mut!r}")
+    mut = (
+        _validate.real("mutation[0]", mut[0], 0.0),
+        _validate.real("mutation[1]", mut[1], 0.0, 2.0),
+    )
+    if not mut[0] <= mut[1]:
+        raise ValueError(f"mutation must satisfy low <= high, got {mut!r}")
+    return mut
+
+
+def _bounds(bounds) -> tuple[tuple[float, float], ...]:
+    try:
+        b = tuple((float(lo), float(hi)) for lo, hi in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"bounds must be three (low, high) pairs for (rho, t_eps, T_max), got {bounds!r}"
+        ) from None
+    if len(b) != 3 or not all(np.isfinite(x).all() and x[0] < x[1] for x in b):
+        raise ValueError(
+            "bounds must be three finite (low, high) pairs with low < high for "
+            f"(rho, t_eps, T_max), got {bounds!r}"
+        )
+    if b[0][0] <= 0:
+        raise ValueError(f"rho bounds must be positive, got {b[0]}")
+    return b
