@@ -71,10 +71,11 @@ import numpy as np
 
 from .. import _validate, schedules, solvers
 from ..denoiser import Denoiser
-from ..objectives.klub import KLUB, klub
+from ..objectives.klub import klub
 from ..schedules import check_schedule
 from ._ends import check_finite_ends
 from ._trajectory import resolve_solver
+from .ays_search import CoordinateSearch
 from .result import OptimizeResult
 
 __all__ = ["optimize_ays", "BASE_STEPS"]
@@ -102,62 +103,6 @@ def _t_of_sigma(noise, sig, t_start: float, t_end: float) -> np.ndarray:
         t = np.array(noise.t_from_sigma_edm(jnp.asarray(sig, jnp.float64)), np.float64)
     t[0], t[-1] = t_start, t_end
     return t
-
-
-def _candidates(m, lo, hi, radius, num: int) -> np.ndarray:
-    """(P, num) candidates, column 0 the current values; the rest log-evenly on both sides."""
-    below = (num - 1) // 2
-    above = num - 1 - below
-    lm, llo, lhi = np.log(m), np.log(lo), np.log(hi)
-    fb = np.arange(1, below + 1) / (below + 1)
-    fa = np.arange(1, above + 1) / (above + 1)
-    cb = lm[:, None] + (llo - lm)[:, None] * radius[:, None] * fb[None, :]
-    ca = lm[:, None] + (lhi - lm)[:, None] * radius[:, None] * fa[None, :]
-    return np.exp(np.concatenate([lm[:, None], cb, ca], axis=1))
-
-
-class _Search:
-    """The coordinate search on a decreasing array of sigmas (mutable, host side)."""
-
-    def __init__(self, obj: KLUB, sig: np.ndarray, key, num: int, min_radius: float):
-        self.obj, self.sig, self.key, self.num, self.min_radius = obj, sig, key, num, min_radius
-        self.radius = np.ones(sig.shape[0])  # per point; only interior entries are used
-        self.candidate_evals = 0
-        self.network_evals = 0
-
-    def update(self, pts: np.ndarray) -> np.ndarray:
-        """One pass over the (non-adjacent) points ``pts``; returns their best local KLUB."""
-        sig, r = self.sig, self.radius
-        m, lo, hi = sig[pts], sig[pts + 1], sig[pts - 1]
-        cand = _candidates(m, lo, hi, r[pts], self.num)
-        # candidates are scored in float32: one that rounds onto a neighbour would be an empty
-        # interval; it is replaced by the current value (a harmless duplicate)
-        c32 = cand.astype(np.float32)
-        inside = (c32 > lo.astype(np.float32)[:, None]) & (c32 < hi.astype(np.float32)[:, None])
-        cand = np.where(inside, cand, m[:, None])
-        terms = self.obj.neighbourhood(
-            lo.astype(np.float32), cand.astype(np.float32), hi.astype(np.float32), pts, self.key
-        )
-        vals = np.asarray(terms, np.float64).sum(-1)
-        if not np.all(np.isfinite(vals)):
-            bad = int(pts[np.argmax(~np.all(np.isfinite(vals), axis=1))])
-            raise FloatingPointError(
-                f"the KLUB estimate is NaN/inf near sigma = {sig[bad]:.6g} (check the model "
-                "there, e.g. its output at both ends of the noise range)"
-            )
-        best = np.argmin(vals, axis=1)  # ties -> column 0, the current value
-        sig[pts] = cand[np.arange(len(pts)), best]
-        below = (self.num - 1) // 2
-        outer = (best == below) | (best == self.num - 1)
-        # pattern search: a winner inside the grid brackets the optimum within one spacing,
-        # so the grid is refined; a winner on the edge may lie beyond it, so it widens
-        r[pts] = np.where(outer, np.minimum(1.0, 2.0 * r[pts]), 0.5 * r[pts])
-        self.candidate_evals += cand.size
-        self.network_evals += 4 * cand.size * self.obj.num_samples
-        return vals[np.arange(len(pts)), best]
-
-    def converged(self, pts: np.ndarray) -> bool:
-        return bool(np.all(self.radius[pts] < self.min_radius))
 
 
 # --------------------------------------------------------------------------------------
@@ -366,7 +311,7 @@ def optimize_ays(
 
     # ---- level 1: coordinate search with early stopping ---------------------------------
     t_level = time.perf_counter()
-    search = _Search(obj, sig, jax.random.fold_in(key_search, 0), num, min_radius)
+    search = CoordinateSearch(obj, sig, jax.random.fold_in(key_search, 0), num, min_radius)
     interior = np.arange(1, n0)
     parities = [interior[interior % 2 == 0], interior[interior % 2 == 1]]
     parities = [p for p in parities if p.size]
@@ -436,7 +381,7 @@ def optimize_ays(
         fine = np.empty(n + 1)
         fine[0::2] = sig
         fine[1::2] = np.sqrt(sig[:-1] * sig[1:])
-        search = _Search(obj, fine, jax.random.fold_in(key_search, rnd), num, min_radius)
+        search = CoordinateSearch(obj, fine, jax.random.fold_in(key_search, rnd), num, min_radius)
         new = np.arange(1, n, 2)
         done = False
         for p in range(1, refine_sweeps + 1):
