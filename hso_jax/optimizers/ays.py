@@ -51,6 +51,9 @@ in which an interior point ``sigma_i`` only enters the two terms next to it. The
    points the solver needs (:func:`hso_jax.schedules.loglinear_interp`). Old points are kept
    by subdivision, so the 10- and 20-step results are recovered exactly from the 40-step one.
 
+Below, one function per stage (:func:`optimize_ays` calls them in this order); the candidate
+grid and one pass of the coordinate search are in :mod:`hso_jax.optimizers.ays_search`.
+
 The KLUB is derived for stochastic DDIM; the same schedule is used for every ``solver``
 (``solver`` only fixes how many points a given NFE needs, and is recorded). The paper reports
 that the schedules transfer to ODE solvers.
@@ -61,9 +64,10 @@ Models", ICML 2024 (arXiv 2404.14507), Sec. 3 (Algorithm 1, subdivision, interpo
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -71,10 +75,12 @@ import numpy as np
 
 from .. import _validate, schedules, solvers
 from ..denoiser import Denoiser
+from ..noise import NoiseSchedule
 from ..objectives.klub import KLUB, klub
 from ..schedules import check_schedule
 from ._ends import check_finite_ends
 from ._trajectory import resolve_solver
+from .ays_search import CoordinateSearch
 from .result import OptimizeResult
 
 __all__ = ["optimize_ays", "BASE_STEPS"]
@@ -85,85 +91,6 @@ BASE_STEPS = 10
 """Steps of the first level (the paper's coarse schedule)."""
 
 STOP_REASONS = ("rel_tol", "validation", "converged", "max_sweeps")
-
-
-# --------------------------------------------------------------------------------------
-# Small helpers (host side, float64)
-# --------------------------------------------------------------------------------------
-
-
-def _sigma_of_t(noise, t) -> np.ndarray:
-    with jax.enable_x64(True):
-        return np.array(noise.sigma_edm(jnp.asarray(np.asarray(t, np.float64))), np.float64)
-
-
-def _t_of_sigma(noise, sig, t_start: float, t_end: float) -> np.ndarray:
-    with jax.enable_x64(True):
-        t = np.array(noise.t_from_sigma_edm(jnp.asarray(sig, jnp.float64)), np.float64)
-    t[0], t[-1] = t_start, t_end
-    return t
-
-
-def _candidates(m, lo, hi, radius, num: int) -> np.ndarray:
-    """(P, num) candidates, column 0 the current values; the rest log-evenly on both sides."""
-    below = (num - 1) // 2
-    above = num - 1 - below
-    lm, llo, lhi = np.log(m), np.log(lo), np.log(hi)
-    fb = np.arange(1, below + 1) / (below + 1)
-    fa = np.arange(1, above + 1) / (above + 1)
-    cb = lm[:, None] + (llo - lm)[:, None] * radius[:, None] * fb[None, :]
-    ca = lm[:, None] + (lhi - lm)[:, None] * radius[:, None] * fa[None, :]
-    return np.exp(np.concatenate([lm[:, None], cb, ca], axis=1))
-
-
-class _Search:
-    """The coordinate search on a decreasing array of sigmas (mutable, host side)."""
-
-    def __init__(self, obj: KLUB, sig: np.ndarray, key, num: int, min_radius: float):
-        self.obj, self.sig, self.key, self.num, self.min_radius = obj, sig, key, num, min_radius
-        self.radius = np.ones(sig.shape[0])  # per point; only interior entries are used
-        self.candidate_evals = 0
-        self.network_evals = 0
-
-    def update(self, pts: np.ndarray) -> np.ndarray:
-        """One pass over the (non-adjacent) points ``pts``; returns their best local KLUB."""
-        sig, r = self.sig, self.radius
-        m, lo, hi = sig[pts], sig[pts + 1], sig[pts - 1]
-        cand = _candidates(m, lo, hi, r[pts], self.num)
-        # candidates are scored in float32: one that rounds onto a neighbour would be an empty
-        # interval; it is replaced by the current value (a harmless duplicate)
-        c32 = cand.astype(np.float32)
-        inside = (c32 > lo.astype(np.float32)[:, None]) & (c32 < hi.astype(np.float32)[:, None])
-        cand = np.where(inside, cand, m[:, None])
-        terms = self.obj.neighbourhood(
-            lo.astype(np.float32), cand.astype(np.float32), hi.astype(np.float32), pts, self.key
-        )
-        vals = np.asarray(terms, np.float64).sum(-1)
-        if not np.all(np.isfinite(vals)):
-            bad = int(pts[np.argmax(~np.all(np.isfinite(vals), axis=1))])
-            raise FloatingPointError(
-                f"the KLUB estimate is NaN/inf near sigma = {sig[bad]:.6g} (check the model "
-                "there, e.g. its output at both ends of the noise range)"
-            )
-        best = np.argmin(vals, axis=1)  # ties -> column 0, the current value
-        sig[pts] = cand[np.arange(len(pts)), best]
-        below = (self.num - 1) // 2
-        outer = (best == below) | (best == self.num - 1)
-        # pattern search: a winner inside the grid brackets the optimum within one spacing,
-        # so the grid is refined; a winner on the edge may lie beyond it, so it widens
-        r[pts] = np.where(outer, np.minimum(1.0, 2.0 * r[pts]), 0.5 * r[pts])
-        self.candidate_evals += cand.size
-        self.network_evals += 4 * cand.size * self.obj.num_samples
-        return vals[np.arange(len(pts)), best]
-
-    def converged(self, pts: np.ndarray) -> bool:
-        return bool(np.all(self.radius[pts] < self.min_radius))
-
-
-# --------------------------------------------------------------------------------------
-# The optimiser
-# --------------------------------------------------------------------------------------
-
 
 _AYS_ENDS = (
     "the KLUB and its search live on sigma_edm = exp(-lam) in [sigma_min, sigma_max]; pass "
@@ -260,14 +187,89 @@ def optimize_ays(
       >>> x = hso_jax.sample(model, x_T, res.t, hso_jax.solvers.dpm_solver_pp())
     """
     t_begin = time.perf_counter()
+    solver_name, num_points, opts = _check_arguments(
+        model, nfe, solver, candidates, max_sweeps, rel_tol, validation, patience, subdivide,
+        refine_sweeps, min_radius, callback,
+    )
+    ns = model.noise
+    t0, init_name = _initial_schedule(ns, init)
+    key_obj, key_search = jax.random.split(_validate.prng_key("key", key))
+    same = dict(c=c, shape=shape, batch_size=batch_size, _include_normaliser=_include_normaliser)
+    obj = klub(model, data, key=key_obj, num_samples=num_samples, mesh=mesh, **same)
+    sig = _sigma_of_t(ns, t0)
+    if not np.all(np.diff(sig) < 0):
+        raise ValueError("init maps to non-decreasing sigma_edm values; pass distinct times")
+    run = _Run(
+        obj=obj,
+        noise=ns,
+        t_start=float(t0[0]),
+        t_end=float(t0[-1]),
+        t_begin=t_begin,
+        bar=_progress_bar(progress, opts.max_sweeps + opts.rounds * opts.refine_sweeps),
+        callback=callback,
+    )
+    # "klub": the held-out KLUB, the same data and sample size with independent random numbers
+    held_out = None
+    if validation == "klub":
+        key_val = jax.random.fold_in(key_obj, 1)
+        held_out = klub(model, data, key=key_val, num_samples=obj.num_samples, **same)
+    metric, validation_name = _validation_metric(run, validation, held_out)
+
+    # steps 2-3 of the module docstring, then 4 (subdivision rounds), then 5
+    first = _coordinate_level(run, sig, metric, jax.random.fold_in(key_search, 0), opts)
+    levels = [first.record]
+    for rnd in range(1, opts.rounds + 1):
+        key_level = jax.random.fold_in(key_search, rnd)
+        levels.append(_subdivision_level(run, levels[-1]["sigmas"], key_level, opts))
+    run.close()
+
+    t_out = _interpolate(run, levels[-1]["sigmas"], num_points)
+    objective = run.klub(_sigma_of_t(ns, t_out)) if num_points > 1 else 0.0
+    return _result(
+        run,
+        t_out,
+        objective,
+        first,
+        levels,
+        opts,
+        init=init_name if init is None else np.asarray(init, np.float64),
+        init_name=init_name,
+        validation_name=validation_name,
+        solver_name=solver_name,
+        nfe=int(nfe),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Set-up: arguments, the initial schedule (step 1), the validation metric
+# --------------------------------------------------------------------------------------
+
+
+class _Settings(NamedTuple):
+    """The validated search settings (see :func:`optimize_ays` for each)."""
+
+    candidates: int
+    max_sweeps: int
+    rel_tol: float | None
+    patience: int
+    rounds: int  # subdivision rounds
+    refine_sweeps: int
+    min_radius: float
+
+
+def _check_arguments(
+    model, nfe, solver, candidates, max_sweeps, rel_tol, validation, patience, subdivide,
+    refine_sweeps, min_radius, callback,
+) -> tuple[str, int, _Settings]:
+    """Validate the arguments (eagerly, naming each); returns the solver's name, the number of
+    points of the returned schedule and the search settings."""
     if not isinstance(model, Denoiser):
         raise TypeError(f"model must be a hso_jax.Denoiser, got {type(model).__name__}")
-    ns = model.noise
     solver_obj, solver_name = resolve_solver(solver)
     if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)):
         raise ValueError(f"nfe must be a positive int, got {nfe!r}")
     num_points = solver_obj.num_points(int(nfe))
-    num = _validate.integer("candidates", candidates, 3)
+    candidates = _validate.integer("candidates", candidates, 3)
     max_sweeps = _validate.integer("max_sweeps", max_sweeps, 1)
     refine_sweeps = _validate.integer("refine_sweeps", refine_sweeps, 1)
     patience = _validate.integer("patience", patience, 1)
@@ -281,7 +283,17 @@ def optimize_ays(
         raise TypeError(f"validation must be a callable t -> float or 'klub', got {validation!r}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {callback!r}")
+    return solver_name, num_points, _Settings(
+        candidates, max_sweeps, rel_tol, patience, rounds, refine_sweeps, min_radius
+    )
 
+
+def _initial_schedule(ns: NoiseSchedule, init: Array | None) -> tuple[np.ndarray, str]:
+    """The first level's schedule (model times, float64) and its name for the result.
+
+    Paper: ``BASE_STEPS`` steps of Karras ``rho = 7`` for continuous-time models,
+    time-uniform for discrete-time ones, over the process's full range; or the user's ``init``.
+    """
     if init is None:
         check_finite_ends(ns, ns.t_max, ns.t_min, "AYS", _AYS_ENDS)
         # float64 whatever the x64 flag, so the search starts from the same schedule
@@ -297,227 +309,107 @@ def optimize_ays(
     else:
         t0 = np.array(check_schedule(init, ns, name="init", min_points=3), np.float64)
         init_name = "user"
-    t_start, t_end = float(t0[0]), float(t0[-1])
-    check_finite_ends(ns, t_start, t_end, "AYS", _AYS_ENDS)
+    check_finite_ends(ns, float(t0[0]), float(t0[-1]), "AYS", _AYS_ENDS)
+    return t0, init_name
 
-    key_obj, key_search = jax.random.split(_validate.prng_key("key", key))
-    obj = klub(
-        model,
-        data,
-        key=key_obj,
-        num_samples=num_samples,
-        c=c,
-        shape=shape,
-        batch_size=batch_size,
-        mesh=mesh,
-        _include_normaliser=_include_normaliser,
-    )
 
-    sig = _sigma_of_t(ns, t0)
-    if not np.all(np.diff(sig) < 0):
-        raise ValueError("init maps to non-decreasing sigma_edm values; pass distinct times")
-    n0 = sig.shape[0] - 1
-    warnings: list[str] = []
-    total_bar = max_sweeps + rounds * refine_sweeps
-    bar = _progress_bar(progress, total_bar)
+def _validation_metric(
+    run: _Run, validation: Any, held_out: KLUB | None
+) -> tuple[Callable[[np.ndarray], float] | None, str | None]:
+    """The first level's validation metric ``t -> float`` and its name for the result."""
+    if validation is None:
+        return None, None
+    if validation == "klub":
 
-    def report(level: int, sweep: int, value: float, s: np.ndarray):
-        elapsed = time.perf_counter() - t_begin
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(steps=level, sweep=sweep, klub=f"{value:.5g}", s=f"{elapsed:.1f}")
-        if callback is not None:
-            callback(
+        def held_out_klub(t: np.ndarray) -> float:
+            return run.klub(_sigma_of_t(run.noise, np.asarray(t, np.float64)), held_out)
+
+        return held_out_klub, "klub"
+    return validation, getattr(validation, "__name__", "callable")
+
+
+# --------------------------------------------------------------------------------------
+# What the stages share
+# --------------------------------------------------------------------------------------
+
+
+def _sigma_of_t(noise: NoiseSchedule, t) -> np.ndarray:
+    """EDM noise levels of model times (float64 whatever the x64 flag)."""
+    with jax.enable_x64(True):
+        return np.array(noise.sigma_edm(jnp.asarray(np.asarray(t, np.float64))), np.float64)
+
+
+@dataclasses.dataclass(eq=False)
+class _Run:
+    """What every stage of one run shares (host side, mutable): the objective, the fixed ends
+    of the schedule, the progress report, the warnings and the evaluation counts."""
+
+    obj: KLUB
+    noise: NoiseSchedule  # the model's (the objective holds a replicated copy of the model)
+    t_start: float
+    t_end: float
+    t_begin: float  # perf_counter at the call
+    bar: Any  # tqdm bar or None
+    callback: Callable[[dict[str, Any]], None] | None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    candidate_evals: int = 0
+    network_evals: int = 0
+
+    def times(self, sig: np.ndarray) -> np.ndarray:
+        """Model times of EDM sigmas, with the ends exactly ``t_start`` and ``t_end``."""
+        with jax.enable_x64(True):
+            t = np.array(self.noise.t_from_sigma_edm(jnp.asarray(sig, jnp.float64)), np.float64)
+        t[0], t[-1] = self.t_start, self.t_end
+        return t
+
+    def klub(self, sig: np.ndarray, obj: KLUB | None = None) -> float:
+        """KLUB of the whole schedule ``sig`` (float32 terms summed in float64), counted.
+
+        ``obj`` defaults to the search's objective (its fixed random numbers).
+        """
+        obj = self.obj if obj is None else obj
+        self.network_evals += 2 * (sig.shape[0] - 1) * obj.num_samples
+        return float(np.sum(np.asarray(obj.terms_from_sigmas(sig.astype(np.float32)), np.float64)))
+
+    def count(self, search: CoordinateSearch) -> None:
+        """Add a finished search's evaluations to the run's."""
+        self.candidate_evals += search.candidate_evals
+        self.network_evals += search.network_evals
+
+    def report(self, level: int, sweep: int, value: float, sig: np.ndarray) -> None:
+        """After every sweep / pass: advance the progress bar and call the callback."""
+        elapsed = time.perf_counter() - self.t_begin
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(steps=level, sweep=sweep, klub=f"{value:.5g}", s=f"{elapsed:.1f}")
+        if self.callback is not None:
+            self.callback(
                 dict(
                     level=level,
                     sweep=sweep,
                     klub=value,
                     elapsed=elapsed,
-                    t=_t_of_sigma(ns, s, t_start, t_end),
-                    sigmas=s.copy(),
+                    t=self.times(sig),
+                    sigmas=sig.copy(),
                 )
             )
 
-    global_evals = [0]  # network evaluations of whole-schedule KLUB estimates
-
-    def total_klub(s: np.ndarray) -> float:
-        global_evals[0] += 2 * (s.shape[0] - 1) * obj.num_samples
-        return float(np.sum(np.asarray(obj.terms_from_sigmas(s.astype(np.float32)), np.float64)))
-
-    validation_name = None if validation is None else getattr(validation, "__name__", "callable")
-    if validation == "klub":
-        validation_name = "klub"
-        obj_val = klub(
-            model,
-            data,
-            key=jax.random.fold_in(key_obj, 1),
-            num_samples=obj.num_samples,
-            c=c,
-            shape=shape,
-            batch_size=batch_size,
-            _include_normaliser=_include_normaliser,
-        )
-
-        def validation(t: np.ndarray) -> float:
-            s = _sigma_of_t(ns, np.asarray(t, np.float64))
-            global_evals[0] += 2 * (s.shape[0] - 1) * obj_val.num_samples
-            terms = obj_val.terms_from_sigmas(s.astype(np.float32))
-            return float(np.sum(np.asarray(terms, np.float64)))
-
-    # ---- level 1: coordinate search with early stopping ---------------------------------
-    t_level = time.perf_counter()
-    search = _Search(obj, sig, jax.random.fold_in(key_search, 0), num, min_radius)
-    interior = np.arange(1, n0)
-    parities = [interior[interior % 2 == 0], interior[interior % 2 == 1]]
-    parities = [p for p in parities if p.size]
-    k_hist = [total_klub(search.sig)]
-    v_hist: list[float] | None = None
-    best_sig, best_sweep = search.sig.copy(), 0
-    best_k = k_hist[0]
-    if validation is not None:
-        v_hist = [float(validation(_t_of_sigma(ns, search.sig, t_start, t_end)))]
-        best_v, since_best = v_hist[0], 0
-    stop_reason = "max_sweeps"
-    sweep = 0
-    for sweep in range(1, max_sweeps + 1):
-        for pts in parities:
-            search.update(pts)
-        k_now = total_klub(search.sig)
-        k_hist.append(k_now)
-        report(n0, sweep, k_now, search.sig)
-        if validation is not None:
-            v = float(validation(_t_of_sigma(ns, search.sig, t_start, t_end)))
-            v_hist.append(v)
-            if v < best_v:
-                best_v, since_best = v, 0
-                best_sig, best_sweep, best_k = search.sig.copy(), sweep, k_now
-            else:
-                since_best += 1
-        elif k_now <= best_k:
-            best_sig, best_sweep, best_k = search.sig.copy(), sweep, k_now
-        if validation is not None and since_best >= patience:
-            stop_reason = "validation"
-            break
-        k_prev = k_hist[-2]
-        if rel_tol is not None and (k_prev - k_now) < rel_tol * abs(k_prev):
-            stop_reason = "rel_tol"
-            break
-        if search.converged(interior):
-            stop_reason = "converged"
-            break
-    if stop_reason == "max_sweeps" and max_sweeps > 1:
-        warnings.append(
-            f"level {n0}: stopped at max_sweeps={max_sweeps} before any stopping rule fired"
-        )
-    if validation is not None and best_sweep == 0:
-        warnings.append(
-            "the validation metric never improved on the initialisation: the first level "
-            "returns the initial schedule"
-        )
-    sig = best_sig
-    levels = [
-        dict(
-            steps=n0,
-            passes=sweep,
+    def record(self, steps, passes, stop_reason, klub, sig, t_level) -> dict[str, Any]:
+        """``info["levels"]`` entry of a finished level (``t_level``: its perf_counter start)."""
+        return dict(
+            steps=steps,
+            passes=passes,
             converged=stop_reason == "converged",
             stop_reason=stop_reason,
-            klub=best_k,
+            klub=klub,
             sigmas=sig.copy(),
-            t=_t_of_sigma(ns, sig, t_start, t_end),
+            t=self.times(sig),
             seconds=time.perf_counter() - t_level,
         )
-    ]
 
-    # ---- subdivision levels: new geometric midpoints only, no early stopping -------------
-    cand_evals, net_evals = search.candidate_evals, search.network_evals
-    for rnd in range(1, rounds + 1):
-        t_level = time.perf_counter()
-        n = 2 * (sig.shape[0] - 1)
-        fine = np.empty(n + 1)
-        fine[0::2] = sig
-        fine[1::2] = np.sqrt(sig[:-1] * sig[1:])
-        search = _Search(obj, fine, jax.random.fold_in(key_search, rnd), num, min_radius)
-        new = np.arange(1, n, 2)
-        done = False
-        for p in range(1, refine_sweeps + 1):
-            # each interval touches exactly one new point: the sum is the whole KLUB
-            k_now = float(np.sum(search.update(new)))
-            report(n, p, k_now, search.sig)
-            if search.converged(new):
-                done = True
-                break
-        if not done:
-            warnings.append(
-                f"level {n}: not all new points converged within refine_sweeps={refine_sweeps}"
-            )
-        sig = search.sig
-        cand_evals += search.candidate_evals
-        net_evals += search.network_evals
-        levels.append(
-            dict(
-                steps=n,
-                passes=p,
-                converged=done,
-                stop_reason="converged" if done else "refine_sweeps",
-                klub=k_now,
-                sigmas=sig.copy(),
-                t=_t_of_sigma(ns, sig, t_start, t_end),
-                seconds=time.perf_counter() - t_level,
-            )
-        )
-    if bar is not None:
-        bar.close()
-
-    # ---- log-linear interpolation to the requested number of points ----------------------
-    if num_points == sig.shape[0]:
-        sig_out = sig
-    else:
-        with jax.enable_x64(True):
-            sig_out = np.asarray(schedules.loglinear_interp(jnp.asarray(sig), num_points))
-    t_out = _t_of_sigma(ns, sig_out, t_start, t_end)
-    t_out = np.asarray(check_schedule(t_out, ns, name="optimised schedule"), np.float64)
-    objective = total_klub(_sigma_of_t(ns, t_out)) if num_points > 1 else 0.0
-    elapsed = time.perf_counter() - t_begin
-
-    info = dict(
-        stop_reason=stop_reason,
-        sweeps=sweep,
-        best_sweep=best_sweep,
-        klub_history=k_hist,
-        validation_history=v_hist,
-        levels=levels,
-        candidate_evaluations=cand_evals,
-        network_evaluations=net_evals + global_evals[0],
-        timings=dict(total_s=elapsed, levels_s=[lv["seconds"] for lv in levels]),
-    )
-    options = dict(
-        num_samples=obj.num_samples,
-        init=init_name if init is None else np.asarray(init, np.float64),
-        candidates=num,
-        max_sweeps=max_sweeps,
-        rel_tol=rel_tol,
-        validation=validation_name,
-        patience=patience,
-        subdivide=rounds,
-        refine_sweeps=refine_sweeps,
-        min_radius=min_radius,
-        c=obj.c,
-        batch_size=obj.batch_size,
-    )
-    params = dict(c=obj.c, num_samples=obj.num_samples, init=init_name, base_steps=n0)
-    return OptimizeResult.from_t(
-        t_out,
-        ns,
-        objective=objective,
-        penalty=None,
-        method="ays",
-        solver=solver_name,
-        nfe=int(nfe),
-        params=params,
-        info=info,
-        warnings=tuple(warnings),
-        options=options,
-    )
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _progress_bar(progress: bool, total: int):
@@ -526,3 +418,209 @@ def _progress_bar(progress: bool, total: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="AYS", leave=False)
+
+
+# --------------------------------------------------------------------------------------
+# Steps 2-3: coordinate search on the first level, with early stopping
+# --------------------------------------------------------------------------------------
+
+
+class _FirstLevel(NamedTuple):
+    """Outcome of the first level: the kept iterate and the histories for ``info``."""
+
+    sig: np.ndarray  # the kept (best) iterate
+    stop_reason: str
+    sweeps: int
+    best_sweep: int
+    klub_history: list[float]
+    validation_history: list[float] | None
+    record: dict[str, Any]
+
+
+def _coordinate_level(
+    run: _Run,
+    sig: np.ndarray,
+    validation: Callable[[np.ndarray], float] | None,
+    key: Array,
+    opts: _Settings,
+) -> _FirstLevel:
+    """Sweeps (even interior points, then odd ones) until a stopping rule fires.
+
+    The kept iterate is the one with the best validation metric, or without one the lowest
+    KLUB (the last such sweep on ties).
+    """
+    t_level = time.perf_counter()
+    search = CoordinateSearch(run.obj, sig, key, opts.candidates, opts.min_radius)
+    n0 = sig.shape[0] - 1
+    interior = np.arange(1, n0)
+    # points of one parity are not adjacent: each pass scores all their candidates at once
+    parities = [p for p in (interior[interior % 2 == 0], interior[interior % 2 == 1]) if p.size]
+    k_hist = [run.klub(search.sig)]
+    v_hist = None if validation is None else [float(validation(run.times(search.sig)))]
+    best_sig, best_sweep, best_k = search.sig.copy(), 0, k_hist[0]
+    since_best = 0  # sweeps without validation improvement
+    stop_reason, sweep = "max_sweeps", 0
+    for sweep in range(1, opts.max_sweeps + 1):
+        for pts in parities:
+            search.update(pts)
+        k_now = run.klub(search.sig)
+        k_hist.append(k_now)
+        run.report(n0, sweep, k_now, search.sig)
+        if v_hist is not None:
+            v_hist.append(float(validation(run.times(search.sig))))
+            improved = v_hist[-1] < min(v_hist[:-1])
+            since_best = 0 if improved else since_best + 1
+        else:
+            improved = k_now <= best_k
+        if improved:
+            best_sig, best_sweep, best_k = search.sig.copy(), sweep, k_now
+        rule = _stop_rule(opts, k_hist, since_best, search.converged(interior))
+        if rule is not None:
+            stop_reason = rule
+            break
+    run.count(search)
+    if stop_reason == "max_sweeps" and opts.max_sweeps > 1:
+        run.warnings.append(
+            f"level {n0}: stopped at max_sweeps={opts.max_sweeps} before any stopping rule fired"
+        )
+    if validation is not None and best_sweep == 0:
+        run.warnings.append(
+            "the validation metric never improved on the initialisation: the first level "
+            "returns the initial schedule"
+        )
+    record = run.record(n0, sweep, stop_reason, best_k, best_sig, t_level)
+    return _FirstLevel(best_sig, stop_reason, sweep, best_sweep, k_hist, v_hist, record)
+
+
+def _stop_rule(opts: _Settings, k_hist: list[float], since_best: int, converged: bool):
+    """The early-stopping rule that fires after a sweep (checked in this order), or None.
+
+    ``"validation"``: ``patience`` sweeps without improvement; ``"rel_tol"``: the sweep lowered
+    the KLUB by less than ``rel_tol * |K_prev|``; ``"converged"``: every point's radius is below
+    ``min_radius``.
+    """
+    if since_best >= opts.patience:
+        return "validation"
+    k_prev, k_now = k_hist[-2], k_hist[-1]
+    if opts.rel_tol is not None and (k_prev - k_now) < opts.rel_tol * abs(k_prev):
+        return "rel_tol"
+    if converged:
+        return "converged"
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Step 4: subdivision 10 -> 20 -> 40, only the new points move
+# --------------------------------------------------------------------------------------
+
+
+def _subdivide(sig: np.ndarray) -> np.ndarray:
+    """Keep the points and insert geometric midpoints ``sqrt(sigma_i sigma_{i+1})``."""
+    fine = np.empty(2 * (sig.shape[0] - 1) + 1)
+    fine[0::2] = sig
+    fine[1::2] = np.sqrt(sig[:-1] * sig[1:])
+    return fine
+
+
+def _subdivision_level(run: _Run, sig: np.ndarray, key: Array, opts: _Settings) -> dict[str, Any]:
+    """Subdivide ``sig`` and search the new points until converged or ``refine_sweeps`` passes.
+
+    Each new point sits between two fixed old ones, so all new points are independent and are
+    scored in one call per pass; there is no early stopping. Returns the level's record.
+    """
+    t_level = time.perf_counter()
+    search = CoordinateSearch(run.obj, _subdivide(sig), key, opts.candidates, opts.min_radius)
+    n = search.sig.shape[0] - 1
+    new = np.arange(1, n, 2)
+    done = False
+    for p in range(1, opts.refine_sweeps + 1):
+        # each interval touches exactly one new point: the sum is the whole KLUB
+        k_now = float(np.sum(search.update(new)))
+        run.report(n, p, k_now, search.sig)
+        if search.converged(new):
+            done = True
+            break
+    if not done:
+        run.warnings.append(
+            f"level {n}: not all new points converged within refine_sweeps={opts.refine_sweeps}"
+        )
+    run.count(search)
+    stop_reason = "converged" if done else "refine_sweeps"
+    return run.record(n, p, stop_reason, k_now, search.sig, t_level)
+
+
+# --------------------------------------------------------------------------------------
+# Step 5: log-linear interpolation to the requested number of points; the result
+# --------------------------------------------------------------------------------------
+
+
+def _interpolate(run: _Run, sig: np.ndarray, num_points: int) -> np.ndarray:
+    """Model times of ``num_points`` points, piecewise linear in ``log sigma`` against the
+    normalised step position (the last level's schedule itself when the sizes agree)."""
+    if num_points == sig.shape[0]:
+        sig_out = sig
+    else:
+        with jax.enable_x64(True):
+            sig_out = np.asarray(schedules.loglinear_interp(jnp.asarray(sig), num_points))
+    t_out = run.times(sig_out)
+    return np.asarray(check_schedule(t_out, run.noise, name="optimised schedule"), np.float64)
+
+
+def _result(
+    run: _Run,
+    t_out: np.ndarray,
+    objective: float,
+    first: _FirstLevel,
+    levels: list[dict[str, Any]],
+    opts: _Settings,
+    *,
+    init: Any,
+    init_name: str,
+    validation_name: str | None,
+    solver_name: str,
+    nfe: int,
+) -> OptimizeResult:
+    """The :class:`OptimizeResult` with ``info``, ``options`` and ``params`` of the run."""
+    obj = run.obj
+    info = dict(
+        stop_reason=first.stop_reason,
+        sweeps=first.sweeps,
+        best_sweep=first.best_sweep,
+        klub_history=first.klub_history,
+        validation_history=first.validation_history,
+        levels=levels,
+        candidate_evaluations=run.candidate_evals,
+        network_evaluations=run.network_evals,
+        timings=dict(
+            total_s=time.perf_counter() - run.t_begin, levels_s=[lv["seconds"] for lv in levels]
+        ),
+    )
+    options = dict(
+        num_samples=obj.num_samples,
+        init=init,
+        candidates=opts.candidates,
+        max_sweeps=opts.max_sweeps,
+        rel_tol=opts.rel_tol,
+        validation=validation_name,
+        patience=opts.patience,
+        subdivide=opts.rounds,
+        refine_sweeps=opts.refine_sweeps,
+        min_radius=opts.min_radius,
+        c=obj.c,
+        batch_size=obj.batch_size,
+    )
+    base_steps = levels[0]["steps"]
+    params = dict(c=obj.c, num_samples=obj.num_samples, init=init_name, base_steps=base_steps)
+    return OptimizeResult.from_t(
+        t_out,
+        run.noise,
+        objective=objective,
+        penalty=None,
+        method="ays",
+        solver=solver_name,
+        nfe=nfe,
+        params=params,
+        info=info,
+        warnings=tuple(run.warnings),
+        options=options,
+    )
