@@ -395,8 +395,8 @@ emb = jax.random.normal(ks[0], (16, 5, 12), jnp.float32)
 unet = unet.replace(cond=emb)  # guidance on 8 devices: the oracle above (half the compile)
 with jax.enable_x64(False):
     lat = unet.noise.prior(ks[2], (16, 8, 8, 4), jnp.float32)
-    # direct is checked on 1 and 8 devices with the oracle above; with the UNet its training
-    # gradient compiles for minutes on 2 CPU cores, twice, for no path the oracle does not take
+    # direct's sharding (noises, conditions, held-out split) is checked with the oracle above;
+    # with the UNet its training gradient compiles for minutes on 2 CPU cores, twice
     runs = {
         "ays": (unet, dict(data=0.5 * lat, num_samples=8, batch_size=16, max_sweeps=1,
                            candidates=3, subdivide=False, progress=False)),
