@@ -6,9 +6,10 @@ costs milliseconds and the ``hso-jax`` command can take charge of Ctrl-C before 
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
+
+from . import _lazy
 
 __version__ = "0.1.0"
 
@@ -35,18 +36,7 @@ _OBJECTS = {  # name -> the module that defines it
 __all__ = sorted((*_SUBMODULES, *_OBJECTS, "__version__"))
 
 
-def __getattr__(name: str):
-    if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
-    if name in _OBJECTS:
-        value = getattr(importlib.import_module(f".{_OBJECTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy.attributes(__name__, globals(), _SUBMODULES, _OBJECTS)
 
 
 class _Package(types.ModuleType):

@@ -13,7 +13,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "hso_jax"
 
 LAYERS = [
-    ("_validate", "_signals", "__init__"),  # __init__ holds __version__; it loads lazily
+    ("_validate", "_signals", "_lazy", "__init__"),  # __init__ holds __version__, loads lazily
     ("noise",),
     ("denoiser",),
     ("batch",),

@@ -11,7 +11,7 @@ command, diffrax (about 1.5 s to import) only by a reference solve.
 
 from __future__ import annotations
 
-import importlib
+from .. import _lazy
 
 _SUBMODULES = ("cache", "solve", "teacher")
 _OBJECTS = {  # name -> the submodule that defines it
@@ -29,15 +29,4 @@ _OBJECTS = {  # name -> the submodule that defines it
 __all__ = sorted((*_SUBMODULES, *_OBJECTS))
 
 
-def __getattr__(name: str):
-    if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
-    if name in _OBJECTS:
-        value = getattr(importlib.import_module(f".{_OBJECTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy.attributes(__name__, globals(), _SUBMODULES, _OBJECTS)
