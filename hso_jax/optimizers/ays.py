@@ -266,9 +266,7 @@ def _check_arguments(
     if not isinstance(model, Denoiser):
         raise TypeError(f"model must be a hso_jax.Denoiser, got {type(model).__name__}")
     solver_obj, solver_name = resolve_solver(solver)
-    if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)):
-        raise ValueError(f"nfe must be a positive int, got {nfe!r}")
-    num_points = solver_obj.num_points(int(nfe))
+    num_points = solver_obj.num_points(_validate.integer("nfe", nfe, 1))
     candidates = _validate.integer("candidates", candidates, 3)
     max_sweeps = _validate.integer("max_sweeps", max_sweeps, 1)
     refine_sweeps = _validate.integer("refine_sweeps", refine_sweeps, 1)
