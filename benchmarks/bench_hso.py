@@ -297,10 +297,11 @@ def _markdown(res: dict) -> str:
         "",
         "## Time to a schedule: cold, cache hit, warm, and the official SciPy search",
         "",
-        "Cold = the first `hso_jax.optimize` call in a new process with an empty persistent "
-        "compilation cache (tracing + XLA compilation + run); cache hit = the same call in "
-        "another new process that loads the executable the first one stored (tracing + loading "
-        "+ run); warm = the call repeated in the same process (median). In brackets: the new "
+        "Cold = the first `hso_jax.optimize` call in a new process with an empty package cache "
+        "(tracing + XLA compilation + run); cache hit = the same call in another new process "
+        "that reads the traced search and loads the executable the first one stored (reading + "
+        "loading + run); warm = the call repeated in the same process (median). In brackets: "
+        "the new "
         "process from start to exit (interpreter, `import hso_jax`, the call), what a repeated "
         "`hso-jax optimize` costs. SciPy = the official search (SciPy differential evolution + "
         "trust-constr, `benchmarks/hso_scipy_reference.py`) on the same problem, where it "
