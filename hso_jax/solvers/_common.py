@@ -128,6 +128,14 @@ def finite_or(x: Array, value: float) -> Array:
     return jnp.where(jnp.isfinite(x), x, value)
 
 
+def lam_step(noise, t_cur: Array, t_next: Array) -> tuple[Array, ...]:
+    """``(lam_s, lam_t, h, alpha_t, sigma_s, sigma_t)`` of a step from ``s = t_cur`` to
+    ``t = t_next`` in lam, ``h = lam_t - lam_s``: what every exponential-integrator update
+    ``x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) x0 + ...`` is written in."""
+    lam_s, lam_t = noise.lam(t_cur), noise.lam(t_next)
+    return lam_s, lam_t, lam_t - lam_s, noise.alpha(t_next), noise.sigma(t_cur), noise.sigma(t_next)
+
+
 def lam_ends(noise, ts) -> tuple[float, float]:
     """(lam(ts[0]), lam(ts[-1])) as Python floats, for the eager checks of the solvers."""
     ends = np.asarray(noise.lam(jnp.asarray([ts[0], ts[-1]])), dtype=np.float64)

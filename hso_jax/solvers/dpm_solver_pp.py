@@ -65,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _validate
-from ._common import lam_ends, phis, safe_h, select_by_order, step_order
+from ._common import lam_ends, lam_step, phis, safe_h, select_by_order, step_order
 from .base import MultistepSolver, Solver
 
 __all__ = [
@@ -92,11 +92,8 @@ class DPMSolverPP(MultistepSolver):
     legacy_3m: bool = False
 
     def step(self, model, x, state, t_cur, t_next, i, n, key):
-        ns = model.noise
         x0 = model.x0(x, t_cur)
-        lam_s, lam_t = ns.lam(t_cur), ns.lam(t_next)
-        h = lam_t - lam_s
-        a_t, s_s, s_t = ns.alpha(t_next), ns.sigma(t_cur), ns.sigma(t_next)
+        lam_s, lam_t, h, a_t, s_s, s_t = lam_step(model.noise, t_cur, t_next)
         # order 1 (DDIM); finite at both ends: from sigma = 1 (h = inf) it is
         # sigma_t x + alpha_t x0, into sigma = 0 it returns x0.
         x_next = (s_t / s_s) * x - a_t * jnp.expm1(-h) * x0
@@ -156,9 +153,7 @@ class DPMSolverPPSinglestep(Solver):
     def step(self, model, x, state, t_cur, t_next, i, n, key):
         ns = model.noise
         x0 = model.x0(x, t_cur)
-        lam_s, lam_t = ns.lam(t_cur), ns.lam(t_next)
-        h = lam_t - lam_s
-        a_t, s_s, s_t = ns.alpha(t_next), ns.sigma(t_cur), ns.sigma(t_next)
+        lam_s, lam_t, h, a_t, s_s, s_t = lam_step(ns, t_cur, t_next)
         x_next = (s_t / s_s) * x - a_t * jnp.expm1(-h) * x0
         if self.order == 1:
             return x_next, state, x0

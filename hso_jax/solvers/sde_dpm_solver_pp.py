@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import _validate
-from ._common import safe_h, step_order
+from ._common import lam_step, safe_h, step_order
 from .base import MultistepSolver
 
 __all__ = ["SDEDPMSolverPP", "sde_dpm_solver_pp"]
@@ -55,11 +55,8 @@ class SDEDPMSolverPP(MultistepSolver):
     lower_order_final: bool = True
 
     def step(self, model, x, state, t_cur, t_next, i, n, key):
-        ns = model.noise
         x0 = model.x0(x, t_cur)
-        lam_s, lam_t = ns.lam(t_cur), ns.lam(t_next)
-        h = lam_t - lam_s
-        a_t, s_s, s_t = ns.alpha(t_next), ns.sigma(t_cur), ns.sigma(t_next)
+        lam_s, lam_t, h, a_t, s_s, s_t = lam_step(model.noise, t_cur, t_next)
         one_m_e2h = -jnp.expm1(-2.0 * h)  # 1 - e^{-2h}
         z = jax.random.normal(key, x.shape, x.dtype)
         # finite at both ends: from sigma = 1 (h = inf) alpha_t x0 + sigma_t z, into sigma = 0 x0

@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _validate
-from ._common import lagrange_weights, lam_ends, phis, safe_h, select_by_order, step_order
+from ._common import lagrange_weights, lam_ends, lam_step, phis, safe_h, select_by_order, step_order
 from .base import MultistepSolver
 from .history import History
 
@@ -121,18 +121,15 @@ class UniPC(MultistepSolver):
         )
 
     def step(self, model, x, state, t_cur, t_next, i, n, key):
-        ns = model.noise
         m0 = model.x0(x, t_cur)  # at the predicted point x~_i (x_T at i = 0)
         if self.corrector:
             # UniC for the previous step t_prev -> t_cur, with the evaluation just made.
             x_c = state.corr_base - state.corr_coef * m0
             x = jnp.where(i >= 1, x_c, x)
 
-        lam_s, lam_t = ns.lam(t_cur), ns.lam(t_next)
+        lam_s, lam_t, h, a_t, s_s, s_t = lam_step(model.noise, t_cur, t_next)
         hist = state.history
         p = step_order(self.order, hist.count, i, n, self.lower_order_final, lam_t)
-        h = lam_t - lam_s
-        a_t, s_s, s_t = ns.alpha(t_next), ns.sigma(t_cur), ns.sigma(t_next)
         x_base = (s_t / s_s) * x - a_t * jnp.expm1(-h) * m0  # UniP-1 = DDIM, finite for h = inf
         # UniC-1 keeps the true h: on a step from sigma = 1 (h = inf) its bh2 weight
         # B = e^{-h} - 1 = -1 is finite. Everything else uses a safe h: it is masked out on
