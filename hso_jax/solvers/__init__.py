@@ -18,6 +18,8 @@ factory                                method                calls  order
 =====================================  ====================  =====  ==========================
 
 "calls" is network evaluations per step: a schedule of n + 1 points costs ``calls * n``.
+The multistep methods (DPM-Solver++, SDE-DPM-Solver++, UniPC, iPNDM) carry their previous
+evaluations in a :class:`History`.
 
 **Flow models: the ends sigma = 1 and sigma = 0.** A flow pipeline's schedule runs from t = 1
 (alpha = 0, lam = -inf) to t = 0 (sigma = 0, lam = +inf). Every multistep solver takes these
@@ -34,21 +36,24 @@ FlowMatchEulerDiscreteScheduler). Parity with diffusers' flow schedulers is test
 in ``tests/test_flow_solvers.py``.
 """
 
-from .base import Solver
+from .base import MultistepSolver, Solver
 from .ddim import DDIM, ddim
 from .dpm_solver_pp import DPMSolverPP, DPMSolverPPSinglestep, dpm_solver_pp
 from .driver import Trajectory, sample, sample_trajectory
 from .euler import Euler, euler
 from .heun import Heun, heun
+from .history import History
 from .ipndm import IPNDM, ipndm
 from .sde_dpm_solver_pp import SDEDPMSolverPP, sde_dpm_solver_pp
 from .unipc import UniPC, unipc
 
 __all__ = [
     "Solver",
+    "MultistepSolver",
     "sample",
     "sample_trajectory",
     "Trajectory",
+    "History",
     # factories
     "ddim",
     "dpm_solver_pp",

@@ -1,12 +1,12 @@
-"""Shared pieces of the solvers: phi functions, Lagrange weights, history buffers, validation.
+"""Shared pieces of the solvers: phi functions, Lagrange weights, step orders, safe values.
 
 Everything here is a pure function of (possibly traced) scalars and arrays; shapes and loop
-bounds are static. Multistep solvers keep their history in fixed-shape arrays, most recent
-entry first, and decide the order of each step from the carried number of valid entries with
-``jnp.where`` (never with Python branches on traced values). Masked-out branches are computed
-with *safe* values (non-zero denominators, distinct interpolation nodes) so that their
-gradients are finite: ``jnp.where`` multiplies the cotangent of the unselected branch by zero,
-and ``0 * inf`` would otherwise be NaN (the "double where" trick).
+bounds are static. Multistep solvers carry a :class:`~hso_jax.solvers.history.History` and
+decide the order of each step from its number of valid entries with ``jnp.where`` (never with
+Python branches on traced values). Masked-out branches are computed with *safe* values
+(non-zero denominators, distinct interpolation nodes) so that their gradients are finite:
+``jnp.where`` multiplies the cotangent of the unselected branch by zero, and ``0 * inf`` would
+otherwise be NaN (the "double where" trick).
 """
 
 from __future__ import annotations
@@ -96,27 +96,6 @@ def lagrange_weights(nodes: Sequence[Array], moments: Sequence[Array]) -> list[A
     return weights
 
 
-def safe_nodes(raw: Sequence[Array], num_valid: Array, start: Array = 0.0) -> list[Array]:
-    """Interpolation nodes with placeholders for missing history.
-
-    ``raw[k]`` is valid iff ``k < num_valid``; an invalid node is replaced by the previous
-    (safe) node minus one, so all nodes stay distinct (valid history nodes decrease into the
-    past) and every Vandermonde system is well posed even where its result is masked out.
-    """
-    out, prev = [], start
-    for k, r in enumerate(raw):
-        prev = jnp.where(k < num_valid, r, prev - 1.0)
-        out.append(prev)
-    return out
-
-
-def push(history: Array, value: Array) -> Array:
-    """Prepend ``value`` to a fixed-length history (most recent first), dropping the oldest."""
-    if history.shape[0] == 0:
-        return history
-    return jnp.concatenate([jnp.asarray(value, history.dtype)[None], history[:-1]], axis=0)
-
-
 def step_order(
     order: int, count: Array, i: Array, n: int, lower_order_final: bool, lam_next: Array
 ) -> Array:
@@ -144,20 +123,17 @@ def safe_h(h: Array) -> Array:
     return finite_or(h, 1.0)
 
 
-def history_count(count: Array, node: Array, cap: int) -> Array:
-    """The number of valid history entries after pushing a point at ``node`` (its lam, or its
-    sigma~ = exp(-lam)).
-
-    A point at lam = -inf (sigma = 1 of a flow, sigma~ = inf) is pushed but not counted: its
-    divided differences ``(m_k - m_0) / r_k`` vanish (``r_k = -inf``), so it adds nothing to a
-    polynomial extrapolation and the next step warms up as from an empty history.
-    """
-    return jnp.where(jnp.isfinite(node), jnp.minimum(count + 1, cap), count).astype(jnp.int32)
-
-
 def finite_or(x: Array, value: float) -> Array:
     """``x`` where finite, else ``value`` (a safe stand-in for a masked-out branch)."""
     return jnp.where(jnp.isfinite(x), x, value)
+
+
+def lam_step(noise, t_cur: Array, t_next: Array) -> tuple[Array, ...]:
+    """``(lam_s, lam_t, h, alpha_t, sigma_s, sigma_t)`` of a step from ``s = t_cur`` to
+    ``t = t_next`` in lam, ``h = lam_t - lam_s``: what every exponential-integrator update
+    ``x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) x0 + ...`` is written in."""
+    lam_s, lam_t = noise.lam(t_cur), noise.lam(t_next)
+    return lam_s, lam_t, lam_t - lam_s, noise.alpha(t_next), noise.sigma(t_cur), noise.sigma(t_next)
 
 
 def lam_ends(noise, ts) -> tuple[float, float]:
@@ -172,9 +148,3 @@ def select_by_order(p: Array, candidates: Sequence[Array]) -> Array:
     for q, c in enumerate(candidates[1:], start=2):
         out = jnp.where(p == q, c, out)
     return out
-
-
-# --- eager validation for the factories ------------------------------------------------------
-
-
-

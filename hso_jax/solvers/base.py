@@ -18,6 +18,9 @@ implement:
 * ``step(model, x, state, t_cur, t_next, i, n, key) -> (x_next, state, x0)`` where ``i`` is the
   (traced) step index, ``n`` the (static) number of steps and ``x0`` the data prediction at
   ``t_cur`` used by this step (recorded by :func:`sample_trajectory`).
+
+Multistep methods of order p derive from :class:`MultistepSolver`: their state is (UniPC: holds)
+a :class:`~hso_jax.solvers.history.History` of the previous p - 1 evaluations.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-__all__ = ["Solver"]
+from .history import History
+
+__all__ = ["Solver", "MultistepSolver"]
 
 Array = Any
 
@@ -65,3 +70,16 @@ class Solver:
 
     def step(self, model, x, state, t_cur, t_next, i, n, key):  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class MultistepSolver(Solver):
+    """A solver of order p that extrapolates from its previous p - 1 evaluations.
+
+    Its state is a :class:`~hso_jax.solvers.history.History` of ``order - 1`` entries
+    (empty at the start, so the first steps warm up with lower orders); ``step`` returns
+    ``state.push(value, node)``.
+    """
+
+    def init(self, model, x: Array, ts: Array) -> History:
+        return History.empty(self.order - 1, x)

@@ -60,67 +60,26 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
 from .. import _validate
-from ._common import (
-    history_count,
-    lam_ends,
-    phis,
-    push,
-    safe_h,
-    select_by_order,
-    step_order,
-)
-from .base import Solver
+from ._common import lam_ends, lam_step, phis, safe_h, select_by_order, step_order
+from .base import MultistepSolver, Solver
 
 __all__ = [
     "DPMSolverPP",
     "DPMSolverPPSinglestep",
-    "DPMSolverPPState",
     "dpm_solver_pp",
 ]
 
-Array = Any
-
-
-class DPMSolverPPState(NamedTuple):
-    """History of the multistep solver (most recent first).
-
-    Attributes:
-      x0s: (order - 1, *x.shape) previous data predictions.
-      lams: (order - 1,) their lam.
-      count: number of valid entries (int32 scalar).
-    """
-
-    x0s: Array
-    lams: Array
-    count: Array
-
-
-def _init_history(order: int, x: Array) -> DPMSolverPPState:
-    k = order - 1
-    return DPMSolverPPState(
-        x0s=jnp.zeros((k,) + x.shape, x.dtype),
-        lams=jnp.zeros((k,), x.dtype),
-        count=jnp.zeros((), jnp.int32),
-    )
-
-
-def _push_history(state: DPMSolverPPState, x0: Array, lam: Array) -> DPMSolverPPState:
-    return DPMSolverPPState(
-        x0s=push(state.x0s, x0),
-        lams=push(state.lams, lam),
-        count=history_count(state.count, lam, state.lams.shape[0]),
-    )
-
 
 @dataclasses.dataclass(frozen=True)
-class DPMSolverPP(Solver):
+class DPMSolverPP(MultistepSolver):
     """Multistep DPM-Solver++ (1M / 2M / 3M), one network call per step (see module docstring).
+
+    The state is the history of the previous data predictions at their lam.
 
     Attributes:
       order: 1, 2 or 3.
@@ -132,15 +91,9 @@ class DPMSolverPP(Solver):
     lower_order_final: bool = True
     legacy_3m: bool = False
 
-    def init(self, model, x: Array, ts: Array) -> DPMSolverPPState:
-        return _init_history(self.order, x)
-
     def step(self, model, x, state, t_cur, t_next, i, n, key):
-        ns = model.noise
         x0 = model.x0(x, t_cur)
-        lam_s, lam_t = ns.lam(t_cur), ns.lam(t_next)
-        h = lam_t - lam_s
-        a_t, s_s, s_t = ns.alpha(t_next), ns.sigma(t_cur), ns.sigma(t_next)
+        lam_s, lam_t, h, a_t, s_s, s_t = lam_step(model.noise, t_cur, t_next)
         # order 1 (DDIM); finite at both ends: from sigma = 1 (h = inf) it is
         # sigma_t x + alpha_t x0, into sigma = 0 it returns x0.
         x_next = (s_t / s_s) * x - a_t * jnp.expm1(-h) * x0
@@ -150,16 +103,14 @@ class DPMSolverPP(Solver):
             # (first order there, masked out below).
             h = safe_h(h)
             phi_1 = jnp.expm1(-h)
-            h0 = jnp.where(state.count >= 1, lam_s - state.lams[0], h)
-            r0 = h0 / h
-            m1 = state.x0s[0]
+            r0 = state.gap(0, lam_s, h) / h  # h0 / h (1 where the history is missing)
+            m1 = state.values[0]
             D1_0 = (x0 - m1) / r0
             x2 = x_next - (0.5 * a_t * phi_1) * D1_0
             candidates = [x_next, x2]
             if self.order >= 3:
-                h1 = jnp.where(state.count >= 2, state.lams[0] - state.lams[1], h)
-                r1 = h1 / h
-                D1_1 = (m1 - state.x0s[1]) / r1
+                r1 = state.gap(1, lam_s, h) / h  # h1 / h
+                D1_1 = (m1 - state.values[1]) / r1
                 D1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1)
                 D2 = (D1_0 - D1_1) / (r0 + r1)  # ~ h^2 x0'' / 2
                 if not self.legacy_3m:
@@ -168,7 +119,7 @@ class DPMSolverPP(Solver):
                 x3 = x_next + (a_t * h * phi_2) * D1 + (a_t * h * phi_3) * D2
                 candidates.append(x3)
             x_next = select_by_order(p, candidates)
-        return x_next, _push_history(state, x0, lam_s), x0
+        return x_next, state.push(x0, lam_s), x0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,9 +153,7 @@ class DPMSolverPPSinglestep(Solver):
     def step(self, model, x, state, t_cur, t_next, i, n, key):
         ns = model.noise
         x0 = model.x0(x, t_cur)
-        lam_s, lam_t = ns.lam(t_cur), ns.lam(t_next)
-        h = lam_t - lam_s
-        a_t, s_s, s_t = ns.alpha(t_next), ns.sigma(t_cur), ns.sigma(t_next)
+        lam_s, lam_t, h, a_t, s_s, s_t = lam_step(ns, t_cur, t_next)
         x_next = (s_t / s_s) * x - a_t * jnp.expm1(-h) * x0
         if self.order == 1:
             return x_next, state, x0

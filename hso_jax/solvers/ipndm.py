@@ -36,25 +36,15 @@ dx~/dsigma~ = (x~ - D) / sigma~.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
 from .. import _validate
-from ._common import (
-    finite_or,
-    history_count,
-    lagrange_weights,
-    push,
-    safe_nodes,
-    select_by_order,
-)
+from ._common import finite_or, lagrange_weights, select_by_order
 from ._edm import edm_slope, edm_vars
-from .base import Solver
+from .base import MultistepSolver
 
-__all__ = ["IPNDM", "IPNDMState", "ipndm"]
-
-Array = Any
+__all__ = ["IPNDM", "ipndm"]
 
 # Adams-Bashforth weights for equal steps, most recent first.
 _AB_WEIGHTS = (
@@ -65,23 +55,12 @@ _AB_WEIGHTS = (
 )
 
 
-class IPNDMState(NamedTuple):
-    """History (most recent first).
-
-    Attributes:
-      eps: (order - 1, *x.shape) previous noise predictions.
-      sigmas: (order - 1,) their sigma_edm.
-      count: number of valid entries (int32).
-    """
-
-    eps: Array
-    sigmas: Array
-    count: Array
-
-
 @dataclasses.dataclass(frozen=True)
-class IPNDM(Solver):
+class IPNDM(MultistepSolver):
     """iPNDM, one network call per step (see module docstring).
+
+    The state is the history of the previous noise predictions at their sigma~ (the method
+    steps in sigma~, not in lam).
 
     Attributes:
       order: maximal Adams-Bashforth order, 1 to 4.
@@ -91,26 +70,19 @@ class IPNDM(Solver):
     order: int = 4
     variable_step: bool = False
 
-    def init(self, model, x: Array, ts: Array) -> IPNDMState:
-        k = self.order - 1
-        return IPNDMState(
-            jnp.zeros((k,) + x.shape, x.dtype), jnp.zeros((k,), x.dtype), jnp.zeros((), jnp.int32)
-        )
-
     def step(self, model, x, state, t_cur, t_next, i, n, key):
         ns = model.noise
         a_s, sg_s = edm_vars(ns, t_cur)
         a_t, sg_t = edm_vars(ns, t_next)
         dsg = sg_t - sg_s
         eps, x0 = edm_slope(model, x, t_cur, a_s, sg_s)
-        history = [eps] + [state.eps[k] for k in range(self.order - 1)]
+        eps_hist = [eps] + [state.values[k] for k in range(state.size)]
         if self.variable_step:
             # Nodes u_j = (sigma~_{i-j} - sigma~_i) / dsg (u_0 = 0, u_j < 0 for the past);
             # weights integrate the interpolant over u in [0, 1]: sum_j w_j u_j^k = 1 / (k + 1).
-            # Infinite sigma~ (a start at alpha = 0) only occur where the history is masked.
+            # (safe values on a step from alpha = 0, sigma~ = inf, where the order is 1)
             sg_s_, dsg_ = finite_or(sg_s, 0.0), finite_or(dsg, -1.0)
-            raw = [(finite_or(state.sigmas[k], 1.0) - sg_s_) / dsg_ for k in range(self.order - 1)]
-            u = [jnp.zeros_like(sg_s)] + safe_nodes(raw, state.count)
+            u = [jnp.zeros_like(sg_s)] + state.relative_nodes(sg_s_, dsg_)
             weights = [
                 lagrange_weights(u[:q], [1.0 / (k + 1) for k in range(q)])
                 for q in range(1, self.order + 1)
@@ -118,7 +90,7 @@ class IPNDM(Solver):
         else:
             weights = _AB_WEIGHTS[: self.order]
         candidates = [
-            sum(w * e for w, e in zip(ws, history[: len(ws)], strict=True)) for ws in weights
+            sum(w * e for w, e in zip(ws, eps_hist[: len(ws)], strict=True)) for ws in weights
         ]
         p = jnp.minimum(self.order, state.count + 1)
         eps_eff = select_by_order(p, candidates)
@@ -126,9 +98,7 @@ class IPNDM(Solver):
         # from alpha = 0, where the step is first order, eps_eff = eps, and the last term is 0).
         sg_hist = jnp.where(p > 1, sg_s, 0.0)
         x_next = a_t * x0 + ns.sigma(t_next) * eps_eff + (a_t * sg_hist) * (eps - eps_eff)
-        count = history_count(state.count, sg_s, self.order - 1)
-        state = IPNDMState(push(state.eps, eps), push(state.sigmas, sg_s), count)
-        return x_next, state, x0
+        return x_next, state.push(eps, sg_s), x0
 
 
 def ipndm(order: int = 4, variable_step: bool = False) -> IPNDM:

@@ -28,24 +28,22 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from .. import _validate
-from ._common import history_count, push, safe_h, step_order
-from .base import Solver
-from .dpm_solver_pp import DPMSolverPPState
+from ._common import lam_step, safe_h, step_order
+from .base import MultistepSolver
 
 __all__ = ["SDEDPMSolverPP", "sde_dpm_solver_pp"]
 
-Array = Any
-
 
 @dataclasses.dataclass(frozen=True)
-class SDEDPMSolverPP(Solver):
+class SDEDPMSolverPP(MultistepSolver):
     """SDE-DPM-Solver++(1 / 2M): one network call per step, needs a PRNG key.
+
+    The state is the history of the previous data predictions at their lam.
 
     Attributes:
       order: 1 or 2.
@@ -56,19 +54,9 @@ class SDEDPMSolverPP(Solver):
     order: int = 2
     lower_order_final: bool = True
 
-    def init(self, model, x: Array, ts: Array) -> DPMSolverPPState:
-        k = self.order - 1
-        return DPMSolverPPState(
-            jnp.zeros((k,) + x.shape, x.dtype), jnp.zeros((k,), x.dtype), jnp.zeros((), jnp.int32)
-        )
-
     def step(self, model, x, state, t_cur, t_next, i, n, key):
-        ns = model.noise
-        k = self.order - 1
         x0 = model.x0(x, t_cur)
-        lam_s, lam_t = ns.lam(t_cur), ns.lam(t_next)
-        h = lam_t - lam_s
-        a_t, s_s, s_t = ns.alpha(t_next), ns.sigma(t_cur), ns.sigma(t_next)
+        lam_s, lam_t, h, a_t, s_s, s_t = lam_step(model.noise, t_cur, t_next)
         one_m_e2h = -jnp.expm1(-2.0 * h)  # 1 - e^{-2h}
         z = jax.random.normal(key, x.shape, x.dtype)
         # finite at both ends: from sigma = 1 (h = inf) alpha_t x0 + sigma_t z, into sigma = 0 x0
@@ -76,14 +64,11 @@ class SDEDPMSolverPP(Solver):
         if self.order >= 2:
             p = step_order(self.order, state.count, i, n, self.lower_order_final, lam_t)
             hs = safe_h(h)  # masked out (first order) on infinite steps
-            h0 = jnp.where(state.count >= 1, lam_s - state.lams[0], hs)  # safe when masked
-            D1_0 = (x0 - state.x0s[0]) / (h0 / hs)
+            h0 = state.gap(0, lam_s, hs)  # safe when masked
+            D1_0 = (x0 - state.values[0]) / (h0 / hs)
             x_next = jnp.where(p >= 2, x_next + (0.5 * a_t * -jnp.expm1(-2.0 * hs)) * D1_0, x_next)
         x_next = x_next + s_t * jnp.sqrt(one_m_e2h) * z
-        state = DPMSolverPPState(
-            push(state.x0s, x0), push(state.lams, lam_s), history_count(state.count, lam_s, k)
-        )
-        return x_next, state, x0
+        return x_next, state.push(x0, lam_s), x0
 
 
 def sde_dpm_solver_pp(order: int = 2, lower_order_final: bool = True) -> SDEDPMSolverPP:

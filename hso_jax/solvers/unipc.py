@@ -57,19 +57,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _validate
-from ._common import (
-    finite_or,
-    history_count,
-    lagrange_weights,
-    lam_ends,
-    phis,
-    push,
-    safe_h,
-    safe_nodes,
-    select_by_order,
-    step_order,
-)
-from .base import Solver
+from ._common import lagrange_weights, lam_ends, lam_step, phis, safe_h, select_by_order, step_order
+from .base import MultistepSolver
+from .history import History
 
 __all__ = ["UniPC", "UniPCState", "unipc"]
 
@@ -77,7 +67,7 @@ Array = Any
 
 
 class UniPCState(NamedTuple):
-    """Carry of UniPC (histories most recent first).
+    """Carry of UniPC: the history and the previous step's corrector.
 
     The corrector of the step ``t_prev -> t`` needs, besides the new evaluation ``m_t``, only
     quantities of that step, so the step computes them once and carries them:
@@ -86,23 +76,17 @@ class UniPCState(NamedTuple):
     Attributes:
       corr_base: ``x_base - alpha_t B(h) (sum_{k<p} c_k D_k - c_p m0)`` of the previous step.
       corr_coef: ``alpha_t B(h) c_p`` of the previous step (scalar).
-      x0s: (order - 1, *x.shape) previous data predictions (``x0s[0]`` at the previous time
-        point, evaluated at the predicted point).
-      lams: (order - 1,) their lam.
-      count: number of steps taken from a finite lam (a start at sigma = 1 does not count),
-        capped at ``order`` (int32); entry ``k`` of the history
-        is valid iff ``k < count``.
+      history: the previous ``order - 1`` data predictions at their lam (the most recent one
+        at the previous time point, evaluated at the predicted point).
     """
 
     corr_base: Array
     corr_coef: Array
-    x0s: Array
-    lams: Array
-    count: Array
+    history: History
 
 
 @dataclasses.dataclass(frozen=True)
-class UniPC(Solver):
+class UniPC(MultistepSolver):
     """UniPC multistep predictor-corrector (see module docstring).
 
     Attributes:
@@ -130,27 +114,22 @@ class UniPC(Solver):
             )
 
     def init(self, model, x: Array, ts: Array) -> UniPCState:
-        k = self.order - 1
         return UniPCState(
             corr_base=jnp.zeros_like(x),
             corr_coef=jnp.zeros((), x.dtype),
-            x0s=jnp.zeros((k,) + x.shape, x.dtype),
-            lams=jnp.zeros((k,), x.dtype),
-            count=jnp.zeros((), jnp.int32),
+            history=super().init(model, x, ts),
         )
 
     def step(self, model, x, state, t_cur, t_next, i, n, key):
-        ns = model.noise
         m0 = model.x0(x, t_cur)  # at the predicted point x~_i (x_T at i = 0)
         if self.corrector:
             # UniC for the previous step t_prev -> t_cur, with the evaluation just made.
             x_c = state.corr_base - state.corr_coef * m0
             x = jnp.where(i >= 1, x_c, x)
 
-        lam_s, lam_t = ns.lam(t_cur), ns.lam(t_next)
-        p = step_order(self.order, state.count, i, n, self.lower_order_final, lam_t)
-        h = lam_t - lam_s
-        a_t, s_s, s_t = ns.alpha(t_next), ns.sigma(t_cur), ns.sigma(t_next)
+        lam_s, lam_t, h, a_t, s_s, s_t = lam_step(model.noise, t_cur, t_next)
+        hist = state.history
+        p = step_order(self.order, hist.count, i, n, self.lower_order_final, lam_t)
         x_base = (s_t / s_s) * x - a_t * jnp.expm1(-h) * m0  # UniP-1 = DDIM, finite for h = inf
         # UniC-1 keeps the true h: on a step from sigma = 1 (h = inf) its bh2 weight
         # B = e^{-h} - 1 = -1 is finite. Everything else uses a safe h: it is masked out on
@@ -164,11 +143,8 @@ class UniPC(Solver):
         b = [math.factorial(j) * -h * phi[j] / self._B(h) for j in range(1, self.order + 1)]
         # History nodes r_k = (lam_k - lam_s) / h < 0 (safe placeholders where missing) and
         # differences D_k = (m_k - m0) / r_k.
-        num_hist = self.order - 1
-        # (a lam of -inf, from a start at sigma = 1, only occurs where the history is masked)
-        raw = [(finite_or(state.lams[k], lam_s - 1.0) - lam_s) / h for k in range(num_hist)]
-        r = safe_nodes(raw, state.count)
-        D = [(state.x0s[k] - m0) / r[k] for k in range(num_hist)]
+        r = hist.relative_nodes(lam_s, h)
+        D = [(hist.values[k] - m0) / r[k] for k in range(hist.size)]
 
         preds = [x_base]  # UniP-q uses q - 1 differences
         for q in range(2, self.order + 1):
@@ -178,25 +154,18 @@ class UniPC(Solver):
             )
         x_next = select_by_order(p, preds)
 
-        state_next = dict(
-            x0s=push(state.x0s, m0),
-            lams=push(state.lams, lam_s),
-            count=history_count(state.count, lam_s, self.order),
-        )
-        if self.corrector:
-            # UniC-q uses the q - 1 differences and the next evaluation at r = 1.
-            bases, coefs = [x_base + 0.5 * aB_1 * m0], [0.5 * aB_1]
-            for q in range(2, self.order + 1):
-                c = lagrange_weights(r[: q - 1] + [1.0], b[:q])
-                res = sum(c_k * D_k for c_k, D_k in zip(c[:-1], D[: q - 1], strict=True))
-                bases.append(x_base - aB * (res - c[-1] * m0))
-                coefs.append(aB * c[-1])
-            state_next.update(
-                corr_base=select_by_order(p, bases), corr_coef=select_by_order(p, coefs)
-            )
-        else:
-            state_next.update(corr_base=state.corr_base, corr_coef=state.corr_coef)
-        return x_next, UniPCState(**state_next), m0
+        history = hist.push(m0, lam_s)
+        if not self.corrector:
+            return x_next, state._replace(history=history), m0
+        # UniC-q uses the q - 1 differences and the next evaluation at r = 1.
+        bases, coefs = [x_base + 0.5 * aB_1 * m0], [0.5 * aB_1]
+        for q in range(2, self.order + 1):
+            c = lagrange_weights(r[: q - 1] + [1.0], b[:q])
+            res = sum(c_k * D_k for c_k, D_k in zip(c[:-1], D[: q - 1], strict=True))
+            bases.append(x_base - aB * (res - c[-1] * m0))
+            coefs.append(aB * c[-1])
+        state = UniPCState(select_by_order(p, bases), select_by_order(p, coefs), history)
+        return x_next, state, m0
 
 
 def unipc(
