@@ -67,8 +67,11 @@ Everything numerical runs in float64 (``jax.enable_x64`` inside), so the result 
 depend on the caller's ``jax_enable_x64``. The whole search (DE generations, every lower-level
 solve, polish) is one compiled function per (process type, N, structural options); ``d_min``,
 ``gamma``, the box, the seed and the process's arrays are arguments, so e.g. SD 2.1 and DDPM,
-or UniPC at NFE n and DDIM at NFE n + 1, share an executable. Executables are cached (AOT);
-``info["timings"]`` says whether a call traced and compiled (cold) or not (warm). The seed
+or UniPC at NFE n and DDIM at NFE n + 1, share an executable. Executables are cached (AOT,
+:mod:`~hso_jax.optimizers.compiled`; with the package's compilation cache on, the traced search
+is stored too, so a new process neither traces nor compiles it again);
+``info["timings"]`` says whether a call compiled (cold) or not (warm), and ``loaded`` whether
+its traced program came from the store. The seed
 becomes ``jax.random.key(seed, impl="rbg")`` inside the compiled search: XLA's
 RngBitGenerator compiles in a fraction of a second on CPU where threefry takes seconds; its
 streams are deterministic for a given backend and JAX version.
