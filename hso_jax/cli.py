@@ -18,8 +18,9 @@ output cannot be written. Commands run with float64 enabled, so exported schedul
 precision.
 
 Every subcommand turns on the package's persistent compilation cache at start-up
-(``$HSO_JAX_CACHE/xla`` or ``~/.cache/hso_jax/xla``; see :mod:`hso_jax._compile_cache`), so a
-repeated ``hso-jax optimize`` with the same shapes does not compile its search again.
+(``$HSO_JAX_CACHE/xla`` or ``~/.cache/hso_jax/xla``, and the traced searches in ``programs``
+beside it; see :mod:`hso_jax._compile_cache`), so a repeated ``hso-jax optimize`` with the same
+shapes neither traces nor compiles its search again.
 ``HSO_JAX_COMPILE_CACHE=0`` turns it off; a ``jax_compilation_cache_dir`` of the user's
 (``JAX_COMPILATION_CACHE_DIR``) is used as it is; an unwritable cache folder gives one warning
 line on stderr and the command runs without it.
