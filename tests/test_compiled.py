@@ -103,3 +103,9 @@ def test_unwritable_store_warns_and_keeps_the_result(tmp_path):
     finally:
         compiled.use_store(None)
         compiled.clear()
+
+
+def test_use_store_rejects_a_non_path():
+    with pytest.raises(TypeError, match=r"folder must be a path .* got int"):
+        compiled.use_store(5)
+    assert compiled.store() is None  # unchanged

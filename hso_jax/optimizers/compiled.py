@@ -51,6 +51,10 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 def use_store(folder: str | Path | None) -> None:
     """Keep traced programs in ``folder`` (created on first write); ``None`` turns it off."""
     global _STORE
+    if folder is not None and not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(
+            f"folder must be a path (str or os.PathLike) or None, got {type(folder).__name__}"
+        )
     _STORE = None if folder is None else Path(folder).absolute()
 
 
