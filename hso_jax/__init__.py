@@ -17,6 +17,7 @@ _SUBMODULES = (
     "batch",
     "denoiser",
     "evaluation",
+    "export",
     "io",
     "models",
     "noise",

@@ -11,6 +11,12 @@ VP processes (``VPDiscrete``) follow the DPM-Solver convention: step index ``k``
 ``t_k = (k + 1) / N`` and ``log alpha`` is linearly interpolated in ``t`` between steps, so
 ``t_min = 1 / N`` and ``t_max = 1``; the index of a continuous ``t`` is ``round(N t) - 1``.
 
+**The data end, t = 0.** Every process has ``alpha(0) = 1``, ``sigma(0) = 0`` and
+``lam(0) = +inf`` (:data:`DATA_END`). A schedule may end there even where ``t_min > 0``: its
+last step lands on the data prediction at the previous point (first order, no network call at
+0), which is how diffusers' schedulers with ``final_sigmas_type="zero"`` and ComfyUI's
+``SIGMAS`` ending in 0 finish a sample.
+
 Processes are frozen dataclasses registered as pytrees (arrays are leaves, scalars are static),
 so they can be passed through ``jax.jit`` / ``jax.vmap`` like any argument.
 
@@ -34,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "DATA_END",
     "NoiseSchedule",
     "VPDiscrete",
     "VPLinear",
@@ -51,6 +58,10 @@ __all__ = [
 ]
 
 Array = Any
+
+DATA_END = 0.0
+"""Model time of the data (``sigma = 0``, ``lam = +inf``) in every process: a schedule may end
+there (see the module docstring)."""
 
 
 def _pytree(data_fields: tuple[str, ...], meta_fields: tuple[str, ...]):
@@ -152,7 +163,10 @@ class VPDiscrete(NoiseSchedule):
 
     ``log_alphas[k] = 0.5 log(alphas_cumprod[k])`` sits at ``t_k = (k + 1) / N``; between steps
     ``log alpha`` is linear in ``t`` (DPM-Solver convention), so ``t`` ranges over ``[1/N, 1]``.
-    Build with :meth:`from_betas` or :meth:`from_alphas_cumprod`.
+    Below the first step, ``log alpha`` runs linearly to 0 at ``t = 0``: the data end
+    (``alpha = 1``, ``sigma = 0``), where a schedule may finish with a step that returns the
+    data prediction (diffusers' ``final_sigmas_type="zero"``); the network is never evaluated
+    there (its index would be -1). Build with :meth:`from_betas` or :meth:`from_alphas_cumprod`.
     """
 
     log_alphas: Array
@@ -210,19 +224,23 @@ class VPDiscrete(NoiseSchedule):
     def alphas_cumprod(self) -> np.ndarray:
         return np.exp(2.0 * np.asarray(self.log_alphas, np.float64))
 
-    def _t_grid(self, dtype):
+    def _table(self, dtype):
+        """``(t, log alpha)`` nodes: the data end ``(0, 0)``, then
+        ``((k + 1) / N, log_alphas[k])``."""
         n = self.num_steps
-        return (jnp.arange(n, dtype=dtype) + 1) / n
+        la = jnp.asarray(self.log_alphas, dtype)
+        t = jnp.arange(n + 1, dtype=la.dtype) / n
+        return t, jnp.concatenate([jnp.zeros((1,), la.dtype), la])
 
     def log_alpha(self, t):
         t = jnp.asarray(t)
-        la = jnp.asarray(self.log_alphas, _float_dtype(t))
-        return jnp.interp(t, self._t_grid(la.dtype), la)
+        grid, la = self._table(_float_dtype(t))
+        return jnp.interp(t, grid, la)
 
     def t_from_lam(self, lam):
         lam = jnp.asarray(lam)
-        la = jnp.asarray(self.log_alphas, _float_dtype(lam))
-        return jnp.interp(_log_alpha_vp_from_lam(lam), la[::-1], self._t_grid(la.dtype)[::-1])
+        grid, la = self._table(_float_dtype(lam))
+        return jnp.interp(_log_alpha_vp_from_lam(lam), la[::-1], grid[::-1])
 
     # --- step indices ------------------------------------------------------------------
     def t_from_index(self, k):

@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _validate
+from . import _validate, schedules
 from ._compile_cache import enable as _enable_compile_cache
 from .denoiser import Denoiser, as_denoiser
 from .noise import NoiseSchedule
@@ -71,6 +71,7 @@ from .optimizers.hso_config import METHODS as _HSO_METHODS
 from .optimizers.hso_config import SOLVERS as _HSO_SOLVERS
 from .optimizers.hso_config import HSOConfig, solver_flavour
 from .optimizers.result import OptimizeResult
+from .schedules import ENDS, GRIDS
 
 __all__ = ["optimize", "METHODS", "MODEL_FREE", "MODEL_BASED", "SOLVERS"]
 
@@ -85,12 +86,15 @@ def optimize(
     model: Denoiser | Callable | NoiseSchedule,
     nfe: int,
     method: str = "hso",
-    solver: Any = "unipc",
+    solver: Any = None,
     seed: int = 66,
     *,
     noise: str | NoiseSchedule | None = None,
     prediction: str | None = None,
     time_input: str | Callable | None = None,
+    target: Any = None,
+    end: str | None = None,
+    grid: str | None = None,
     **options: Any,
 ) -> OptimizeResult:
     """Optimise a sampling schedule for ``nfe`` network evaluations.
@@ -122,6 +126,7 @@ def optimize(
         official HSO code has the UniPC and DDIM flavours only); the name is recorded in the
         result. ``"ays"``, ``"direct"``, ``"gits"``: any factory name of
         :mod:`hso_jax.solvers` or a solver object.
+        Default ``"unipc"``; with ``target``, the target's solver (do not pass both).
       seed: integer seed of the search (official HSO seed 66); the same seed gives the same
         result. For ``"ays"`` it makes the key when ``key=`` is not given.
       noise: only with a callable ``model``, and required then: the noise process it was
@@ -132,6 +137,21 @@ def optimize(
       time_input: only with a callable ``model``: what it receives as time, ``"auto"`` (default:
         the continuous step index ``N t - 1`` for discrete-time processes, ``t`` otherwise),
         ``"index"``, ``"index-rounded"``, ``"t"``, ``"sigma_edm"``, ``"scaled"`` or a callable.
+      target: where the schedule will run (:func:`hso_jax.export.target`, e.g.
+        ``"diffusers:UniPCMultistepScheduler"``, ``"comfyui:euler"``): the schedule is
+        optimised under the target's conventions -- its solver, its number of network calls,
+        where its last step lands (``end``), its grid of network times (training steps for a
+        discrete model in diffusers or ComfyUI) and its latest start -- so that
+        :func:`hso_jax.export.export` gives the target exactly this sampler.
+        ``res.info["target"]`` records it and ``res.info["sample"]`` the equal hso_jax call.
+      end: where the last step lands (:data:`hso_jax.schedules.ENDS`): ``"free"`` (the HSO
+        family's multistep flavour: the last point is optimised), ``"t_min"`` (a fixed final
+        step to ``t_min``: HSO's DDIM flavour, the model-based methods' default) or ``"zero"``
+        (a fixed final step to the data, ``t = 0``). With ``target``, one of the target's
+        (default: its own).
+      grid: ``"continuous"`` (default) or ``"steps"``: the network points are moved onto the
+        training steps of a discrete model and the result re-scored there (a target's
+        grid when it has one).
       **options: method options (unknown names raise ``ValueError``):
 
         * all HSO-family methods: ``p`` (eps_tilde exponent, 2), ``frame`` (``"vp"`` |
@@ -208,6 +228,7 @@ def optimize(
         raise TypeError(f"seed must be an integer, got {seed!r}")
     _enable_compile_cache()  # the persistent compilation cache (hso_jax._compile_cache)
 
+    solver, conventions, recorded = _conventions(noise_schedule, method, solver, target, end, grid)
     runner, known_options = _METHOD_TABLE[method]
     known = known_options()
     unknown = [] if known is None else sorted(set(options) - set(known))
@@ -219,8 +240,10 @@ def optimize(
         from .optimizers._trajectory import check_model
 
         check_model(model, method)
-        return runner(model, nfe, solver, int(seed), options)
-    res = runner(noise_schedule, nfe, method, solver, int(seed), options)
+        res = runner(model, nfe, solver, int(seed), {**options, **conventions})
+        return _record(res, solver, recorded, noise_schedule)
+    res = runner(noise_schedule, nfe, method, solver, int(seed), {**options, **conventions})
+    res = _record(res, solver, recorded, noise_schedule)
     if isinstance(model, Denoiser):
         note = (
             f"the network was not called: method={method!r} is model-free and uses only the "
@@ -239,6 +262,63 @@ def optimize(
             )
         res = dataclasses.replace(res, warnings=res.warnings + (note,))
     return res
+
+
+def _conventions(noise, method: str, solver, target, end, grid):
+    """``(solver, conventions, recorded)``: the solver to optimise for, the ``end`` /
+    ``grid`` / ``start_max`` keywords of the method, and what ``info`` records."""
+    recorded = {}
+    if target is not None:
+        from .export.targets import target as make_target
+
+        if solver is not None:
+            raise TypeError(
+                "pass solver= or target=, not both: the target fixes the solver (got "
+                f"solver={solver!r}, target={getattr(target, 'name', target)!r})"
+            )
+        tgt = make_target(target, noise, end=end)
+        if grid is not None and grid != tgt.grid:
+            raise ValueError(
+                f"grid={grid!r} contradicts target {tgt.name}, whose network times are on the "
+                f"grid {tgt.grid!r}; leave grid out"
+            )
+        if tgt.solver().calls_per_step != 1 and method not in ("direct", "gits", "ays"):
+            raise ValueError(
+                f"method={method!r} optimises schedules of one network call per point; target "
+                f"{tgt.name} runs Heun (two per step): use method='direct', 'gits' or 'ays'"
+            )
+        solver, end, grid = tgt.solver(), tgt.end, tgt.grid
+        recorded = {"target": tgt.name, "target_variant": tgt.variant}
+        conventions = {"end": end, "grid": grid}
+        if tgt.max_start < noise.t_max and method not in ("ays", "gits"):
+            conventions["start_max"] = tgt.max_start  # (those two start at t_max, refused)
+        return solver, conventions, recorded
+    solver = "unipc" if solver is None else solver
+    if end is not None:
+        _validate.choice("end", end, ENDS)
+    if grid is not None:
+        _validate.choice("grid", grid, GRIDS)
+        if grid == "steps" and not noise.is_discrete:
+            raise ValueError(f"grid='steps' needs a discrete-time process, got {noise!r}")
+    conventions = {k: v for k, v in (("end", end), ("grid", grid)) if v is not None}
+    return solver, conventions, recorded
+
+
+def _record(res: OptimizeResult, solver, recorded: dict, noise) -> OptimizeResult:
+    """``res`` with the target it was made for and the hso_jax call that samples it."""
+    from .optimizers._trajectory import resolve_solver
+
+    if isinstance(solver, str) and solver in SOLVERS and not recorded:
+        obj = {"unipc": "unipc()", "dpm-solver-pp": "dpm_solver_pp()", "ddim": "ddim()"}[solver]
+    else:
+        obj = repr(resolve_solver(solver)[0])
+    info = {
+        **res.info,
+        **recorded,
+        "end": res.info.get("end", schedules.end_of(res.t, noise)),
+        "sample": f"hso_jax.sample(model, x_T, res.t, hso_jax.solvers.{obj})",
+    }
+    return dataclasses.replace(res, info=info)
 
 
 def _model_free(noise, nfe: int, method: str, solver, seed: int, options: dict):

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _validate
-from .noise import NoiseSchedule, RectifiedFlow
+from .noise import DATA_END, NoiseSchedule, RectifiedFlow
 
 __all__ = [
     "check_schedule",
@@ -62,6 +62,10 @@ __all__ = [
     "loglinear_interp",
     "to_diffusers",
     "to_comfyui",
+    "ENDS",
+    "GRIDS",
+    "end_of",
+    "on_training_steps",
     "COMFYUI_ENDS",
     "FLOW_SCHEDULER_CONFIG",
     "BASELINES",
@@ -84,7 +88,8 @@ def check_schedule(
 
     Checks: 1-D, at least ``min_points`` entries, floating point, and -- when the values are
     concrete (not traced under jit / vmap / grad) -- finite, strictly decreasing and inside
-    ``[noise.t_min, noise.t_max]`` (up to a relative rounding tolerance of 1e-5).
+    ``[noise.t_min, noise.t_max]`` (up to a relative rounding tolerance of 1e-5), except that
+    the last point may be the data end ``t = 0`` (:data:`hso_jax.noise.DATA_END`).
 
     Raises:
       ValueError / TypeError naming ``name``, the offending value and what is allowed.
@@ -120,10 +125,12 @@ def check_schedule(
     if noise is not None:
         lo, hi = noise.t_min, noise.t_max
         tol = RANGE_RTOL * max(1.0, abs(hi))
-        if v[0] > hi + tol or v[-1] < lo - tol:
+        # the data end t = 0 may close any schedule (one step to the data prediction)
+        last = v[-2] if v[-1] == DATA_END and v.shape[0] >= 2 else v[-1]
+        if v[0] > hi + tol or last < lo - tol:
             raise ValueError(
-                f"{name} must lie in [t_min, t_max] = [{lo:g}, {hi:g}] of {noise!r}; "
-                f"got [{v[-1]:.9g}, {v[0]:.9g}]"
+                f"{name} must lie in [t_min, t_max] = [{lo:g}, {hi:g}] of {noise!r}, except "
+                f"that it may end at the data, t = 0; got [{v[-1]:.9g}, {v[0]:.9g}]"
             )
     return jnp.asarray(ts)
 
@@ -1127,6 +1134,80 @@ def to_comfyui(ts, noise: NoiseSchedule, end: str = "sigma_min") -> list[float]:
     elif end == "append_zero":
         out.append(0.0)
     return out
+
+
+# --------------------------------------------------------------------------------------
+# Where a schedule ends, and the training-step grid of discrete-time models
+# --------------------------------------------------------------------------------------
+
+ENDS = ("free", "t_min", "zero")
+"""How a schedule of ``nfe`` network calls ends (its last point is never a network point):
+
+* ``"free"``: the last point is chosen by the optimiser, like the others (HSO's multistep
+  flavour ends at its ``t_eps``; a ComfyUI ``SIGMAS`` list that does not end in 0);
+* ``"t_min"``: the last point is the process's ``t_min``, the first training step of a
+  discrete model (diffusers' ``final_sigmas_type="sigma_min"``, ``DDIMScheduler`` with
+  ``set_alpha_to_one=False``, HSO's DDIM flavour);
+* ``"zero"``: the last point is the data end ``t = 0``, so the last step returns the data
+  prediction (diffusers' ``final_sigmas_type="zero"``, ComfyUI ``SIGMAS`` ending in 0).
+"""
+
+
+GRIDS = ("continuous", "steps")
+"""Where the network is evaluated: at any time, or on the training steps of a discrete-time
+model (a runtime that passes integer timesteps; :func:`on_training_steps`)."""
+
+
+def end_of(ts, noise: NoiseSchedule) -> str:
+    """The end convention (:data:`ENDS`) a concrete schedule follows: ``"zero"`` if it ends at
+    ``t = 0``, ``"t_min"`` if at the process's ``t_min`` (> 0), else ``"free"``."""
+    last = float(np.asarray(ts, np.float64)[-1])
+    if last == DATA_END:
+        return "zero"
+    tol = RANGE_RTOL * max(1.0, abs(noise.t_max))
+    return "t_min" if abs(last - noise.t_min) <= tol else "free"
+
+
+def on_training_steps(ts, noise: NoiseSchedule) -> np.ndarray:
+    """Move the network points of a discrete-time schedule onto the training steps.
+
+    Every point but the last (where no network call is made) goes to the nearest training
+    step, ``t = (k + 1) / N`` with ``k = round(N t) - 1``, which is what a runtime that takes
+    integer ``timesteps`` evaluates the network at; the last point (``t_min``, the data end
+    ``0`` or a free end) is kept. Points that round to the same step are spread to the next
+    free steps below (towards low noise), so the result stays strictly decreasing.
+
+    Args:
+      ts: a concrete schedule of a discrete-time process.
+      noise: its process (:class:`~hso_jax.noise.VPDiscrete`).
+
+    Returns:
+      The projected schedule, float64.
+
+    Raises:
+      ValueError: a continuous-time process, or more network points than training steps
+        above the last point.
+    """
+    _check_noise(noise)
+    if not noise.is_discrete:
+        raise ValueError(
+            f"on_training_steps needs a discrete-time process, got {noise!r} (its network "
+            "takes continuous times: nothing to project)"
+        )
+    check_schedule(ts, noise)
+    t = np.array(ts, np.float64)
+    n_steps = noise.num_steps
+    k = np.rint(t[:-1] * n_steps).astype(np.int64) - 1
+    for i in range(1, k.size):  # strictly decreasing steps: push collisions down
+        k[i] = min(k[i], k[i - 1] - 1)
+    if k.size and (k[-1] + 1.0) / n_steps <= t[-1]:
+        raise ValueError(
+            f"ts has {k.size} network points, which do not fit on distinct training steps above "
+            f"its last point t = {t[-1]:.9g} (N = {n_steps}): the schedule is finer than the "
+            "model's steps; use fewer steps, or a runtime that takes continuous times"
+        )
+    t[:-1] = (k + 1.0) / n_steps
+    return t
 
 
 # --------------------------------------------------------------------------------------

@@ -262,12 +262,16 @@ def test_ays_dispatch(monkeypatch):
 
     def fake(model, nfe, *, solver, key, data, **options):
         seen.update(model=model, nfe=nfe, solver=solver, key=key, data=data, options=options)
-        return "result"
+        t = np.array([1.0, 0.5, SD21.t_min])
+        return hj.optimizers.OptimizeResult.from_t(
+            t, SD21, objective=0.0, penalty=None, method="fake-ays", solver=solver, nfe=nfe
+        )
 
     monkeypatch.setattr(ays, "optimize_ays", fake)
     model = hj.Denoiser(lambda x, t: x, noise=SD21)
     data = np.zeros((4, 2))
-    assert hj.optimize(model, 10, method="ays", solver="ddim", data=data, candidates=7) == "result"
+    res = hj.optimize(model, 10, method="ays", solver="ddim", data=data, candidates=7)
+    assert res.method == "fake-ays" and res.info["end"] == "t_min"
     assert seen["nfe"] == 10 and seen["solver"] == "ddim" and seen["data"] is data
     assert seen["options"] == {"candidates": 7} and seen["key"] is not None
 

@@ -1,8 +1,8 @@
 """The package's layers (DESIGN.md): a module imports only from its own layer or below.
 
 noise -> denoiser -> batch -> schedules -> solvers -> models -> reference -> objectives ->
-optimizers -> evaluation -> optimize / io -> demo / cli. Imports inside functions count too,
-and no module imports a private name of another module.
+optimizers -> evaluation -> optimize / io / export -> demo / cli. Imports inside functions count
+too, and no module imports a private name of another module.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ LAYERS = [
     ("objectives",),
     ("optimizers",),
     ("evaluation",),
-    ("optimize", "io", "_compile_cache"),
+    ("optimize", "io", "_compile_cache", "export"),
     # applications: the command line, the demo and the training script (which lives in models/
     # so that `python -m hso_jax.models.train` reads naturally)
     ("demo", "cli", "__main__", "models.train"),

@@ -59,11 +59,14 @@ def test_callable_keywords_build_the_denoiser(monkeypatch):
 
     def fake(model, nfe, *, solver, key, data, **options):
         seen.append(model)
-        return "result"
+        t = np.array([model.noise.t_max, 0.5 * model.noise.t_max, model.noise.t_min])
+        return hj.optimizers.OptimizeResult.from_t(
+            t, model.noise, objective=0.0, penalty=None, method="fake", solver=solver, nfe=nfe
+        )
 
     monkeypatch.setattr(ays, "optimize_ays", fake)
     data = np.zeros((4, 2))
-    assert hj.optimize(never_called, 6, method="ays", noise="sd21", data=data) == "result"
+    assert hj.optimize(never_called, 6, method="ays", noise="sd21", data=data).method == "fake"
     edm = hj.noise.preset("edm")
     hj.optimize(
         never_called, 6, method="ays", noise=edm, prediction="x0", time_input="t", data=data

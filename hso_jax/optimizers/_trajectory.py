@@ -11,7 +11,14 @@ from .. import solvers
 from ..denoiser import Denoiser
 from ._ends import lam_is_finite
 
-__all__ = ["resolve_solver", "check_model", "check_noise_batch", "teacher_from_options"]
+__all__ = [
+    "resolve_solver",
+    "check_model",
+    "check_noise_batch",
+    "teacher_from_options",
+    "fixed_end",
+    "to_data_end",
+]
 
 Array = Any
 
@@ -124,3 +131,29 @@ def teacher_from_options(model: Denoiser, method: str, opts: dict) -> tuple[Any,
         "teacher_batch_size": size,
     }
     return teacher, info
+
+
+def fixed_end(end, method: str) -> str:
+    """The end of a method whose schedules run from ``t_max`` to a fixed final point:
+    ``"t_min"`` (default) or ``"zero"`` (the data end); a free end is not theirs."""
+    if end is None:
+        return "t_min"
+    if end not in ("t_min", "zero"):
+        raise ValueError(
+            f"method={method!r} ends its schedules at t_min or at the data (end='t_min' or "
+            f"'zero'), got end={end!r}; the free end is the HSO family's (method='hso')"
+        )
+    return end
+
+
+def to_data_end(t: np.ndarray, method: str) -> tuple[np.ndarray, str]:
+    """``t`` (ending at ``t_min``) with its last point moved to the data end ``t = 0``, and
+    the warning that says the last interval was optimised to ``t_min``."""
+    t = np.array(t, np.float64)
+    t_min = float(t[-1])
+    t[-1] = 0.0
+    return t, (
+        f"{method} optimised the schedule with its last interval ending at t_min = {t_min:.6g}; "
+        "the last step here goes to the data (t = 0) from the same points (end='zero'), as "
+        "a runtime with a final sigma of 0 runs it"
+    )

@@ -79,7 +79,7 @@ from ..noise import NoiseSchedule
 from ..objectives.klub import KLUB, klub
 from ..schedules import check_schedule
 from ._ends import check_finite_ends
-from ._trajectory import resolve_solver
+from ._trajectory import fixed_end, resolve_solver, to_data_end
 from .ays_search import CoordinateSearch
 from .result import OptimizeResult
 
@@ -121,6 +121,8 @@ def optimize_ays(
     mesh: Any = None,
     progress: bool = True,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    end: str | None = None,
+    grid: str = "continuous",
     _include_normaliser: bool = True,
 ) -> OptimizeResult:
     r"""Optimise a sampling schedule with Align Your Steps (see the module docstring).
@@ -169,6 +171,12 @@ def optimize_ays(
       progress: show a tqdm progress bar (sweep, KLUB, elapsed time).
       callback: called after every sweep / pass with a dict: ``level`` (steps), ``sweep``,
         ``klub``, ``elapsed`` (s), ``t`` (current schedule), ``sigmas``.
+      end: ``"t_min"`` (default; the paper's schedules end there) or ``"zero"``: the last
+        point is moved to the data end ``t = 0`` after the search (a runtime's final sigma of
+        0, as ComfyUI's AYS node does; a warning says so).
+      grid: ``"steps"`` (discrete-time models, for runtimes that pass integer timesteps): the
+        points but the last are moved onto training steps
+        (:func:`hso_jax.schedules.on_training_steps`) and the KLUB re-estimated there.
 
     Returns:
       An :class:`~hso_jax.optimizers.OptimizeResult` with ``method="ays"``, ``objective`` the
@@ -187,9 +195,13 @@ def optimize_ays(
       >>> x = hso_jax.sample(model, x_T, res.t, hso_jax.solvers.dpm_solver_pp())
     """
     t_begin = time.perf_counter()
+    end = fixed_end(end, "ays")
+    grid = _validate.choice("grid", grid, schedules.GRIDS)
+    if grid == "steps" and not model.noise.is_discrete:
+        raise ValueError(f"grid='steps' needs a discrete-time model, got {model.noise!r}")
     solver_name, num_points, opts = _check_arguments(
         model, nfe, solver, candidates, max_sweeps, rel_tol, validation, patience, subdivide,
-        refine_sweeps, min_radius, callback,
+        refine_sweeps, min_radius, callback, end,
     )
     ns = model.noise
     t0, init_name = _initial_schedule(ns, init)
@@ -224,7 +236,12 @@ def optimize_ays(
     run.close()
 
     t_out = _interpolate(run, levels[-1]["sigmas"], num_points)
+    if grid == "steps":
+        t_out = schedules.on_training_steps(t_out, ns)
     objective = run.klub(_sigma_of_t(ns, t_out)) if num_points > 1 else 0.0
+    if end == "zero":
+        t_out, note = to_data_end(t_out, "AYS")
+        run.warnings.append(note)
     return _result(
         run,
         t_out,
@@ -259,14 +276,14 @@ class _Settings(NamedTuple):
 
 def _check_arguments(
     model, nfe, solver, candidates, max_sweeps, rel_tol, validation, patience, subdivide,
-    refine_sweeps, min_radius, callback,
+    refine_sweeps, min_radius, callback, end,
 ) -> tuple[str, int, _Settings]:
     """Validate the arguments (eagerly, naming each); returns the solver's name, the number of
     points of the returned schedule and the search settings."""
     if not isinstance(model, Denoiser):
         raise TypeError(f"model must be a hso_jax.Denoiser, got {type(model).__name__}")
     solver_obj, solver_name = resolve_solver(solver)
-    num_points = solver_obj.num_points(_validate.integer("nfe", nfe, 1))
+    num_points = solver_obj.num_points(_validate.integer("nfe", nfe, 1), to_data=end == "zero")
     candidates = _validate.integer("candidates", candidates, 3)
     max_sweeps = _validate.integer("max_sweeps", max_sweeps, 1)
     refine_sweeps = _validate.integer("refine_sweeps", refine_sweeps, 1)

@@ -71,16 +71,17 @@ from ..batch import (
     take_conditions,
 )
 from ..denoiser import Denoiser
+from ..noise import DATA_END
 from ..reference.solve import reference_solve
 from ..schedules import check_schedule
 from ..solvers import sample
 from ..solvers.driver import check_model_input
 from ._ends import check_finite_ends
-from ._trajectory import check_model, check_noise_batch, resolve_solver
+from ._trajectory import check_model, check_noise_batch, fixed_end, resolve_solver
 from .refine import lam_from_logits, logits_from_lam
 from .result import OptimizeResult
 
-__all__ = ["optimize_direct", "direct_loss", "BASELINE_INITS"]
+__all__ = ["optimize_direct", "direct_loss", "schedule_loss", "BASELINE_INITS"]
 
 Array = Any
 
@@ -105,6 +106,11 @@ def direct_loss(
     rematerialise each solver step in the gradient (``jax.checkpoint``; same value).
     """
     ts = _schedule(z, ends, model.noise)
+    return schedule_loss(ts, model, solver, x_T, reference, unroll, remat)
+
+
+def schedule_loss(ts, model: Denoiser, solver, x_T, reference, unroll=1, remat=False) -> Array:
+    """Mean per-sample RMSE of ``solver``'s samples on the schedule ``ts`` to ``reference``."""
     x = sample(model, x_T, ts, solver, unroll=unroll, remat=remat)
     err = jnp.sqrt(jnp.mean(jnp.square(x - reference).reshape(x.shape[0], -1), axis=1))
     return jnp.mean(err)
@@ -245,6 +251,9 @@ def optimize_direct(
     batch_size: int | None = None,
     mesh: Any = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    end: str | None = None,
+    grid: str = "continuous",
+    start_max: float | None = None,
 ) -> OptimizeResult:
     """Optimise a schedule by gradient descent on the held-out sample error (see module doc).
 
@@ -289,6 +298,15 @@ def optimize_direct(
         its devices (batch sizes divisible by their number), as is each reference solve.
       callback: called after every iteration with a dict ``iteration``, ``train``, ``val``,
         ``t`` (the iterate's schedule, NumPy), ``elapsed``.
+      end: ``"t_min"`` (default: the last step lands on ``t_min``) or ``"zero"``: it lands on
+        the data end ``t = 0`` (a runtime's final sigma of 0) and returns the data prediction,
+        in the loss as in the result; the target is then the reference passed through the
+        same final step, ``D(reference, t_min)`` (as :func:`~hso_jax.evaluation.evaluate_grid`
+        with ``denoise_final``).
+      grid: ``"steps"`` (discrete-time models, for runtimes that pass integer timesteps): the
+        result's points but the last are moved onto training steps and its held-out error
+        re-measured there (``info["grid"]`` keeps the continuous optimum's).
+      start_max: the latest start time (default ``t_max``; a runtime's own limit).
 
     Returns:
       An :class:`OptimizeResult` with ``method="direct"``, ``objective`` the held-out mean RMSE
@@ -309,7 +327,13 @@ def optimize_direct(
     noise = model.noise
     solver_obj, solver_name = resolve_solver(solver)
     nfe = _validate.integer("nfe", nfe, 1)
-    num_points = solver_obj.num_points(nfe)
+    end = fixed_end(end, "direct")
+    grid = _validate.choice("grid", grid, schedules.GRIDS)
+    if grid == "steps" and not noise.is_discrete:
+        raise ValueError(f"grid='steps' needs a discrete-time model, got {noise!r}")
+    num_points = solver_obj.num_points(nfe, to_data=end == "zero")
+    if start_max is not None and t_start is None and start_max < noise.t_max:
+        t_start = float(start_max)
     steps = _validate.integer("steps", steps, 1)
     patience = _validate.integer("patience", patience, 1)
     learning_rate = _validate.real("learning_rate", learning_rate, 0.0, open_lo=True)
@@ -332,7 +356,11 @@ def optimize_direct(
     (m_tr, x_tr, r_tr), (m_va, x_va, r_va) = _split(
         model, x_T, reference, x_T_val, reference_val, val_fraction, cond_val, uncond_val
     )
-    cands = _candidates(init, noise, num_points, t_start, t_end)
+    # the lam anchors of the softmax parametrisation are finite: a schedule's data end 0 is
+    # anchored at t_min, and the last point is set to the end after the parametrisation
+    cands = {k: _anchor(v, noise) for k, v in _candidates(
+        init, noise, num_points, t_start, t_end).items()}  # fmt: skip
+    final = DATA_END if end == "zero" else None
     for t in cands.values():
         check_finite_ends(
             noise,
@@ -346,6 +374,8 @@ def optimize_direct(
     tols = (reference_rtol, reference_atol, batch_size, mesh)
     r_tr = _reference("reference", r_tr, m_tr, x_tr, *tols)
     r_va = _reference("reference_val", r_va, m_va, x_va, *tols)
+    if end == "zero":  # the target of a last step into the data: the same step on the reference
+        r_tr, r_va = _DENOISE(m_tr, r_tr, noise.t_min), _DENOISE(m_va, r_va, noise.t_min)
     reference_s = time.perf_counter() - t_ref
     if mesh is not None:
         m_tr, x_tr, r_tr = shard_model(m_tr, mesh), shard_batch(x_tr, mesh), shard_batch(r_tr, mesh)
@@ -361,13 +391,13 @@ def optimize_direct(
     init_losses = {}
     for k, t in cands.items():
         lam = lam_of[k]
-        ends = _ends(lam, t, dtype)
+        ends = _ends(lam, t, dtype, final)
         z = logits_from_lam(jnp.asarray(lam, dtype))
         init_losses[k] = float(_LOSS(z, m_tr, solver_obj, x_tr, r_tr, ends))
     best_init = min(init_losses, key=init_losses.get)
     t0, lam0 = cands[best_init], lam_of[best_init]
-    ends = _ends(lam0, t0, dtype)
-    ends64 = (lam0[0], lam0[-1], t0[0], t0[-1])
+    ends = _ends(lam0, t0, dtype, final)
+    ends64 = (lam0[0], lam0[-1], t0[0], t0[-1] if final is None else final)
     z = logits_from_lam(jnp.asarray(lam0, dtype))
     state = _ADAM.init(z)
 
@@ -413,6 +443,16 @@ def optimize_direct(
     t_best = _times(z_best, ends64, noise)
     iters = len(train_hist)
     warnings = []
+    grid_info = None
+    if grid == "steps":
+        t_cont, val_cont = t_best, val_best
+        t_best = schedules.on_training_steps(t_cont, noise)
+        val_best = float(_LOSS_T(jnp.asarray(t_best, dtype), m_va, solver_obj, x_va, r_va))
+        grid_info = {
+            "grid": "steps",
+            "val_loss_continuous": val_cont,
+            "max_shift": float(np.max(np.abs(t_best - t_cont))),
+        }
     if it_best == 0:
         warnings.append(
             "no iterate improved the held-out error over the initialisation "
@@ -445,6 +485,8 @@ def optimize_direct(
         "remat": remat,
         "devices": 1 if mesh is None else int(mesh.shape["batch"]),
         "condition_batch": condition_batch(model),
+        "end": end,
+        **({} if grid_info is None else {"grid": grid_info}),
     }
     params = {"t_start": float(t_best[0]), "t_end": float(t_best[-1])}
     options = {
@@ -482,8 +524,22 @@ def _memory(compiled) -> dict[str, int] | None:
     return {k.replace("_size_in_bytes", ""): int(getattr(m, k, 0)) for k in keys}
 
 
-def _ends(lam, t, dtype):
-    return tuple(jnp.asarray(v, dtype) for v in (lam[0], lam[-1], t[0], t[-1]))
+def _ends(lam, t, dtype, final=None):
+    last = t[-1] if final is None else final
+    return tuple(jnp.asarray(v, dtype) for v in (lam[0], lam[-1], t[0], last))
+
+
+def _anchor(t: np.ndarray, noise) -> np.ndarray:
+    """A schedule's lam anchors: its data end 0 (if any) replaced by ``t_min``."""
+    if t[-1] != DATA_END:
+        return t
+    t = np.array(t, np.float64)
+    t[-1] = noise.t_min
+    return t
+
+
+_LOSS_T = jax.jit(schedule_loss, static_argnames=("solver", "unroll", "remat"))
+_DENOISE = jax.jit(lambda model, x, t: model.x0(x, t))
 
 
 def _times(z, ends, noise) -> np.ndarray:

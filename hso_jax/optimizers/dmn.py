@@ -47,9 +47,16 @@ from ..noise import NoiseSchedule
 from ..objectives.spacing import d_min, time_from_normalised
 from ._ends import check_finite_ends
 from .compiled import run_compiled
-from .hso_config import SINGLE_LEVEL, HSOConfig, n_intervals, solver_flavour
+from .hso_config import (
+    GRIDS,
+    SINGLE_LEVEL,
+    HSOConfig,
+    check_end,
+    n_intervals,
+    solver_flavour,
+)
 from .hso_lower import karras_lam, lower_level, refined_grid
-from .hso_report import base_info, search_result
+from .hso_report import base_info, on_steps, search_result
 from .result import OptimizeResult
 
 __all__ = ["LATENT", "optimize_dmn"]
@@ -85,13 +92,18 @@ def _local(noise, rho, t_start, t_end, spf, table, cfg: HSOConfig):
     return r, pen, refined_grid(noise, r.lam, t_start, t_end)
 
 
-def _ends(noise: NoiseSchedule, cfg: HSOConfig, solver: str) -> tuple[float, float]:
-    """``(t_start, t_end)``: the options, or their defaults, checked against the process."""
-    t_start = noise.t_max if cfg.t_start is None else cfg.t_start
+def _ends(noise: NoiseSchedule, cfg: HSOConfig, end: str, start_max) -> tuple[float, float]:
+    """``(t_start, t_end)`` of the optimised points: the options, or their defaults, checked
+    against the process. With a fixed final step (``end`` ``"t_min"`` or ``"zero"``) the
+    optimised points are the network points, and ``t_end`` (the last of them) defaults to
+    the centre of HSO's ``t_eps`` box, normalised time 0.02."""
+    t_hi = noise.t_max if start_max is None else min(noise.t_max, start_max)
+    t_start = t_hi if cfg.t_start is None else cfg.t_start
+    fixed = end != "free"
     if cfg.t_end is None:
         t_end = (
             float(time_from_normalised(noise, jnp.asarray(0.02, jnp.float64)))
-            if solver == "ddim"
+            if fixed
             else noise.t_min
         )
     else:
@@ -99,17 +111,27 @@ def _ends(noise: NoiseSchedule, cfg: HSOConfig, solver: str) -> tuple[float, flo
     t_start = _validate.real("t_start", t_start)
     t_end = _validate.real("t_end", t_end)
     lo_end = noise.t_min
-    if not (lo_end <= t_end < t_start <= noise.t_max) or (solver == "ddim" and t_end <= lo_end):
-        need = "t_min < t_end" if solver == "ddim" else "t_min <= t_end"
+    if not (lo_end <= t_end < t_start <= t_hi) or (end == "t_min" and t_end <= lo_end):
+        need = "t_min < t_end" if end == "t_min" else "t_min <= t_end"
+        final = {"t_min": "; the final step to t_min is fixed", "zero": "; the final step to "
+                 "the data (t = 0) is fixed", "free": ""}[end]  # fmt: skip
         raise ValueError(
-            f"need {need} < t_start <= t_max = {noise.t_max:g} (t_min = {noise.t_min:g}; for "
-            f"DDIM the final step to t_min is fixed), got t_start={t_start!r}, t_end={t_end!r}"
+            f"need {need} < t_start <= {t_hi:g} (t_min = {noise.t_min:g}, t_max = "
+            f"{noise.t_max:g}{final}), got t_start={t_start!r}, t_end={t_end!r}"
         )
     return t_start, t_end
 
 
 def optimize_dmn(
-    noise: NoiseSchedule, nfe: int, *, method: str = "dmn", solver: Any = "unipc", **options
+    noise: NoiseSchedule,
+    nfe: int,
+    *,
+    method: str = "dmn",
+    solver: Any = "unipc",
+    end: str | None = None,
+    grid: str = "continuous",
+    start_max: float | None = None,
+    **options,
 ) -> OptimizeResult:
     """DM-NonUniform (``method="dmn"``) or HSO's lower level alone (``"mep-local"``).
 
@@ -121,6 +143,8 @@ def optimize_dmn(
       nfe: network evaluations of the sampler.
       method: ``"dmn"`` or ``"mep-local"``.
       solver: a flavour name or solver object (:func:`~hso_jax.optimizers.hso.solver_flavour`).
+      end, grid, start_max: the target's conventions (see
+        :func:`~hso_jax.optimizers.hso.optimize_hso`).
       **options: the method's options.
 
     Returns:
@@ -129,13 +153,16 @@ def optimize_dmn(
     """
     _validate.choice("method", method, SINGLE_LEVEL)
     solver = solver_flavour(solver, method)
-    cfg = HSOConfig.from_options(method, n_intervals(solver, nfe), options)
+    end = check_end(end, solver)
+    grid = _validate.choice("grid", grid, GRIDS)
+    cfg = HSOConfig.from_options(method, n_intervals(end, nfe), options)
     with jax.enable_x64(True):
-        return _single(noise, nfe, cfg, solver, dict(options))
+        res = _single(noise, nfe, cfg, solver, end, start_max, dict(options))
+        return on_steps(res, noise, cfg, None, d_min(nfe)) if grid == "steps" else res
 
 
-def _single(noise, nfe: int, cfg: HSOConfig, solver: str, options: dict) -> OptimizeResult:
-    t_start, t_end = _ends(noise, cfg, solver)
+def _single(noise, nfe: int, cfg: HSOConfig, solver: str, end, start_max, options: dict):
+    t_start, t_end = _ends(noise, cfg, end, start_max)
     why = "the MEP / DMN error weights diverge where lam is infinite"
     check_finite_ends(noise, t_start, t_end, cfg.method, why)
     init = cfg.init or _default_init(noise, cfg.method)
@@ -151,6 +178,6 @@ def _single(noise, nfe: int, cfg: HSOConfig, solver: str, options: dict) -> Opti
     if init == "karras":
         params["rho"] = cfg.rho
     return search_result(
-        noise, cfg, grid, loc, None, solver=solver, nfe=nfe, dmin=dmin, info=info, params=params,
-        options=options,
+        noise, cfg, grid, loc, None, solver=solver, end=end, nfe=nfe, dmin=dmin, info=info,
+        params=params, options=options,
     )  # fmt: skip

@@ -52,12 +52,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from .. import _validate
+from .. import _validate, schedules
 from ..denoiser import Denoiser
 from ..noise import NoiseSchedule
 from ..reference.teacher import Teacher
+from ..schedules import GRIDS
 from ._ends import check_finite_ends
-from ._trajectory import TEACHER_OPTIONS, check_model, resolve_solver, teacher_from_options
+from ._trajectory import (
+    TEACHER_OPTIONS,
+    check_model,
+    fixed_end,
+    resolve_solver,
+    teacher_from_options,
+    to_data_end,
+)
 from .result import OptimizeResult
 
 __all__ = ["gits_cost_matrix", "gits_dp", "optimize_gits", "DEFAULT_COEFF", "OPTIONS"]
@@ -284,6 +292,8 @@ def optimize_gits(
     *,
     solver: Any = "unipc",
     coeff: float = DEFAULT_COEFF,
+    end: str | None = None,
+    grid: str = "continuous",
     **teacher_options: Any,
 ) -> OptimizeResult:
     """GITS: the schedule whose steps best fit a batch of teacher trajectories.
@@ -306,6 +316,12 @@ def optimize_gits(
       solver: a solver name (``"unipc"``, ``"ddim"``, ``"heun"``, ...) or object; it fixes how
         many points ``nfe`` buys (the cost itself measures first-order steps).
       coeff: weight ratio of consecutive steps in the DP, > 0 (default 1.15).
+      end: ``"t_min"`` (default: the grid's last point) or ``"zero"``: the last point is
+        moved to the data end ``t = 0`` (a runtime's final sigma of 0; a warning says that the
+        DP scored the step to ``t_min``).
+      grid: ``"steps"`` (discrete-time models, for runtimes that pass integer timesteps): the
+        teacher grid is made of training steps (the default grid rounded to steps, duplicates
+        dropped), so the schedule, a subset of it, lies on them.
       **teacher_options: ``x_T`` ((B, ...) initial noise at the grid start) or ``teacher`` (a
         ready :class:`~hso_jax.evaluation.Teacher`), ``teacher_points`` (K, 100),
         ``teacher_grid`` (``"logsnr"`` | ``"karras"`` | ``"time"`` | an array of times),
@@ -336,7 +352,10 @@ def optimize_gits(
     coeff = _check_coeff(coeff)
     nfe = _validate.integer("nfe", nfe, 1)
     solver_obj, solver_name = resolve_solver(solver)
-    n = solver_obj.num_points(nfe) - 1
+    end = fixed_end(end, "gits")
+    n = solver_obj.num_points(nfe, to_data=end == "zero") - 1
+    if _validate.choice("grid", grid, GRIDS) == "steps":
+        teacher_options = _steps_grid(model.noise, teacher_options)
     planned = _planned_points(teacher_options)
     if planned is not None:  # fail before the expensive teacher solve
         _check_grid_size(planned, n, nfe, solver_name)
@@ -376,8 +395,13 @@ def optimize_gits(
     )
     options = {name: _describe(v) for name, v in teacher_options.items()}
     options["coeff"] = coeff
+    t, warnings = grid[indices], ()
+    if end == "zero":
+        t, note = to_data_end(t, "GITS")
+        warnings = (note,)
+    info["end"], info["grid"] = end, grid
     return OptimizeResult.from_t(
-        grid[indices],
+        t,
         model.noise,
         objective=value,
         penalty=None,
@@ -386,6 +410,28 @@ def optimize_gits(
         nfe=nfe,
         params={"indices": indices.tolist(), "coeff": coeff, "grid_points": k},
         info=info,
-        warnings=(),
+        warnings=warnings,
         options=options,
     )
+
+
+def _steps_grid(noise, opts: dict) -> dict:
+    """Teacher options whose grid lies on the training steps of a discrete model."""
+    if not noise.is_discrete:
+        raise ValueError(
+            f"grid='steps' needs a discrete-time model (training steps), got {noise!r}"
+        )
+    if opts.get("teacher") is not None:
+        t = np.asarray(opts["teacher"].t, np.float64)
+        if np.any(np.abs(t * noise.num_steps - np.rint(t * noise.num_steps)) > 1e-9):
+            raise ValueError(
+                "grid='steps': the given teacher's grid is not on training steps; compute it "
+                "with teacher_grid=<times on steps> or let GITS build it (pass x_T)"
+            )
+        return opts
+    base = opts.get("teacher_grid", "logsnr")
+    if isinstance(base, str):
+        with jax.enable_x64(True):
+            base = schedules.baseline(base, noise, int(opts.get("teacher_points", 100)) - 1)
+    k = np.unique(noise.index_from_t(np.asarray(base, np.float64)))[::-1]
+    return {**opts, "teacher_grid": (k + 1.0) / noise.num_steps}

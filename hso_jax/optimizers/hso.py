@@ -96,9 +96,19 @@ from ..objectives.spacing import d_min, normalised_time, time_from_normalised
 from .compiled import run_compiled
 from .de import differential_evolution
 from .dmn import optimize_dmn
-from .hso_config import BILEVEL, BOUNDS, METHODS, SOLVERS, HSOConfig, n_intervals, solver_flavour
+from .hso_config import (
+    BILEVEL,
+    BOUNDS,
+    GRIDS,
+    METHODS,
+    SOLVERS,
+    HSOConfig,
+    check_end,
+    n_intervals,
+    solver_flavour,
+)
 from .hso_lower import karras_lam, lower_level, refined_grid
-from .hso_report import base_info, search_result
+from .hso_report import base_info, on_steps, search_result
 from .refine import RefineResult
 from .result import OptimizeResult
 
@@ -126,12 +136,13 @@ def init_family(noise: NoiseSchedule, psi: Array, n: int) -> Array:
     return karras_lam(noise, rho, t_eps, t_max, n)
 
 
-def box(noise: NoiseSchedule, bounds=BOUNDS) -> tuple[np.ndarray, np.ndarray]:
+def box(noise: NoiseSchedule, bounds=BOUNDS, start_max=None) -> tuple[np.ndarray, np.ndarray]:
     """Search box ``(lower, upper)`` for ``(rho, u_eps, u_max)``, end points clipped to the
-    process's normalised range."""
+    process's normalised range (its start to ``start_max`` if given)."""
+    t_hi = noise.t_max if start_max is None else min(noise.t_max, start_max)
     with jax.enable_x64(True):
         u_lo = float(normalised_time(noise, jnp.asarray(noise.t_min, jnp.float64)))
-        u_hi = float(normalised_time(noise, jnp.asarray(noise.t_max, jnp.float64)))
+        u_hi = float(normalised_time(noise, jnp.asarray(t_hi, jnp.float64)))
     lo = np.array([b[0] for b in bounds], np.float64)
     hi = np.array([b[1] for b in bounds], np.float64)
     lo[1:], hi[1:] = np.clip(lo[1:], u_lo, u_hi), np.clip(hi[1:], u_lo, u_hi)
@@ -185,6 +196,9 @@ def optimize_hso(
     solver: Any = "unipc",
     seed: int = 66,
     table=None,
+    end: str | None = None,
+    grid: str = "continuous",
+    start_max: float | None = None,
     **options,
 ) -> OptimizeResult:
     """HSO and its relatives on a noise process. Inputs are validated by
@@ -192,23 +206,37 @@ def optimize_hso(
     ``"mep-model"`` needs ``table``, the :class:`~hso_jax.objectives.MEPTable` of its teacher
     trajectories (built by :func:`hso_jax.optimize`); the other methods are model-free. The
     single-level methods ``"dmn"`` and ``"mep-local"`` run
-    :func:`~hso_jax.optimizers.dmn.optimize_dmn`."""
+    :func:`~hso_jax.optimizers.dmn.optimize_dmn`.
+
+    ``end`` (:data:`hso_jax.schedules.ENDS`; default: the flavour's, :func:`default_end`),
+    ``grid`` (``"steps"``: the network points are moved onto training steps and the result
+    re-scored there) and ``start_max`` (the latest start time) are the conventions of the
+    runtime the schedule is for (:class:`hso_jax.export.Target`)."""
     _validate.choice("method", method, METHODS)
     if (method == "mep-model") != (table is not None):
         raise ValueError("table is required by method='mep-model' and only by it")
     if method not in BILEVEL:
-        return optimize_dmn(noise, nfe, method=method, solver=solver, **options)
+        return optimize_dmn(
+            noise, nfe, method=method, solver=solver, end=end, grid=grid,
+            start_max=start_max, **options,
+        )  # fmt: skip
     solver = solver_flavour(solver, method)
+    end = check_end(end, solver)
     seed = _validate.integer("seed", seed)
-    cfg = HSOConfig.from_options(method, n_intervals(solver, nfe), options)
+    cfg = HSOConfig.from_options(method, n_intervals(end, nfe), options)
     with jax.enable_x64(True):
         if table is not None:
             table = jax.tree.map(lambda a: np.asarray(a, np.float64), table)
-        return _bilevel(noise, nfe, cfg, solver, seed, table, dict(options, seed=seed))
+        res = _bilevel(
+            noise, nfe, cfg, solver, end, start_max, seed, table, dict(options, seed=seed)
+        )
+        if _validate.choice("grid", grid, GRIDS) == "steps":
+            res = on_steps(res, noise, cfg, table, d_min(nfe))
+        return res
 
 
-def _bilevel(noise, nfe: int, cfg: HSOConfig, solver: str, seed: int, table, options):
-    lower, upper = box(noise, cfg.bounds)
+def _bilevel(noise, nfe: int, cfg: HSOConfig, solver: str, end, start_max, seed, table, options):
+    lower, upper = box(noise, cfg.bounds, start_max)
     dmin = d_min(nfe)
     spf = np.asarray([dmin, cfg.gamma], np.float64)
     out, timings = run_compiled(_search, cfg, noise, np.int64(seed), lower, upper, spf, table)
@@ -245,6 +273,6 @@ def _bilevel(noise, nfe: int, cfg: HSOConfig, solver: str, seed: int, table, opt
         )
     params = {"rho": float(de.x[0]), "t_eps": float(grid.t_end), "T_max": float(grid.t_start)}
     return search_result(
-        noise, cfg, grid, loc, penalty, solver=solver, nfe=nfe, dmin=dmin, info=info,
+        noise, cfg, grid, loc, penalty, solver=solver, end=end, nfe=nfe, dmin=dmin, info=info,
         params=params, options=options, warnings=tuple(de_warnings),
     )  # fmt: skip

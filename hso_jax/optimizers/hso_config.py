@@ -17,15 +17,19 @@ from .. import _validate, solvers
 from ..objectives.dmn import DMN_TRUNC_NUM
 from ..objectives.mep import FRAMES
 from ..objectives.spacing import GAMMA
+from ..schedules import ENDS, GRIDS
 
 __all__ = [
     "BILEVEL",
     "BOUNDS",
+    "GRIDS",
     "INITS",
     "METHODS",
     "SINGLE_LEVEL",
     "SOLVERS",
     "HSOConfig",
+    "check_end",
+    "default_end",
     "n_intervals",
     "solver_flavour",
 ]
@@ -47,7 +51,8 @@ def solver_flavour(solver: Any, method: str = "hso") -> str:
 
     Objects map by type: :class:`~hso_jax.solvers.UniPC` -> ``"unipc"``, multistep
     :class:`~hso_jax.solvers.DPMSolverPP` -> ``"dpm-solver-pp"``, :class:`~hso_jax.solvers.DDIM`
-    -> ``"ddim"`` (the order and other settings do not change the schedule). ``method`` only
+    -> ``"ddim"``, :class:`~hso_jax.solvers.Euler` (the same update) -> ``"ddim"`` (the order
+    and other settings do not change the schedule). ``method`` only
     names the method in error messages.
     """
     if isinstance(solver, str):
@@ -61,6 +66,7 @@ def solver_flavour(solver: Any, method: str = "hso") -> str:
         (solvers.UniPC, "unipc"),
         (solvers.DPMSolverPP, "dpm-solver-pp"),
         (solvers.DDIM, "ddim"),
+        (solvers.Euler, "ddim"),  # Euler in EDM's variables is DDIM
     )
     for cls, name in kinds:
         if isinstance(solver, cls):
@@ -77,9 +83,23 @@ def solver_flavour(solver: Any, method: str = "hso") -> str:
     )
 
 
-def n_intervals(solver: str, nfe: int) -> int:
-    """Optimised intervals: NFE for multistep solvers, NFE - 1 for DDIM."""
-    return nfe - 1 if solver == "ddim" else nfe
+def default_end(solver: str) -> str:
+    """The end of a flavour's schedules (:data:`hso_jax.schedules.ENDS`) when none is asked
+    for: ``"t_min"`` for DDIM (HSO's fixed final step to the first training step), ``"free"``
+    for the multistep flavours (the last point is ``t_eps``, optimised)."""
+    return "t_min" if solver == "ddim" else "free"
+
+
+def check_end(end: Any, solver: str) -> str:
+    """``end`` validated (``None``: :func:`default_end` of the flavour)."""
+    return default_end(solver) if end is None else _validate.choice("end", end, ENDS)
+
+
+def n_intervals(end: str, nfe: int) -> int:
+    """Optimised intervals of ``nfe`` network calls: ``nfe`` for a free end (the last point is
+    optimised too), ``nfe - 1`` for a fixed final step (to ``t_min`` or to the data): the
+    ``nfe`` network points are optimised, the final point is the end's."""
+    return nfe if end == "free" else nfe - 1
 
 
 def _option(default: Any, methods: tuple[str, ...], *, traced: bool = False):

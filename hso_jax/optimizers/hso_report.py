@@ -11,14 +11,22 @@ from typing import Any
 
 import numpy as np
 
-from ..noise import NoiseSchedule
+from ..noise import DATA_END, NoiseSchedule
 from ..objectives import hso_trunc_num
 from .hso_config import HSOConfig
 from .hso_lower import RefinedGrid
 from .refine import RefineResult
 from .result import OptimizeResult
 
-__all__ = ["COLLAPSED", "base_info", "local_info", "search_result", "search_warnings"]
+__all__ = [
+    "COLLAPSED",
+    "base_info",
+    "close_schedule",
+    "local_info",
+    "on_steps",
+    "search_result",
+    "search_warnings",
+]
 
 COLLAPSED = 1e-6  # interval width (normalised time) below which a schedule is degenerate
 
@@ -97,6 +105,14 @@ def search_warnings(
     return w
 
 
+def close_schedule(t: np.ndarray, end: str, noise: NoiseSchedule) -> np.ndarray:
+    """The optimised points ``t`` followed by the end point of a fixed final step: ``t_min``
+    (``end="t_min"``), the data end 0 (``"zero"``), nothing for a free end."""
+    if end == "free":
+        return t
+    return np.append(t, noise.t_min if end == "t_min" else DATA_END)
+
+
 def search_result(
     noise: NoiseSchedule,
     cfg: HSOConfig,
@@ -105,6 +121,7 @@ def search_result(
     penalty,
     *,
     solver: str,
+    end: str,
     nfe: int,
     dmin: float,
     info: dict,
@@ -114,13 +131,13 @@ def search_result(
 ) -> OptimizeResult:
     """The :class:`~hso_jax.optimizers.OptimizeResult` of the refined ``grid``.
 
-    Its warnings are those of :func:`search_warnings`, then ``warnings``; for DDIM the fixed
-    final step to the first training step (``t_min``) is appended to the returned ``t``.
+    Its warnings are those of :func:`search_warnings`, then ``warnings``; for a fixed final
+    step (``end`` ``"t_min"``, e.g. HSO's DDIM flavour, or ``"zero"``) its end point
+    (``t_min`` or the data end 0) is appended to the returned ``t``.
     """
     found = search_warnings(loc, penalty, nfe, dmin, grid, cfg, info)
-    t = np.asarray(grid.t, np.float64)
-    if solver == "ddim":  # the fixed final DDIM step to the first training step
-        t = np.append(t, noise.t_min)
+    t = close_schedule(np.asarray(grid.t, np.float64), end, noise)
+    info["end"] = end
     return OptimizeResult.from_t(
         t,
         noise,
@@ -134,3 +151,37 @@ def search_result(
         warnings=(*found, *warnings),
         options=options,
     )
+
+
+def on_steps(
+    res: OptimizeResult, noise: NoiseSchedule, cfg: HSOConfig, table, dmin: float
+) -> OptimizeResult:
+    """``res`` with its network points on the training steps, re-scored.
+
+    A runtime that passes integer timesteps evaluates a discrete-time model there
+    (:attr:`hso_jax.export.Target.grid`), so the schedule it runs is the projection
+    (:func:`hso_jax.schedules.on_training_steps`); its objective and spacing penalty replace
+    the continuous optimum's, which ``info["grid"]`` keeps with the largest move.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from ..objectives.spacing import spacing_violations
+    from ..schedules import on_training_steps
+    from .hso_lower import search_objective
+
+    t = on_training_steps(res.t, noise)
+    opt = t if res.info["end"] == "free" else t[:-1]  # the optimised points
+    with jax.enable_x64(True):
+        lam = noise.lam(jnp.asarray(opt, jnp.float64))
+        objective = float(search_objective(noise, cfg, table).of_lam(lam))
+        v = np.asarray(spacing_violations(noise, jnp.asarray(opt, jnp.float64), dmin))
+    penalty = None if res.penalty is None else float(cfg.gamma * np.sum(v * v))
+    info = dict(res.info)
+    info["grid"] = {
+        "grid": "steps",
+        "objective_continuous": res.objective,
+        "penalty_continuous": res.penalty,
+        "max_shift": float(np.max(np.abs(t - res.t))),
+    }
+    return res.with_t(t, noise, objective=objective, penalty=penalty, info=info)

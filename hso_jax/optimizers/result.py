@@ -68,6 +68,16 @@ class OptimizeResult:
             **fields,
         )
 
+    def with_t(self, t, noise: NoiseSchedule, **changes) -> OptimizeResult:
+        """This result with the schedule ``t`` (its timesteps / sigmas / lambdas derived
+        again) and the other fields replaced by ``changes``."""
+        keep = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("t", "timesteps", "sigmas", "lambdas", "noise")
+        }
+        return OptimizeResult.from_t(t, noise, **{**keep, **changes})
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (lists and plain floats)."""
 

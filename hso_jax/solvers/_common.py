@@ -97,10 +97,11 @@ def lagrange_weights(nodes: Sequence[Array], moments: Sequence[Array]) -> list[A
 
 
 def step_order(
-    order: int, count: Array, i: Array, n: int, lower_order_final: bool, lam_next: Array
+    order: int, count: Array, i: Array, n: int, lower_order_final: bool | str, lam_next: Array
 ) -> Array:
     """Order of step ``i`` of ``n``: limited by the valid history (``count`` previous points)
     and, with ``lower_order_final`` and ``n < 15`` (static), by the steps left: min(order, n - i).
+    ``lower_order_final="always"`` limits it at every ``n`` (diffusers' UniPC).
 
     A step into sigma = 0 (``lam_next = +inf``) is first order whatever the flags: it returns
     the data prediction, the limit of the first-order update, while the higher-order terms
@@ -108,7 +109,7 @@ def step_order(
     diffusers' rule for ``final_sigmas_type="zero"`` (DPMSolverMultistepScheduler.step).
     """
     p = jnp.minimum(order, count + 1)
-    if lower_order_final and n < LOWER_ORDER_FINAL_MAX_STEPS:
+    if lower_order_final == "always" or (lower_order_final and n < LOWER_ORDER_FINAL_MAX_STEPS):
         p = jnp.minimum(p, n - i)
     return jnp.where(jnp.isposinf(lam_next), 1, p)
 

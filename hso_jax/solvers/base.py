@@ -43,23 +43,34 @@ class Solver:
     stochastic: ClassVar[bool] = False
     order: int = 1
 
-    def nfe(self, num_steps: int) -> int:
-        """Network evaluations for a schedule with ``num_steps`` intervals."""
-        return self.calls_per_step * int(num_steps)
+    @property
+    def calls_into_data(self) -> int:
+        """Network calls of a last step into the data end ``t = 0`` (Heun: 1, an Euler step)."""
+        return self.calls_per_step
 
-    def num_points(self, nfe: int) -> int:
-        """Schedule length (time points) that spends exactly ``nfe`` network evaluations."""
-        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < self.calls_per_step:
+    def nfe(self, num_steps: int, to_data: bool = False) -> int:
+        """Network evaluations for a schedule with ``num_steps`` intervals (``to_data``: the
+        last one ends at the data, ``t = 0``)."""
+        n = int(num_steps)
+        if to_data and n >= 1:
+            return self.calls_per_step * (n - 1) + self.calls_into_data
+        return self.calls_per_step * n
+
+    def num_points(self, nfe: int, to_data: bool = False) -> int:
+        """Schedule length (time points) that spends exactly ``nfe`` network evaluations
+        (``to_data``: a schedule whose last point is the data end ``t = 0``)."""
+        k, saved = self.calls_per_step, (self.calls_per_step - self.calls_into_data) * bool(to_data)
+        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < k - saved:
             raise ValueError(
-                f"nfe must be an integer >= {self.calls_per_step} for {type(self).__name__}, "
-                f"got {nfe!r}"
+                f"nfe must be an integer >= {k - saved} for {type(self).__name__}, got {nfe!r}"
             )
-        if nfe % self.calls_per_step:
+        if (nfe + saved) % k:
+            ends = f", minus {saved} for a schedule ending at t = 0" if saved else ""
             raise ValueError(
-                f"nfe must be a multiple of {self.calls_per_step} for {type(self).__name__} "
-                f"({self.calls_per_step} network calls per step), got {nfe}"
+                f"nfe must be a multiple of {k} for {type(self).__name__} ({k} network calls "
+                f"per step{ends}), got {nfe}"
             )
-        return nfe // self.calls_per_step + 1
+        return (nfe + saved) // k + 1
 
     def init(self, model, x: Array, ts: Array) -> Any:
         return None

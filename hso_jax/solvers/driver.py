@@ -26,6 +26,7 @@ import numpy as np
 
 from ..batch import check_conditions
 from ..denoiser import Denoiser, as_denoiser
+from ..noise import DATA_END
 from ..schedules import check_schedule
 from .base import Solver
 
@@ -67,7 +68,8 @@ def _validate(model, x_T, ts, solver, key, nfe, denoise_final):
     if solver.stochastic and key is None:
         raise ValueError(f"{type(solver).__name__} is stochastic: pass key=jax.random.key(...)")
     if nfe is not None:
-        expected = solver.num_points(nfe) + 0  # validates nfe
+        to_data = _is_concrete(ts) and float(ts[-1]) == DATA_END
+        expected = solver.num_points(nfe, to_data)  # validates nfe
         if denoise_final:
             expected = solver.num_points(nfe - 1) if nfe - 1 >= solver.calls_per_step else -1
         if ts.shape[0] != expected:

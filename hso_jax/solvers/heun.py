@@ -72,6 +72,10 @@ class Heun(Solver):
     order: int = 2
     space: str = "auto"
 
+    @property
+    def calls_into_data(self) -> int:  # type: ignore[override]
+        return 1  # the last step into sigma = 0 is an Euler step
+
     def resolved_space(self, noise) -> str:
         """The variables used under ``noise``: ``"t"`` or ``"edm"``."""
         if self.space == "auto":
@@ -121,8 +125,8 @@ class Heun(Solver):
 def heun(space: str = "auto") -> Heun:
     """Heun's second-order method on the probability-flow ODE.
 
-    Two network calls per step (NFE = 2 n for n + 1 schedule points, so ``nfe`` must be even;
-    a last step into sigma = 0 is an Euler step and makes one call).
+    Two network calls per step (NFE = 2 n for n + 1 schedule points; a last step into the data
+    end t = 0 is an Euler step and makes one call: NFE = 2 n - 1, ``nfe(n, to_data=True)``).
 
     Args:
       space: ``"auto"`` (default: model time ``t`` for rectified flow, as diffusers'

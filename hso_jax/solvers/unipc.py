@@ -93,13 +93,14 @@ class UniPC(MultistepSolver):
       order: predictor order p, 1 to 3.
       variant: ``"bh1"`` (B(h) = h) or ``"bh2"`` (B(h) = e^h - 1).
       corrector: apply UniC after every step but the last (no extra network call).
-      lower_order_final: order ``min(order, n - i)`` at step ``i`` when ``n < 15``.
+      lower_order_final: order ``min(order, n - i)`` at step ``i`` when ``n < 15``
+        (``"always"``: at every ``n``).
     """
 
     order: int = 2
     variant: str = "bh2"
     corrector: bool = True
-    lower_order_final: bool = True
+    lower_order_final: bool | str = True
 
     def _B(self, h: Array) -> Array:
         return -h if self.variant == "bh1" else jnp.expm1(-h)
@@ -172,7 +173,7 @@ def unipc(
     order: int = 2,
     variant: str = "bh2",
     corrector: bool = True,
-    lower_order_final: bool = True,
+    lower_order_final: bool | str = True,
 ) -> UniPC:
     """UniPC (Zhao et al. 2023): UniP-``order`` predictor + UniC corrector, data prediction.
 
@@ -185,7 +186,9 @@ def unipc(
         recommends it for unconditional sampling at very low NFE).
       corrector: apply UniC after every step but the last (order p + 1 with UniP-p).
       lower_order_final: with fewer than 15 steps, step ``i`` of ``n`` uses order
-        ``min(order, n - i)``.
+        ``min(order, n - i)`` (the official UniPC and diffusers' DPM-Solver++ limit it to
+        short schedules); ``"always"`` does so at every length, as diffusers'
+        ``UniPCMultistepScheduler`` does.
 
     Raises:
       ValueError: ``order`` not in (1, 2, 3), unknown ``variant``, non-bool flags.
@@ -193,7 +196,10 @@ def unipc(
     order = _validate.integer("order", order, allowed=(1, 2, 3))
     variant = _validate.choice("variant", variant, ("bh2", "bh1"))
     corrector = _validate.boolean("corrector", corrector)
-    lower_order_final = _validate.boolean("lower_order_final", lower_order_final)
+    if not (isinstance(lower_order_final, bool) or lower_order_final == "always"):
+        raise TypeError(
+            f"lower_order_final must be True, False or 'always', got {lower_order_final!r}"
+        )
     return UniPC(
         order=order, variant=variant, corrector=corrector, lower_order_final=lower_order_final
     )
