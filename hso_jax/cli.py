@@ -8,6 +8,8 @@ Subcommands::
         --guidance 7.5
     hso-jax schedules --noise sd15 --nfe 10 --kind ays --format diffusers
     hso-jax schedules --noise flux-dev --resolution 1024 --nfe 28 --kind default
+    hso-jax optimize --noise sd15 --nfe 5 --target diffusers:unipc --out sched.json
+    hso-jax export sched.json --to diffusers:unipc [--check]   # what to paste; run it there
     hso-jax convert --diffusers DIR --out DIR          # needs the [convert] extra
 
 Each subcommand is one pair of functions, ``_add_<name>_parser(sub)`` (declares its arguments
@@ -268,6 +270,12 @@ def _cmd_schedules(args) -> int:
         ends = {}
     _check_export_args(args)
     noise, source = _noise_from_args(args)
+    tgt = _target_from_args(args, noise, None)
+    if tgt is None and args.end is not None:
+        raise _UsageError(
+            "argument --end: applies to a target (--format diffusers / comfyui or --target); "
+            "a baseline's own end is --t-end"
+        )
 
     params = {}
     to_option = dict(_LIBRARY_TO_OPTION)
@@ -294,13 +302,25 @@ def _cmd_schedules(args) -> int:
             raise
         raise _UsageError(f"argument {option}: {e}") from None
 
+    nfe = args.nfe
+    if tgt is not None:
+        from .export import for_target
+
+        try:
+            ts = for_target(ts, tgt, noise)
+        except ValueError as e:
+            raise _UsageError(f"argument --nfe: {e}") from None
+        nfe = tgt.solver().nfe(len(ts) - 1, to_data=tgt.end == "zero")
+
     def record():
         options = {"kind": args.kind, **params, **ends}
+        if tgt is not None:
+            options["target"] = tgt.name
         return hio.schedule_record(
-            ts, noise, method=args.kind, nfe=args.nfe, options={**options, **source}
+            ts, noise, method=args.kind, nfe=nfe, options={**options, **source}
         )
 
-    _emit(_export(ts, noise, args, record), args.out)
+    _emit(_export(ts, noise, args, record, tgt), args.out)
     return 0
 
 
@@ -371,14 +391,26 @@ def _add_export_options(p) -> None:
         "--format",
         choices=("json", "diffusers", "comfyui"),
         default="json",
-        help="json: hso_jax schedule record (schema hso_jax.schedule/1); diffusers: "
-        "{timesteps, sigmas}; comfyui: SIGMAS list",
+        help="json: hso_jax schedule record (schema hso_jax.schedule/1); diffusers: the values "
+        "a diffusers scheduler runs (target diffusers:<--solver> unless --target): network "
+        "timesteps, sigmas, scheduler config; comfyui: the SIGMAS list (target "
+        "comfyui:dpmpp_2m, or euler for --solver ddim and flow models)",
+    )
+    p.add_argument(
+        "--target",
+        metavar="RUNTIME:SCHEDULER",
+        help="the runtime and scheduler that will run the schedule, e.g. "
+        "diffusers:UniPCMultistepScheduler, diffusers:dpm-solver-pp, comfyui:euler, "
+        "k-diffusion:sample_heun: the schedule is made under its conventions (solver, end, "
+        "training steps) so that it runs there exactly as optimised; see 'hso-jax export'",
     )
     p.add_argument(
         "--end",
-        choices=schedules.COMFYUI_ENDS,
-        help="end convention for --format comfyui (default sigma_min; for a flow model whose "
-        "schedule stops before 0, append_zero: its SIGMAS end at 0)",
+        choices=schedules.ENDS,
+        help="where the last step lands: zero (the data, t = 0: diffusers' default "
+        "final_sigmas_type and ComfyUI's SIGMAS ending in 0), t_min (final_sigmas_type "
+        "sigma_min), free (the last point is optimised: HSO's multistep flavour). Default: "
+        "the target's; without one, the method's",
     )
     p.add_argument(
         "--out",
@@ -389,22 +421,59 @@ def _add_export_options(p) -> None:
 
 
 def _check_export_args(args) -> None:
-    if args.end is not None and args.format != "comfyui":
-        raise _UsageError(f"argument --end: only applies to --format comfyui, not {args.format}")
     _check_out_file(args.out)
 
 
-def _export(ts, noise, args, record) -> str:
+# --solver -> the ComfyUI sampler (k-diffusion's code) that is the same update
+_COMFYUI_SAMPLER = {"dpm-solver-pp": "dpmpp_2m", "ddim": "euler"}
+
+
+def _target_from_args(args, noise, solver: str | None):
+    """The export target of --target / --format (None for a plain JSON record)."""
+    from .export import target
+
+    if args.target is not None:
+        runtime = args.target.partition(":")[0]
+        if args.format in ("diffusers", "comfyui") and not (
+            runtime == args.format or (args.format == "comfyui" and runtime == "k-diffusion")
+        ):
+            raise _UsageError(
+                f"argument --target: {args.target} is not a {args.format} target (--format "
+                f"{args.format})"
+            )
+        name, option = args.target, "--target"
+    elif args.format == "diffusers":
+        # default: UniPC (--solver's default); a flow pipeline's own FlowMatchEuler for flows
+        default = "euler" if isinstance(noise, hnoise.RectifiedFlow) else "unipc"
+        name, option = f"diffusers:{solver or default}", "--format"
+    elif args.format == "comfyui":
+        if solver == "unipc":
+            raise _UsageError(
+                "argument --solver: ComfyUI's uni_pc sampler is its own port, not k-diffusion's "
+                "code, and is not a checked target; use --solver dpm-solver-pp (dpmpp_2m) or "
+                "ddim (euler), or --target comfyui:heun"
+            )
+        flow = isinstance(noise, hnoise.RectifiedFlow)
+        default = "euler" if flow else "dpmpp_2m"
+        name, option = f"comfyui:{_COMFYUI_SAMPLER.get(solver, default)}", "--format"
+    else:
+        return None
+    try:
+        return target(name, noise, end=args.end)
+    except ValueError as e:
+        raise _UsageError(f"argument {option}: {e}") from None
+
+
+def _export(ts, noise, args, record, tgt) -> str:
     """Render ``ts`` in ``args.format``; ``record()`` builds the JSON record lazily."""
     if args.format == "json":
         return hio.dumps_record(record())
+    from .export import export
+
+    e = export(ts, tgt, noise)
     if args.format == "diffusers":
-        return json.dumps(schedules.to_diffusers(ts, noise), indent=2) + "\n"
-    end = args.end
-    if end is None:  # a flow model's SIGMAS end at 0 (ComfyUI's samplers then finish the data)
-        stops_early = isinstance(noise, hnoise.RectifiedFlow) and float(ts[-1]) > 0.0
-        end = "append_zero" if stops_early else "sigma_min"
-    return json.dumps(schedules.to_comfyui(ts, noise, end=end)) + "\n"
+        return json.dumps(e.to_dict(), indent=2) + "\n"
+    return json.dumps(e.sigmas) + "\n"
 
 
 _CLI_MODEL_BASED = ("direct", "gits", "mep-model")
@@ -531,9 +600,24 @@ def _add_optimize_parser(sub) -> None:
         help="model of the model-based methods: 'mnist' (shipped) or a converted model directory",
     )
     p.add_argument("--nfe", type=_int_at_least(2), required=True, help="network evaluations (>= 2)")
-    p.add_argument("--solver", choices=SOLVERS, default="unipc", help="solver flavour")
+    p.add_argument(
+        "--solver",
+        choices=SOLVERS,
+        help="solver flavour (default unipc; with --target, the target's solver)",
+    )
     p.add_argument(
         "--method", choices=MODEL_FREE + _CLI_MODEL_BASED, default="hso", help="optimiser"
+    )
+    p.add_argument(
+        "--t-start",
+        type=_finite_float,
+        help="--method dmn / mep-local / direct: start time (default: the process's t_max)",
+    )
+    p.add_argument(
+        "--t-end",
+        type=_finite_float,
+        help="--method dmn / mep-local: last optimised time (default: t_min, or normalised "
+        "time 0.02 before a fixed final step); direct: end of its initial schedules",
     )
     p.add_argument("--seed", type=int, default=66, help="seed of the search (default 66)")
     p.add_argument(
@@ -569,10 +653,24 @@ def _add_optimize_parser(sub) -> None:
     p.set_defaults(func=_cmd_optimize, parser=p)
 
 
+_TIME_OPTIONS = ("dmn", "mep-local", "direct")
+
+
 def _cmd_optimize(args) -> int:
     from .optimize import optimize
 
     _check_export_args(args)
+    ends = {k: getattr(args, k) for k in ("t_start", "t_end") if getattr(args, k) is not None}
+    if ends and args.method not in _TIME_OPTIONS:
+        option = _LIBRARY_TO_OPTION[next(iter(ends))]
+        raise _UsageError(
+            f"argument {option}: only applies to --method {' / '.join(_TIME_OPTIONS)} (the "
+            f"bi-level {args.method} searches its ends in HSO's box)"
+        )
+    if args.target is not None and args.solver is not None:
+        raise _UsageError(
+            f"argument --solver: the target {args.target} fixes the solver; leave --solver out"
+        )
     has_noise = any(v is not None for v in (args.noise, args.betas_file, args.alphas_cumprod_file))
     if args.method in _CLI_MODEL_BASED:
         if args.model is None:
@@ -583,7 +681,7 @@ def _cmd_optimize(args) -> int:
                 f"{args.method}: the noise process is the model's"
             )
         _preset_options(args)  # preset options need --noise
-        res, noise, source = _optimize_with_model(args)
+        res, noise, source, tgt = _optimize_with_model(args, ends)
     else:
         for option in ("model", "cond", "uncond", "guidance"):
             if getattr(args, option) is not None:
@@ -595,14 +693,19 @@ def _cmd_optimize(args) -> int:
                 "one of the arguments --noise --betas-file --alphas-cumprod-file is required"
             )
         noise, source = _noise_from_args(args)
-        res = optimize(noise, args.nfe, method=args.method, solver=args.solver, seed=args.seed)
+        tgt = _target_from_args(args, noise, args.solver)
+        res = optimize(
+            noise, args.nfe, method=args.method, seed=args.seed, **_conventions(args, tgt), **ends
+        )
     for w in res.warnings:
         print(f"warning: {w}", file=sys.stderr)
 
     def record():
         plain = res.to_dict()
         options = {k: plain[k] for k in ("penalty", "params", "warnings")}
-        options = {"seed": args.seed, **options, **source}
+        options = {"seed": args.seed, **options, **source, "end": schedules.end_of(res.t, noise)}
+        if tgt is not None:
+            options["target"] = tgt.name
         return hio.schedule_record(
             res.t,
             noise,
@@ -613,11 +716,18 @@ def _cmd_optimize(args) -> int:
             options=options,
         )
 
-    _emit(_export(res.t, noise, args, record), args.out)
+    _emit(_export(res.t, noise, args, record, tgt), args.out)
     return 0
 
 
-def _optimize_with_model(args):
+def _conventions(args, tgt) -> dict:
+    """The keywords of hso_jax.optimize for the target (or the solver and end)."""
+    if tgt is not None:
+        return {"target": tgt}
+    return {"solver": args.solver or "unipc", "end": args.end}
+
+
+def _optimize_with_model(args, ends: dict):
     """Model-based methods: load the model, draw the noises, optimise in float32 (the model's
     precision); the export that follows runs in float64 again."""
     from .models import zoo
@@ -629,18 +739,27 @@ def _optimize_with_model(args):
     try:
         model = zoo.load(args.model)
         shape = zoo.sample_shape(args.model)
+        conditional = zoo.is_conditional(args.model)
     except FileNotFoundError as e:
         raise _UsageError(f"argument --model: {e}") from None
+    if conditional and args.cond is None:
+        raise _UsageError(
+            f"argument --cond: {args.model} is a conditional UNet (UNet2DConditionModel): pass "
+            "its prompt embeddings, --cond EMB.npy (one row per prompt, or one shared row), "
+            "and for classifier-free guidance --uncond NULL.npy --guidance W"
+        )
+    tgt = _target_from_args(args, model.noise, args.solver)
     with jax.enable_x64(False):
         model = model.replace(**changes)
         x_T = model.noise.prior(jax.random.key(args.sample_seed), (args.num_samples, *shape))
         res = optimize(
-            model, args.nfe, method=args.method, solver=args.solver, seed=args.seed, x_T=x_T
-        )
+            model, args.nfe, method=args.method, seed=args.seed, x_T=x_T,
+            **_conventions(args, tgt), **ends,
+        )  # fmt: skip
     source = {"model": str(args.model), "num_samples": args.num_samples}
     source["sample_seed"] = args.sample_seed
     source.update({k: v for k, v in cond_record.items() if v is not None})
-    return res, model.noise, source
+    return res, model.noise, source, tgt
 
 
 # --------------------------------------------------------------------------------------
@@ -782,6 +901,104 @@ def _cmd_convert(args) -> int:
 
 
 # --------------------------------------------------------------------------------------
+# hso-jax export
+# --------------------------------------------------------------------------------------
+
+
+def _add_export_parser(sub) -> None:
+    from .export import TARGETS
+
+    p = sub.add_parser(
+        "export",
+        help="what to paste into diffusers / k-diffusion / ComfyUI for a schedule file; "
+        "--check runs it there",
+        description=(
+            "Print the code (or values) that makes a runtime run a schedule file exactly as "
+            "optimised: the same network calls, times, end and update. A schedule the target "
+            "cannot run as it is is refused with what to do instead. --check runs the "
+            "target's own code (diffusers, k-diffusion) on an analytic Gaussian mixture and "
+            "prints the network calls, the times the network received and the largest "
+            "deviation from hso_jax's sampler (exit 1 if they differ). Targets: "
+            + ", ".join(sorted(TARGETS))
+        ),
+    )
+    p.add_argument("schedule", metavar="FILE", help="schedule file (hso-jax ... --format json)")
+    p.add_argument(
+        "--to",
+        required=True,
+        metavar="RUNTIME:SCHEDULER",
+        help="the target, e.g. diffusers:UniPCMultistepScheduler, diffusers:unipc, comfyui:euler",
+    )
+    p.add_argument("--end", choices=schedules.ENDS, help="the target's end (default: the file's)")
+    p.add_argument(
+        "--variant", choices=("bh2", "bh1"), help="UniPC's solver_type (default bh2)"
+    )
+    p.add_argument(
+        "--format",
+        choices=("snippet", "json"),
+        default="snippet",
+        help="snippet: code / settings to paste (default); json: the exported values",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="run the target's own code on an analytic Gaussian mixture and compare "
+        "(needs the convert extra; k-diffusion targets also k-diffusion itself)",
+    )
+    p.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    src = p.add_argument_group("noise process of a file that names no preset")
+    src.add_argument("--betas-file", metavar="FILE", help="betas: text or .npy")
+    src.add_argument("--alphas-cumprod-file", metavar="FILE", help="alphas_cumprod: text or .npy")
+    p.set_defaults(func=_cmd_export, parser=p)
+
+
+def _cmd_export(args) -> int:
+    from .export import check, export, target
+
+    _check_out_file(args.out)
+    try:
+        record = hio.load_schedule(args.schedule)
+    except ValueError as e:
+        raise _UsageError(f"argument FILE: {e}") from None
+    if args.betas_file is not None or args.alphas_cumprod_file is not None:
+        args.noise = None
+        for attr in _PRESET_OPTIONS:
+            setattr(args, attr, None)
+        noise, _ = _noise_from_args(args)
+    elif record["noise"] in hnoise.PRESETS:
+        noise = hnoise.preset(record["noise"])
+    else:
+        raise _UsageError(
+            f"argument --betas-file: the file's noise process {record['noise']!r} is no "
+            "preset; give it with --betas-file or --alphas-cumprod-file"
+        )
+    try:
+        e = export(np.asarray(record["t"]), args.to, noise, end=args.end, variant=args.variant)
+    except ValueError as err:
+        raise _UsageError(f"argument --to: {err}") from None
+    made_for = record["options"].get("target")
+    if made_for is not None and target(made_for, noise).solver() != e.target.solver():
+        print(
+            f"warning: the schedule was optimised for {made_for}; {e.target.name} runs "
+            f"{e.target.solver()!r} on it ({e.nfe} network calls), another sampler",
+            file=sys.stderr,
+        )
+    if args.check:
+        try:
+            report = check(e)
+        except ImportError as err:
+            raise _UsageError(f"argument --check: {err}") from None
+        _emit(report.summary() + "\n", args.out)
+        return 0 if report.passed else 1
+    if args.format == "snippet":
+        text = e.snippet(source=args.schedule)
+    else:
+        text = json.dumps(e.to_dict(), indent=2) + "\n"
+    _emit(text, args.out)
+    return 0
+
+
+# --------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------
 
@@ -797,6 +1014,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_convert_parser(sub)
     _add_demo_parser(sub)
+    _add_export_parser(sub)
     _add_optimize_parser(sub)
     _add_schedules_parser(sub)
     return parser

@@ -7,7 +7,8 @@ and these fields:
 ``schema``                ``"hso_jax.schedule/<version>"``; this library reads version <= 1
 ``t``                     model times, strictly decreasing (list of floats, >= 2 points)
 ``timesteps``             training-step indices ``round(N t) - 1`` (discrete-time processes;
-                          nearest steps, may repeat for very fine schedules), else ``null``
+                          nearest steps, may repeat for very fine schedules; -1 for a last
+                          point at the data end t = 0), else ``null``
 ``sigmas``                EDM noise levels ``sigma / alpha`` at ``t`` (positive floats; see
                           below for the ends of a flow model's schedule)
 ``lambdas``               half log-SNR ``log(alpha / sigma)`` at ``t``
@@ -25,8 +26,9 @@ Records built from an :class:`~hso_jax.optimizers.OptimizeResult` also carry its
 written with full (round-trip) precision; non-finite values in ``objective`` / ``info`` use
 Python's JSON extensions ``NaN`` / ``Infinity``. A flow model's schedule (t = sigma in
 [0, 1]) may start at pure noise, t = 1, where ``sigmas`` is ``Infinity`` and ``lambdas`` is
-``-Infinity``, and end at the data, t = 0, where ``sigmas`` is 0 and ``lambdas`` ``Infinity``;
-these are the only non-finite values ``sigmas`` / ``lambdas`` may hold. Files are written
+``-Infinity``, and any schedule may end at the data, t = 0, where ``sigmas`` is 0 and
+``lambdas`` ``Infinity``; these are the only non-finite values ``sigmas`` / ``lambdas`` may
+hold. Files are written
 atomically: to a temporary file in the same directory, then ``os.replace``, so a crash never
 leaves a partial file.
 """
@@ -385,17 +387,22 @@ def validate_record(
     sig = _number_list(record, "sigmas", source, n=len(t), infinite_ends=(math.inf, None))
     if any(s <= 0 for s in sig[:-1]) or sig[-1] < 0 or (sig[-1] == 0 and t[-1] != 0):
         raise ScheduleFileError(
-            f"{source}: 'sigmas' must be > 0 (0 only at the end of a flow model's schedule, "
-            f"t = 0), got {_short(sig)}"
+            f"{source}: 'sigmas' must be > 0 (0 only at the data end of a schedule, t = 0), "
+            f"got {_short(sig)}"
         )
     _number_list(record, "lambdas", source, n=len(t), infinite_ends=(-math.inf, math.inf))
     ks = record["timesteps"]
     if ks is not None:
+        data_end = t[-1] == 0.0  # the data end's index is -1
         if not isinstance(ks, list) or not all(
-            isinstance(k, int) and not isinstance(k, bool) and 0 <= k < 2**53 for k in ks
+            isinstance(k, int)
+            and not isinstance(k, bool)
+            and (0 <= k < 2**53 or (k == -1 and data_end and i == len(ks) - 1))
+            for i, k in enumerate(ks)
         ):
             raise ScheduleFileError(
-                f"{source}: 'timesteps' must be null or a list of integers >= 0, got {_short(ks)}"
+                f"{source}: 'timesteps' must be null or a list of integers >= 0 (-1 only for a "
+                f"last t of 0, the data end), got {_short(ks)}"
             )
         if len(ks) != len(t):
             raise ScheduleFileError(

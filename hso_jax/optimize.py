@@ -64,7 +64,7 @@ import numpy as np
 from . import _validate, schedules
 from ._compile_cache import enable as _enable_compile_cache
 from .denoiser import Denoiser, as_denoiser
-from .noise import NoiseSchedule
+from .noise import NoiseSchedule, RectifiedFlow
 from .optimizers._trajectory import TEACHER_OPTIONS
 from .optimizers.hso import optimize_hso
 from .optimizers.hso_config import METHODS as _HSO_METHODS
@@ -147,8 +147,9 @@ def optimize(
       end: where the last step lands (:data:`hso_jax.schedules.ENDS`): ``"free"`` (the HSO
         family's multistep flavour: the last point is optimised), ``"t_min"`` (a fixed final
         step to ``t_min``: HSO's DDIM flavour, the model-based methods' default) or ``"zero"``
-        (a fixed final step to the data, ``t = 0``). With ``target``, one of the target's
-        (default: its own).
+        (a fixed final step to the data, ``t = 0``; the default on a flow model's whole range
+        ``[0, 1]``, where its pipelines end). With ``target``, one of the target's (default:
+        its own).
       grid: ``"continuous"`` (default) or ``"steps"``: the network points are moved onto the
         training steps of a discrete model and the result re-scored there (a target's
         grid when it has one).
@@ -244,6 +245,8 @@ def optimize(
         return _record(res, solver, recorded, noise_schedule)
     res = runner(noise_schedule, nfe, method, solver, int(seed), {**options, **conventions})
     res = _record(res, solver, recorded, noise_schedule)
+    if isinstance(noise_schedule, RectifiedFlow):
+        res = dataclasses.replace(res, warnings=res.warnings + (_FLOW_NOTE,))
     if isinstance(model, Denoiser):
         note = (
             f"the network was not called: method={method!r} is model-free and uses only the "
@@ -262,6 +265,15 @@ def optimize(
             )
         res = dataclasses.replace(res, warnings=res.warnings + (note,))
     return res
+
+
+_FLOW_NOTE = (
+    "the same schedule for every flow model: the model-free methods see only the noise "
+    "process, and SD3, Flux at any resolution and Wan at any shift are one process (the shift "
+    "is a reparametrisation of time), whose log-SNR range is too wide for HSO's spacing rule; "
+    "for a schedule of your model use a model-aware method (method='direct', 'gits' or "
+    "'mep-model' with its network)"
+)
 
 
 def _conventions(noise, method: str, solver, target, end, grid):
@@ -296,6 +308,9 @@ def _conventions(noise, method: str, solver, target, end, grid):
     solver = "unipc" if solver is None else solver
     if end is not None:
         _validate.choice("end", end, ENDS)
+    elif isinstance(noise, RectifiedFlow) and noise.t_min == 0.0:
+        # a flow model's pipelines end every schedule at the data, where its velocity is defined
+        end = "zero"
     if grid is not None:
         _validate.choice("grid", grid, GRIDS)
         if grid == "steps" and not noise.is_discrete:

@@ -18,8 +18,10 @@ see :func:`ays`). The spacing maths lives in small pure functions of the end poi
 compute in float64 whatever ``jax_enable_x64`` says, then return the default float dtype
 (they also work with concrete arguments inside a user's ``jax.jit``).
 
-Exports: :func:`to_diffusers` (integer ``timesteps`` + ``sigmas``) and :func:`to_comfyui`
-(a ``SIGMAS`` list with the three end-of-schedule conventions).
+Exports: :func:`to_diffusers` (a schedule's network ``timesteps``, ``sigmas`` and final
+sigma type) and :func:`to_comfyui` (its ``SIGMAS`` list), exactly as optimised: nothing is
+appended or rounded; a schedule a runtime cannot run as it is, is refused
+(:mod:`hso_jax.export` has the per-scheduler targets, adapters and checks).
 
 References:
   Lu et al., "DPM-Solver" (NeurIPS 2022), step-size schedules (time-uniform, time-quadratic and
@@ -66,7 +68,7 @@ __all__ = [
     "GRIDS",
     "end_of",
     "on_training_steps",
-    "COMFYUI_ENDS",
+    "check_on_steps",
     "FLOW_SCHEDULER_CONFIG",
     "BASELINES",
     "baseline",
@@ -978,8 +980,6 @@ def optimal_steps(noise: RectifiedFlow, nfe: int, model: str | None = None) -> j
 # Exports
 # --------------------------------------------------------------------------------------
 
-COMFYUI_ENDS = ("sigma_min", "zero", "append_zero")
-
 
 def _concrete_schedule(ts, noise, what: str) -> np.ndarray:
     _check_noise(noise)
@@ -1002,138 +1002,155 @@ _FLOW_PIPELINES = {
     "wan": "WanPipeline",
 }
 
+_ON_STEP_ATOL = 1e-9
 
-def _to_diffusers_flow(t: np.ndarray, noise: RectifiedFlow) -> dict[str, Any]:
-    """The ``sigmas=`` list of a flow pipeline, with the scheduler config that keeps it."""
-    sig = t[:-1] if t[-1] == 0.0 else t
+
+def check_on_steps(t: np.ndarray, noise: NoiseSchedule, who: str) -> None:
+    """Raise ``ValueError`` if a network point of ``t`` (every point but the last) of a
+    discrete-time schedule lies between training steps (``who`` evaluates the network there
+    only)."""
+    x = t[:-1] * noise.num_steps
+    off = np.abs(x - np.rint(x))
+    if off.size and off.max() > _ON_STEP_ATOL:
+        k = int(np.argmax(off))
+        step = int(noise.index_from_t(t[k]))
+        raise ValueError(
+            f"{who} evaluates a discrete-time model on training steps only, but network point "
+            f"t[{k}] = {t[k]:.9g} lies between steps (it would run at step {step}, t = "
+            f"{(step + 1) / noise.num_steps:.9g}, another trajectory): optimise for the target "
+            "(hso_jax.optimize(..., target=...)), or project with "
+            "hso_jax.schedules.on_training_steps and re-score"
+        )
+
+
+def _flow_pipeline_note(noise: RectifiedFlow) -> tuple[str, str]:
     pipeline = _FLOW_PIPELINES.get(noise.name, "FluxPipeline / StableDiffusion3Pipeline")
     note = (
-        f"pass sigmas=sigmas to {pipeline}; its FlowMatchEulerDiscreteScheduler shifts the sigmas "
-        "it is given again (static shift, or the dynamic shift with the pipeline's mu), so "
-        "first set pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config("
-        "pipe.scheduler.config, shift=1.0, use_dynamic_shifting=False): it then steps through "
-        "exactly these sigmas and appends the final 0"
+        f"pass sigmas=sigmas to {pipeline} after pipe.scheduler = FlowMatchEulerDiscreteScheduler"
+        ".from_config(pipe.scheduler.config, shift=1.0, use_dynamic_shifting=False) (its "
+        "set_timesteps shifts the sigmas it is given, with the static shift or the pipeline's "
+        "mu; shift 1 keeps them): it steps through exactly these sigmas and its final 0"
     )
     if noise.name == "wan":
         note = (
             "WanPipeline takes no sigmas= (it calls scheduler.set_timesteps(num_inference_steps)); "
-            "with a sampling loop of your own, FlowMatchEulerDiscreteScheduler(shift=1.0)"
-            ".set_timesteps(sigmas=sigmas) steps through exactly these sigmas and a final 0"
+            "use hso_jax.export.diffusers_scheduler(...), which installs the schedule in the "
+            "pipeline's scheduler"
         )
-    if t[-1] != 0.0:
-        note += (
-            f"; this schedule ends at t = {t[-1]:.9g} > 0, and the scheduler's final 0 adds one "
-            f"more step: {len(sig)} network evaluations"
-        )
-    return {
-        "sigmas": [float(x) for x in sig],
-        "timesteps": [float(x) for x in noise.num_train_timesteps * sig],
-        "scheduler_config": dict(FLOW_SCHEDULER_CONFIG),
-        "pipeline": pipeline,
-        "note": note,
-    }
+    return pipeline, note
 
 
 def to_diffusers(ts, noise: NoiseSchedule) -> dict[str, Any]:
-    """Export a schedule for diffusers (a discrete-time process or a flow model).
+    """The values diffusers takes for a schedule: its network calls and where it ends.
 
-    **Flow models** (:class:`~hso_jax.noise.RectifiedFlow`: ``sd3``, ``flux-dev``, ...):
-    ``sigmas`` are the flow times ``t`` to pass as ``pipe(..., sigmas=sigmas)`` to
-    ``FluxPipeline`` / ``StableDiffusion3Pipeline``, without a final 0 (the scheduler appends
-    it; a schedule that ends at ``t > 0`` gets one more step, to 0); ``timesteps`` are what
-    the network receives, ``1000 sigma``. ``FlowMatchEulerDiscreteScheduler.set_timesteps(
-    sigmas=...)`` applies its shift to given sigmas too (``shift`` of the config, or the time
-    shift with the ``mu`` that FluxPipeline computes from the resolution), so the list would be
-    shifted twice; ``scheduler_config`` (:data:`FLOW_SCHEDULER_CONFIG`: ``shift=1.0,
-    use_dynamic_shifting=False``) is the config under which it steps through exactly these
-    sigmas: ``pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
-    pipe.scheduler.config, shift=1.0, use_dynamic_shifting=False)``. ``pipeline`` and
-    ``note`` say so in words (``WanPipeline`` has no ``sigmas=`` argument).
+    A schedule of ``n + 1`` points makes ``n`` network calls, at ``ts[:-1]`` (one-call
+    solvers); its last point is where the last step lands, which in diffusers is the
+    scheduler's ``final_sigmas_type``: the data end ``t = 0`` (``"zero"``) or ``t_min``
+    (``"sigma_min"``, the first training step). A schedule whose last point is neither (HSO's
+    multistep flavour ends at its optimised ``t_eps``) has no diffusers form; it is refused,
+    as is one whose network points lie between training steps (diffusers passes integer
+    timesteps). Optimise for the target instead: ``hso_jax.optimize(..., target=...)``;
+    :func:`hso_jax.export.export` adds each scheduler's config and the code to paste.
 
-    **Discrete-time processes**: ``timesteps[i] = round(N t_i) - 1`` (the DPM-Solver index
-    convention, ``N`` training steps), to pass as ``scheduler.set_timesteps(timesteps=...)``;
-    ``sigmas[i] = sigma_edm(t_i) = sigma / alpha`` at the exact times, for schedulers that take
-    ``sigmas=``. No final 0 is appended (diffusers schedulers add their own final step, see
-    ``final_sigmas_type``).
+    **Discrete-time processes**: ``timesteps[i] = round(N t_i) - 1`` for the ``n`` network
+    points (``scheduler.set_timesteps(timesteps=...)`` / ``pipe(..., timesteps=...)``),
+    ``sigmas`` the ``n + 1`` values ``sigma / alpha`` the scheduler steps through (its final
+    value included: 0 or ``sigma(t_min)``), ``final_sigmas_type`` and ``nfe = n``.
+
+    **Flow models** (:class:`~hso_jax.noise.RectifiedFlow`: ``sd3``, ``flux-dev``, ...): the
+    schedule must end at ``t = 0`` (the flow schedulers append the final 0). ``sigmas`` are
+    the ``n`` flow times ``t`` to pass as ``pipe(..., sigmas=sigmas)``, ``timesteps`` the
+    network's ``1000 sigma``; ``scheduler_config`` (:data:`FLOW_SCHEDULER_CONFIG`: ``shift=1.0,
+    use_dynamic_shifting=False``) keeps ``FlowMatchEulerDiscreteScheduler`` from shifting the
+    sigmas a second time; ``pipeline`` and ``note`` say so in words.
 
     Args:
-      ts: schedule (strictly decreasing model times in ``[t_min, t_max]``).
-      noise: a discrete-time process (e.g. ``preset("sd15")`` or ``VPDiscrete.from_betas``)
-        or a :class:`~hso_jax.noise.RectifiedFlow` (e.g. ``preset("flux-dev")``).
+      ts: schedule (strictly decreasing model times), ending at 0 or at ``t_min``.
+      noise: a discrete-time process (e.g. ``preset("sd15")``) or a flow model's.
 
     Returns:
-      Discrete: ``{"timesteps": list[int], "sigmas": list[float]}``, high noise first. Flow:
-      ``{"sigmas", "timesteps": list[float], "scheduler_config": dict, "pipeline", "note": str}``.
+      Discrete: ``{"timesteps": list[int], "sigmas": list[float], "final_sigmas_type": str,
+      "nfe": int}``. Flow: ``{"sigmas", "timesteps": list[float], "scheduler_config": dict,
+      "pipeline", "note": str, "nfe": int}``.
 
     Raises:
-      ValueError: for a continuous-time process other than a flow, or when two times round to
-        the same training step (the schedule is finer than the model's steps).
+      ValueError: a continuous-time process other than a flow, another end, or network
+        points off the training steps.
     """
     t = _concrete_schedule(ts, noise, "to_diffusers")
+    end = end_of(t, noise)
+    n = t.shape[0] - 1
     if isinstance(noise, RectifiedFlow):
-        return _to_diffusers_flow(t, noise)
+        if end != "zero":
+            raise ValueError(
+                f"ts ends at t = {t[-1]:.9g}, but the flow schedulers of diffusers append a final "
+                f"0: the pipeline would make {n + 1} network calls on another trajectory. Use a "
+                "schedule ending at 0 (hso_jax.optimize(..., target='diffusers:euler'))"
+            )
+        pipeline, note = _flow_pipeline_note(noise)
+        sig = t[:-1]
+        return {
+            "sigmas": [float(x) for x in sig],
+            "timesteps": [float(x) for x in noise.num_train_timesteps * sig],
+            "scheduler_config": dict(FLOW_SCHEDULER_CONFIG),
+            "pipeline": pipeline,
+            "note": note,
+            "nfe": n,
+        }
     if not noise.is_discrete:
         raise ValueError(
             f"to_diffusers needs a discrete-time process with integer training steps, but "
             f"{noise!r} is continuous; export its sigmas with to_comfyui or use the times ts "
             "directly"
         )
-    k = noise.index_from_t(t)
-    dup = np.flatnonzero(np.diff(k) == 0)
-    if dup.size:
-        i = int(dup[0])
+    if end == "free":
         raise ValueError(
-            f"ts rounds to duplicate diffusers timesteps: ts[{i}] = {t[i]:.9g} and "
-            f"ts[{i + 1}] = {t[i + 1]:.9g} both map to step {int(k[i])} (round(N t) - 1, "
-            f"N = {noise.num_steps}); use fewer steps or points at least 1/N apart"
+            f"ts ends at t = {t[-1]:.9g}, but diffusers' schedulers end their last step at the "
+            f"data (final_sigmas_type='zero') or at t_min = {noise.t_min:g} ('sigma_min'); "
+            "optimise for a diffusers target (hso_jax.optimize(..., target="
+            "'diffusers:unipc'); hso-jax optimize --format diffusers)"
         )
-    sig = eval_float64(noise, "sigma_edm", t)
-    return {"timesteps": [int(x) for x in k], "sigmas": [float(x) for x in sig]}
+    check_on_steps(t, noise, "diffusers")
+    return {
+        "timesteps": [int(x) for x in noise.index_from_t(t[:-1])],
+        "sigmas": [float(x) for x in eval_float64(noise, "sigma_edm", t)],
+        "final_sigmas_type": "zero" if end == "zero" else "sigma_min",
+        "nfe": n,
+    }
 
 
-def to_comfyui(ts, noise: NoiseSchedule, end: str = "sigma_min") -> list[float]:
-    """Export a schedule as a k-diffusion / ComfyUI ``SIGMAS`` list (high to low).
+def to_comfyui(ts, noise: NoiseSchedule) -> list[float]:
+    """A schedule as a k-diffusion / ComfyUI ``SIGMAS`` list (high to low), exactly.
 
     The values are ``sigma_edm(t) = sigma / alpha``, the noise level k-diffusion and ComfyUI
-    use for VP (eps / v) and EDM models. For :class:`~hso_jax.noise.RectifiedFlow` they are the
-    flow times ``t`` themselves, because ComfyUI's flow models (SD3, Flux) read ``sigma`` as
-    ``x = (1 - sigma) x_0 + sigma eps``.
+    use for VP (eps / v) and EDM models, ending at 0 where the schedule ends at the data
+    (``t = 0``). For :class:`~hso_jax.noise.RectifiedFlow` they are the flow times ``t``
+    themselves, because ComfyUI's flow models (SD3, Flux) read ``sigma`` as
+    ``x = (1 - sigma) x_0 + sigma eps``. A list of ``n + 1`` values makes ``n`` network calls
+    with a one-call sampler (Euler, DPM++ 2M; Heun: ``2 n``, ``2 n - 1`` when it ends at 0).
+    Nothing is appended or replaced: a schedule optimised to end at 0 gives a list ending at
+    0 (ComfyUI's convention), one optimised with a free end keeps it.
+
+    ComfyUI evaluates a discrete-time model at the training step nearest to each sigma, so
+    for such a model the network points must lie on training steps (``ValueError``
+    otherwise, as for :func:`to_diffusers`).
 
     Paste the list into ComfyUI's ``SamplerCustom`` (or ``SamplerCustomAdvanced``) through a
-    ``SIGMAS`` input. A flow model's schedule that already ends at t = 0 is complete as is (any
-    of the first two conventions); ``"append_zero"`` would add a second 0 and is refused.
-
-    Three end-of-schedule conventions:
-
-    * ``"sigma_min"``: end at the schedule's last noise level (the AYS paper);
-    * ``"zero"``: replace the last value by 0 (ComfyUI, diffusers): the last step jumps to
-      the data prediction, same length;
-    * ``"append_zero"``: append a final 0 (A1111 / Forge): one extra step, ``len(ts) + 1``
-      values.
+    ``SIGMAS`` input; :func:`hso_jax.export.export` names the sampler that equals the
+    optimised one.
 
     Args:
-      ts: schedule (strictly decreasing model times in ``[t_min, t_max]``).
+      ts: schedule (strictly decreasing model times).
       noise: its noise process.
-      end: one of :data:`COMFYUI_ENDS`.
 
     Returns:
       List of Python floats, decreasing.
     """
-    if not isinstance(end, str) or end not in COMFYUI_ENDS:
-        raise ValueError(f"end must be one of {list(COMFYUI_ENDS)}, got {end!r}")
     t = _concrete_schedule(ts, noise, "to_comfyui")
-    if end == "append_zero" and t[-1] == 0.0:
-        raise ValueError(
-            "end='append_zero' would add a second 0: ts already ends at t = 0 (a flow model's "
-            "data end); use end='sigma_min' or 'zero'"
-        )
+    if noise.is_discrete:
+        check_on_steps(t, noise, "ComfyUI")
     sig = t.copy() if isinstance(noise, RectifiedFlow) else eval_float64(noise, "sigma_edm", t)
-    out = [float(x) for x in sig]
-    if end == "zero":
-        out[-1] = 0.0
-    elif end == "append_zero":
-        out.append(0.0)
-    return out
+    return [float(x) for x in sig]
 
 
 # --------------------------------------------------------------------------------------

@@ -67,30 +67,41 @@ def test_ays_diffusers(capsys):
     rc, out, _ = run(capsys, "schedules", "--noise", "sd15", "--nfe", "10", "--kind", "ays",
                      "--format", "diffusers")
     d = json.loads(out)
-    assert rc == 0 and set(d) == {"timesteps", "sigmas"}
-    assert d["timesteps"] == [999, 850, 736, 645, 545, 455, 343, 233, 125, 24, 0]
+    # the published table's 10 network points; its last point (t_min) becomes the data end,
+    # diffusers' default final_sigmas_type="zero" (as ComfyUI's AYS node sets the last sigma 0)
+    assert rc == 0 and d["target"] == "diffusers:UniPCMultistepScheduler" and d["nfe"] == 10
+    assert d["timesteps"] == [999, 850, 736, 645, 545, 455, 343, 233, 125, 24]
+    assert d["sigmas"][-1] == 0.0 and d["config"]["final_sigmas_type"] == "zero"
+    rc, out, _ = run(capsys, "schedules", "--noise", "sd15", "--nfe", "10", "--kind", "ays",
+                     "--format", "diffusers", "--end", "t_min")
+    d = json.loads(out)
+    assert d["config"]["final_sigmas_type"] == "sigma_min" and len(d["timesteps"]) == 10
     rc, out, _ = run(capsys, "schedules", "--noise", "cosine", "--nfe", "10", "--kind", "ays",
                      "--format", "diffusers")  # default table for cosine: deepfloyd-if
     assert rc == 0 and json.loads(out)["timesteps"][0] == 995
     rc, out, _ = run(capsys, "schedules", "--noise", "edm", "--nfe", "5", "--kind", "ays",
                      "--table", "sdxl", "--format", "comfyui")
-    assert rc == 0 and json.loads(out)[0] == pytest.approx(14.615)
+    sig = json.loads(out)
+    assert rc == 0 and sig[0] == pytest.approx(14.615) and sig[-1] == 0.0 and len(sig) == 6
 
 
 def test_comfyui_ends(capsys):
     base = ["schedules", "--noise", "sd15", "--nfe", "3", "--kind", "karras", "--format", "comfyui"]
+    ns = hnoise.preset("sd15")
     rc, out, _ = run(capsys, *base)
-    a = json.loads(out)
-    assert rc == 0 and len(a) == 4 and a[-1] > 0
-    rc, out, _ = run(capsys, *base, "--end", "zero")
-    z = json.loads(out)
-    assert rc == 0 and len(z) == 4 and z[-1] == 0.0 and z[:-1] == a[:-1]
-    rc, out, _ = run(capsys, *base, "--end", "append_zero")
-    ap = json.loads(out)
-    assert rc == 0 and ap == a + [0.0]
-    rc, out, _ = run(capsys, *base, "--end", "sigma_min")
-    assert json.loads(out) == a
-
+    z = json.loads(out)  # default: ComfyUI's convention, the last sigma 0
+    assert rc == 0 and len(z) == 4 and z[-1] == 0.0
+    # ComfyUI evaluates a discrete model at the nearest training step: the network points are
+    # there already
+    steps = np.asarray(ns.index_from_t(np.asarray(S.karras(ns, 3))[:-1]))
+    ac = ns.alphas_cumprod[steps]
+    np.testing.assert_allclose(z[:-1], np.sqrt((1 - ac) / ac), rtol=1e-12)
+    rc, out, _ = run(capsys, *base, "--end", "free")
+    free = json.loads(out)  # the baseline's own last point, sigma(t_min)
+    sigma_min = float(np.sqrt((1 - ns.alphas_cumprod[0]) / ns.alphas_cumprod[0]))
+    assert rc == 0 and free[:-1] == z[:-1] and free[-1] == pytest.approx(sigma_min, rel=1e-12)
+    err = bad(capsys, *base, "--end", "append_zero")
+    assert "argument --end: invalid choice" in err
 
 def test_out_file(capsys, tmp_path):
     path = tmp_path / "s.json"
@@ -169,20 +180,20 @@ def test_help_exits_zero(capsys):
         (["schedules", "--noise", "sd15", "--nfe", "5", "--kind", "karras", "--t-start", "0.1",
           "--t-end", "0.2"], "argument --t-start: t_start must be greater than t_end"),
         (["schedules", "--noise", "sd15", "--nfe", "5", "--kind", "karras", "--end", "zero"],
-         "argument --end: only applies to --format comfyui"),
+         "argument --end: applies to a target"),
         (["schedules", "--noise", "sd15", "--nfe", "5", "--kind", "karras", "--format", "a1111"],
          "argument --format: invalid choice"),
         (["schedules", "--noise", "edm", "--nfe", "5", "--kind", "karras", "--format",
-          "diffusers"], "to_diffusers needs a discrete-time process.*continuous"),
+          "diffusers"], "argument --format: target diffusers:UniPC.* cannot run a continuous"),
         (["schedules", "--noise", "sd15", "--nfe", "2000", "--kind", "uniform", "--format",
-          "diffusers"], "duplicate diffusers timesteps"),
+          "diffusers"], "argument --nfe: .*do not fit on distinct training steps"),
         (["schedules", "--noise", "sd15", "--betas-file", "b.txt", "--nfe", "5", "--kind",
           "karras"], "argument --betas-file: not allowed with argument --noise"),
     ],
 )
 def test_bad_arguments_exit_2(capsys, args, match):
     err = bad(capsys, *args)
-    assert err.count("\n") <= 12
+    assert err.count("\n") <= 16
     assert re.search(match, err), err
 
 
@@ -244,7 +255,35 @@ def test_optimize_diffusers_from_betas_file(capsys, tmp_path):
     from_file = json.loads(out)
     rc, out, _ = run(capsys, *argv, "--noise", "sd21")
     assert rc == 0 and json.loads(out) == from_file  # the same process, the same schedule
-    assert set(from_file) == {"timesteps", "sigmas"} and len(from_file["timesteps"]) == 5
+    # DDIMScheduler takes no custom timesteps: first-order DPM-Solver++ is the same update
+    assert from_file["target"] == "diffusers:DDIMScheduler" and from_file["nfe"] == 4
+    assert from_file["runs_as"] == "DPMSolverMultistepScheduler"
+    assert from_file["config"]["solver_order"] == 1 and len(from_file["timesteps"]) == 4
+    assert from_file["sigmas"][-1] == 0.0  # diffusers' default end: the data
+
+
+def test_optimize_for_a_target_and_export_it(capsys, tmp_path):
+    """The README's path: optimise for diffusers' UniPC, export, check in diffusers itself."""
+    path = tmp_path / "s.json"
+    rc, out, err = run(capsys, "optimize", "--noise", "sd15", "--nfe", "5", "--target",
+                       "diffusers:unipc", "--out", str(path))
+    assert rc == 0 and err == ""
+    rec = hio.load_schedule(path)
+    assert rec["options"]["target"] == "diffusers:UniPCMultistepScheduler"
+    assert rec["t"][-1] == 0.0 and rec["timesteps"][-1] == -1 and len(rec["t"]) == 6
+    assert all(round(1000 * t) == 1000 * t for t in rec["t"])  # on training steps
+    rc, out, err = run(capsys, "export", str(path), "--to", "diffusers:unipc")
+    assert rc == 0 and err == "" and "diffusers_scheduler(" in out
+    assert "num_inference_steps=5" in out
+    pytest.importorskip("diffusers")
+    rc, out, err = run(capsys, "export", str(path), "--to", "diffusers:unipc", "--check")
+    assert rc == 0 and "5 network calls (optimised for 5)" in out and "OK" in out
+    # another end is another trajectory: refused, with what to run instead
+    err = bad(capsys, "export", str(path), "--to", "diffusers:unipc", "--end", "t_min")
+    assert "argument --to: the schedule ends at t = 0" in err and "--target" in err
+    # a schedule made for another target runs there, but says it is another sampler
+    rc, out, err = run(capsys, "export", str(path), "--to", "comfyui:heun")
+    assert rc == 0 and "another sampler" in err and "SIGMAS" in out
 
 
 @pytest.mark.parametrize(
@@ -263,8 +302,16 @@ def test_optimize_diffusers_from_betas_file(capsys, tmp_path):
          "argument --model: .*no-such-model"),
         (["optimize", "--noise", "sd21", "--nfe", "4", "--solver", "heun"],
          "argument --solver: invalid choice"),
-        (["optimize", "--noise", "sd21", "--nfe", "4", "--end", "zero"],
-         "argument --end: only applies to --format comfyui"),
+        (["optimize", "--noise", "sd21", "--nfe", "4", "--end", "never"],
+         "argument --end: invalid choice"),
+        (["optimize", "--noise", "sd21", "--nfe", "4", "--target", "diffusers:unipc", "--solver",
+          "ddim"], "argument --solver: the target diffusers:unipc fixes the solver"),
+        (["optimize", "--noise", "sd21", "--nfe", "4", "--target", "diffusers:nope"],
+         "argument --target: unknown target 'diffusers:nope'"),
+        (["optimize", "--noise", "sd21", "--nfe", "4", "--t-start", "0.9"],
+         "argument --t-start: only applies to --method dmn / mep-local / direct"),
+        (["optimize", "--noise", "sd21", "--nfe", "4", "--format", "comfyui", "--solver",
+          "unipc"], "argument --solver: ComfyUI's uni_pc sampler is its own port"),
         (["optimize", "--nfe", "4"], "--noise"),
     ],
 )
@@ -281,6 +328,7 @@ def test_optimize_model_based_methods(capsys, monkeypatch):
     gm = hj.models.GaussianMixture(jnp.asarray([[1.0, 0.0], [-1.0, 0.0]]), 0.2)
     monkeypatch.setattr(zoo, "load", lambda name: gm.denoiser(ddpm))
     monkeypatch.setattr(zoo, "sample_shape", lambda name: (2,))
+    monkeypatch.setattr(zoo, "is_conditional", lambda name: False)
     for method in ("gits", "direct"):
         argv = ["optimize", "--model", "toy", "--method", method, "--nfe", "4"]
         rc, out, err = run(capsys, *argv, "--num-samples", "8")

@@ -6,6 +6,7 @@ Gaussian data, or a per-sample loop. A condition that is misaligned with its sam
 row after a split, chunk, shuffle or gather) changes these numbers by orders of magnitude.
 """
 
+import importlib
 import json
 
 import jax
@@ -281,7 +282,6 @@ def test_dict_conditions_through_sampling_and_direct():
 def test_cli_cond_uncond_guidance(capsys, monkeypatch, tmp_path):
     """The files reach the model as its cond / uncond / guidance_scale, one noise per row (the
     optimiser itself is replaced: the library paths are tested above)."""
-    import sys
 
     from hso_jax.models import zoo
     from hso_jax.optimizers import OptimizeResult
@@ -297,7 +297,9 @@ def test_cli_cond_uncond_guidance(capsys, monkeypatch, tmp_path):
 
     monkeypatch.setattr(zoo, "load", lambda name: CGM.denoiser(ddpm))
     monkeypatch.setattr(zoo, "sample_shape", lambda name: (2,))
-    monkeypatch.setattr(sys.modules["hso_jax.optimize"], "optimize", fake_optimize)
+    monkeypatch.setattr(zoo, "is_conditional", lambda name: True)
+    optimize_module = importlib.import_module("hso_jax.optimize")
+    monkeypatch.setattr(optimize_module, "optimize", fake_optimize)
     np.save(tmp_path / "labels.npy", np.asarray(LABELS))
     np.save(tmp_path / "null.npy", np.array([NULL_CLASS]))
     np.savez(tmp_path / "bad.npz", prompt=np.zeros((8, 3)))
@@ -321,6 +323,7 @@ def test_cli_cond_uncond_guidance(capsys, monkeypatch, tmp_path):
         ([*base, *cond, "--uncond", str(tmp_path / "floats.npy")], "do not match those of"),
         ([*base, *cond, "--num-samples", "12"], "8 rows (prompts) but --num-samples is 12"),
         (["optimize", "--noise", "ddpm", "--nfe", "4", *cond], "--cond: only applies"),
+        (base, "argument --cond: toy is a conditional UNet (UNet2DConditionModel)"),
     ]
     assert main([*base, *cond, "--num-samples", "8"]) == 0, capsys.readouterr().err
     assert seen["x_T"].shape == (8, 2)  # one noise per prompt

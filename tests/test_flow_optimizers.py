@@ -52,7 +52,11 @@ def test_every_method_runs_on_a_flow_model(method):
     res = hj.optimize(target, 4, method=method, solver=solver, **tiny_options(method))
     t = np.asarray(res.t)
     assert t.shape == (5,) and np.all(np.isfinite(t)) and np.all(np.diff(t) < 0)
-    assert OPEN.t_min - 1e-9 <= t[-1] and t[0] <= OPEN.t_max + 1e-9
+    if target is CLOSED:  # a flow model's schedules end at the data, as its pipelines'
+        assert t[-1] == 0.0 and t[-2] >= 0.01 and res.info["end"] == "zero"
+    else:
+        assert OPEN.t_min - 1e-9 <= t[-1]
+    assert t[0] <= OPEN.t_max + 1e-9
     assert np.isfinite(res.objective)
     # the schedule samples the flow-parametrised model without NaN
     assert np.all(np.isfinite(hj.sample(model, X_T, res.t, hj.solvers.unipc())))
@@ -62,10 +66,9 @@ def test_every_method_runs_on_a_flow_model(method):
     "method, options, match",
     [
         ("dmn", {}, r"dmn needs finite log-SNR.*t_start = 1 \(lam = -inf\)"),
-        ("mep-local", dict(t_start=0.99), r"t_end = 0 \(lam = \+inf\)"),
+        ("mep-local", dict(t_start=0.99, end="free"), r"t_end = 0 \(lam = \+inf\)"),
         ("ays", dict(data=np.zeros((4, 2)), key=jax.random.key(0)), "AYS needs finite"),
         ("gits", TEACHER, "GITS needs finite"),
-        ("direct", dict(x_T=X_T, steps=1), "log-SNR"),
     ],
 )
 def test_methods_built_on_lam_refuse_infinite_ends(method, options, match):
@@ -76,8 +79,21 @@ def test_methods_built_on_lam_refuse_infinite_ends(method, options, match):
 
 def test_dmn_runs_on_a_closed_range_with_finite_ends():
     res = hj.optimize(CLOSED, 4, method="dmn", t_start=0.999, t_end=1e-3, local_maxiter=5)
-    np.testing.assert_allclose(np.asarray(res.t)[[0, -1]], [0.999, 1e-3], rtol=1e-9)
-    assert np.isfinite(res.objective)
+    # the optimised points span [t_end, t_start]; the last step goes on to the data
+    np.testing.assert_allclose(np.asarray(res.t)[[0, -2]], [0.999, 1e-3], rtol=1e-9)
+    assert res.t[-1] == 0.0 and res.t.shape == (5,) and np.isfinite(res.objective)
+    free = hj.optimize(CLOSED, 4, method="dmn", t_start=0.999, t_end=1e-3, end="free")
+    np.testing.assert_allclose(np.asarray(free.t)[[0, -1]], [0.999, 1e-3], rtol=1e-9)
+
+
+def test_direct_runs_on_a_flow_models_whole_range():
+    """In t, not lam: the pipelines' own schedules (default, beta) are initial candidates,
+    and the schedule runs from pure noise at t = 1 to the data at t = 0."""
+    model = GM.denoiser(CLOSED, prediction="flow")
+    res = hj.optimize(model, 4, method="direct", solver="euler", x_T=X_T, steps=2)
+    assert res.t[0] == 1.0 and res.t[-1] == 0.0 and res.t.shape == (5,)
+    assert set(res.info["init_candidates_train_loss"]) == {"time", "default", "beta"}
+    assert np.isfinite(res.objective) and np.all(np.diff(res.t) < 0)
 
 
 @pytest.mark.parametrize("make", [hj.objectives.mep, hj.objectives.dmn])

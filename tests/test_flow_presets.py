@@ -346,6 +346,7 @@ def test_diffusers_export_round_trip_through_flux_scheduler():
     assert (
         out["pipeline"] == "FluxPipeline" and "shift=1.0, use_dynamic_shifting=False" in out["note"]
     )
+    assert out["nfe"] == 8
     np.testing.assert_array_equal(out["sigmas"], ts[:-1])  # the scheduler appends the 0
     np.testing.assert_allclose(out["timesteps"], 1000 * ts[:-1], rtol=1e-15)
 
@@ -384,24 +385,18 @@ def test_diffusers_export_round_trip_through_sd3_scheduler():
 
 
 def test_diffusers_export_of_a_schedule_that_stops_early():
+    # the flow schedulers append 0: a schedule ending at t > 0 would cost one more call
     ns = noise.preset("sd3")
-    out = schedules.to_diffusers(np.array([1.0, 0.5, 0.02]), ns)
-    assert (
-        out["sigmas"] == [1.0, 0.5, 0.02] and "one more step: 3 network evaluations" in out["note"]
-    )
-    assert (
-        "WanPipeline takes no sigmas="
-        in schedules.to_diffusers([1.0, 0.0], noise.preset("wan"))["note"]
-    )
+    with pytest.raises(ValueError, match="append a final 0: the pipeline would make 3"):
+        schedules.to_diffusers(np.array([1.0, 0.5, 0.02]), ns)
+    assert "diffusers_scheduler" in schedules.to_diffusers([1.0, 0.0], noise.preset("wan"))["note"]
 
 
 def test_comfyui_export_of_flow_schedules():
     ns = noise.preset("flux-dev")
     ts = _x64(schedules.flow_default, ns, 4)
-    assert schedules.to_comfyui(ts, ns) == ts.tolist() == schedules.to_comfyui(ts, ns, end="zero")
+    assert schedules.to_comfyui(ts, ns) == ts.tolist()
     assert ts[-1] == 0.0
-    with pytest.raises(ValueError, match="second 0"):
-        schedules.to_comfyui(ts, ns, end="append_zero")
 
 
 def test_schedule_file_of_a_flow_model_round_trips(tmp_path):
@@ -443,9 +438,11 @@ def test_cli_flux_default_is_the_pipeline_list(capsys):
     want = _flux_scheduler_sigmas(28, 1.15, **FLUX_DEV_CONFIG)
     rc, out, err = _cli(capsys, *argv, "--kind", "default", "--format", "diffusers")
     assert rc == 0 and err == ""
-    exported = json.loads(out)
-    np.testing.assert_allclose(exported["sigmas"], want[:-1], **F32)
-    assert exported["scheduler_config"] == {"shift": 1.0, "use_dynamic_shifting": False}
+    exported = json.loads(out)  # FluxPipeline's own scheduler, FlowMatchEuler, by default
+    assert exported["target"] == "diffusers:FlowMatchEulerDiscreteScheduler"
+    np.testing.assert_allclose(exported["sigmas"], want, **F32)  # its final 0 included
+    assert exported["config"]["shift"] == 1.0 and not exported["config"]["use_dynamic_shifting"]
+    assert exported["nfe"] == 28
     rc, out, _ = _cli(capsys, *argv, "--kind", "default")
     rec = hj.io.validate_record(json.loads(out))
     np.testing.assert_allclose(rec["t"], want, **F32)
@@ -505,11 +502,12 @@ def test_cli_beta_oss_and_shift(capsys):
     )
     want = _x64(schedules.flow_default, noise.preset("flux-dev", resolution=256), 3)
     assert rc == 0 and json.loads(out) == want.tolist()
-    # a flow schedule that stops before 0: its SIGMAS get the final 0 (as diffusers appends it)
+    # a flow schedule that stops before 0: its last point becomes ComfyUI's final 0 (3 calls,
+    # not 4), or stays where it is with --end free
     argv = ["schedules", "--noise", "sd3", "--nfe", "3", "--kind", "uniform", "--t-end", "0.1"]
     rc, out, _ = _cli(capsys, *argv, "--format", "comfyui")
-    np.testing.assert_allclose(json.loads(out), [1.0, 0.7, 0.4, 0.1, 0.0], rtol=1e-15)
-    rc, out, _ = _cli(capsys, *argv, "--format", "comfyui", "--end", "sigma_min")
+    np.testing.assert_allclose(json.loads(out), [1.0, 0.7, 0.4, 0.0], rtol=1e-15)
+    rc, out, _ = _cli(capsys, *argv, "--format", "comfyui", "--end", "free")
     np.testing.assert_allclose(json.loads(out), [1.0, 0.7, 0.4, 0.1], rtol=1e-15)
 
 

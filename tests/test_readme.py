@@ -50,7 +50,18 @@ def _user_inputs() -> dict:
         "stds": stds,
         "weights": weights,
         "hso_result": hj.optimize(sd21, nfe=5),
+        "pipe": _pipeline(),
     }
+
+
+def _pipeline():
+    """A diffusers pipeline's stand-in: its scheduler, for the tour's DDPM betas."""
+    diffusers = pytest.importorskip("diffusers")
+
+    class Pipe:
+        scheduler = diffusers.DDPMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+
+    return Pipe()
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -71,3 +82,5 @@ def test_api_tour_runs_as_written():
         assert np.isfinite(r.objective) and r.info["timings"]["total_s"] > 0, r.method
     assert np.all(np.isfinite(np.asarray(ns["x0"])))
     assert isinstance(ns["model"], hj.Denoiser)  # the last line loads the shipped model
+    assert type(ns["pipe"].scheduler).__name__ == "UniPCMultistepScheduler"
+    assert ns["pipe"].scheduler.config.final_sigmas_type == "zero"

@@ -208,15 +208,15 @@ def test_sigma_helpers_jit_vmap_grad():
 
 
 def test_public_functions_work_inside_a_users_jit():
-    ns = preset("sd15")
+    ns, edm = preset("sd15"), preset("edm")
 
     @jax.jit
     def f(x):
         ts = S.karras(ns, 3)
-        return x * ts + S.ays(ns, 3) + jnp.asarray(S.to_comfyui(ts, ns, end="zero"))
+        return x * ts + S.ays(ns, 3) + jnp.asarray(S.to_comfyui(S.karras(edm, 3), edm))
 
     ts = _np(S.karras(ns, 3))
-    want = 2.0 * ts + _np(S.ays(ns, 3)) + np.array(S.to_comfyui(ts, ns, end="zero"))
+    want = 2.0 * ts + _np(S.ays(ns, 3)) + np.array(S.to_comfyui(S.karras(edm, 3), edm))
     np.testing.assert_allclose(_np(f(2.0)), want, rtol=1e-12)
 
 
@@ -255,15 +255,20 @@ def test_ays_ten_steps_is_the_table():
     table = _np(S.AYS_TABLES["sd15"])
     np.testing.assert_allclose(sig[1:-1], table[1:-1], rtol=1e-9)
     np.testing.assert_allclose(sig[[0, -1]], table[[0, -1]], atol=5e-4)  # snapped ends
-    steps = S.to_diffusers(S.ays(ns, 10), ns)["timesteps"]
-    # The published sigma 0.399 sits at step 124.6 (step 124 has sigma 0.3977): exports as 125.
-    assert steps[:8] == SD15_AYS_TIMESTEPS[:8] and steps[9:] == SD15_AYS_TIMESTEPS[9:]
-    assert steps[8] == 125
-    assert S.to_diffusers(S.ays(ns, 10, "sdxl"), ns)["timesteps"] == [
-        999, 845, 730, 587, 443, 310, 193, 116, 53, 13, 0,
-    ]
+    # The published sigmas lie between training steps; diffusers evaluates the nearest steps.
+    with pytest.raises(ValueError, match="lies between steps"):
+        S.to_diffusers(S.ays(ns, 10), ns)
+
+    def steps(t, noise):
+        return noise.index_from_t(S.on_training_steps(t, noise)).tolist()
+
+    # The published sigma 0.399 sits at step 124.6 (step 124 has sigma 0.3977): step 125.
+    got = steps(S.ays(ns, 10), ns)
+    assert got[:8] == SD15_AYS_TIMESTEPS[:8] and got[9:] == SD15_AYS_TIMESTEPS[9:]
+    assert got[8] == 125
+    assert steps(S.ays(ns, 10, "sdxl"), ns) == [999, 845, 730, 587, 443, 310, 193, 116, 53, 13, 0]
     cos = preset("cosine")
-    assert S.to_diffusers(S.ays(cos, 10, "deepfloyd-if"), cos)["timesteps"] == [
+    assert steps(S.ays(cos, 10, "deepfloyd-if"), cos) == [
         995, 920, 811, 686, 555, 418, 315, 174, 109, 12, 0,
     ]
 
@@ -392,43 +397,50 @@ def test_bad_specific_arguments(call, exc, match):
 
 def test_to_diffusers():
     ns = preset("sd15")
-    ts = S.karras(ns, 6)
+    # 5 network points on training steps, then the data end
+    ts = np.array([1.0, 0.8, 0.55, 0.3, 0.1, 0.0])
     out = S.to_diffusers(ts, ns)
-    assert set(out) == {"timesteps", "sigmas"}
+    assert set(out) == {"timesteps", "sigmas", "final_sigmas_type", "nfe"}
+    assert out["timesteps"] == [999, 799, 549, 299, 99] and out["nfe"] == 5
     assert all(type(k) is int for k in out["timesteps"])
-    assert out["timesteps"] == (np.rint(1000 * _np(ts)).astype(int) - 1).tolist()
-    assert out["timesteps"][0] == 999 and out["timesteps"][-1] == 0
-    np.testing.assert_allclose(out["sigmas"], _sigma(ns, ts), rtol=1e-12)
-    assert all(type(s) is float for s in out["sigmas"])
+    assert out["final_sigmas_type"] == "zero" and out["sigmas"][-1] == 0.0
+    ac = ns.alphas_cumprod  # diffusers' sigma of step k: sqrt((1 - abar_k) / abar_k)
+    want = np.sqrt((1 - ac[out["timesteps"]]) / ac[out["timesteps"]])
+    np.testing.assert_allclose(out["sigmas"][:-1], want, rtol=1e-12)
+    # ending at t_min: diffusers' final_sigmas_type="sigma_min", sigma of step 0
+    t_min = S.to_diffusers(np.append(ts[:-1], ns.t_min), ns)
+    assert t_min["final_sigmas_type"] == "sigma_min" and t_min["timesteps"] == out["timesteps"]
+    np.testing.assert_allclose(t_min["sigmas"][-1], np.sqrt((1 - ac[0]) / ac[0]), rtol=1e-12)
     custom = VPDiscrete.from_betas(np.linspace(1e-4, 0.02, 50))
-    assert S.to_diffusers(S.time_uniform(custom, 7), custom)["timesteps"][0] == 49
+    assert S.to_diffusers(np.array([1.0, 0.5, 0.0]), custom)["timesteps"] == [49, 24]
 
 
 def test_to_diffusers_rejects():
     ns = preset("sd15")
     with pytest.raises(ValueError, match="continuous"):
         S.to_diffusers(S.karras(preset("edm"), 5), preset("edm"))
-    with pytest.raises(ValueError, match=r"duplicate diffusers timesteps.*step 499"):
-        S.to_diffusers(np.array([1.0, 0.5002, 0.5001, 0.001]), ns)
+    # off the training steps: diffusers would run at step 499, another trajectory
+    with pytest.raises(ValueError, match=r"t\[1\] = 0.5002 lies between steps.*step 499"):
+        S.to_diffusers(np.array([1.0, 0.5002, 0.0]), ns)
+    # a free end (HSO's multistep flavour): diffusers ends at 0 or t_min only
+    with pytest.raises(ValueError, match=r"ends at t = 0.0123.*final_sigmas_type='zero'"):
+        S.to_diffusers(np.array([1.0, 0.5, 0.0123]), ns)
     with pytest.raises(ValueError, match="strictly decreasing"):
         S.to_diffusers(np.array([0.001, 1.0]), ns)
     with pytest.raises(TypeError, match="noise must be"):
         S.to_diffusers(S.karras(ns, 3), None)
     with pytest.raises(TypeError, match="eager"):
-        jax.jit(lambda t: S.to_diffusers(t, ns)["sigmas"])(S.karras(ns, 3))
+        jax.jit(lambda t: S.to_diffusers(t, ns)["sigmas"])(jnp.array([1.0, 0.5, 0.0]))
 
 
-def test_to_comfyui_end_conventions():
+def test_to_comfyui_is_the_schedule_as_it_is():
     ns = preset("sd15")
-    ts = S.karras(ns, 4)
-    sig = _sigma(ns, ts).tolist()
+    ts = np.array([1.0, 0.6, 0.3, 0.1, 0.0])
     a = S.to_comfyui(ts, ns)
-    np.testing.assert_allclose(a, sig, rtol=1e-12)
-    assert len(a) == 5 and all(type(x) is float for x in a)
-    z = S.to_comfyui(ts, ns, end="zero")
-    assert len(z) == 5 and z[-1] == 0.0 and z[:-1] == a[:-1]
-    ap = S.to_comfyui(ts, ns, end="append_zero")
-    assert len(ap) == 6 and ap[-1] == 0.0 and ap[:-1] == a
+    np.testing.assert_allclose(a[:-1], _sigma(ns, ts[:-1]), rtol=1e-12)
+    assert len(a) == 5 and a[-1] == 0.0 and all(type(x) is float for x in a)
+    free = S.to_comfyui(np.array([1.0, 0.6, 0.3, 0.1, 0.0123]), ns)  # a free end is kept
+    np.testing.assert_allclose(free[-1], _sigma(ns, np.array([0.0123]))[0], rtol=1e-12)
     edm = preset("edm")
     np.testing.assert_allclose(S.to_comfyui(S.karras(edm, 3), edm), _np(S.karras(edm, 3)))
     flow = preset("flow")  # ComfyUI's flow models read sigma as the flow time t
@@ -437,13 +449,27 @@ def test_to_comfyui_end_conventions():
 
 def test_to_comfyui_rejects():
     ns = preset("sd15")
-    ts = S.karras(ns, 4)
-    with pytest.raises(ValueError, match=r"end must be one of \['sigma_min', 'zero'"):
-        S.to_comfyui(ts, ns, end="0")
+    with pytest.raises(ValueError, match="ComfyUI evaluates a discrete-time model on training"):
+        S.to_comfyui(S.karras(ns, 4), ns)
     with pytest.raises(ValueError, match="must lie in"):
         S.to_comfyui(np.array([2.0, 0.5]), ns)
     with pytest.raises(TypeError, match="integer dtype"):
         S.to_comfyui(np.array([999, 0]), ns)
+
+
+def test_on_training_steps():
+    ns = preset("sd15")
+    t = S.on_training_steps(np.array([1.0, 0.6004, 0.6001, 0.3, 0.0123]), ns)
+    # nearest steps, a collision pushed one step down, the free end kept
+    np.testing.assert_array_equal(t, [1.0, 0.6, 0.599, 0.3, 0.0123])
+    t = S.on_training_steps(np.array([1.0, 0.5, 0.0016, 0.0014, 0.0]), ns)
+    np.testing.assert_array_equal(t, [1.0, 0.5, 0.002, 0.001, 0.0])
+    with pytest.raises(ValueError, match="do not fit on distinct training steps"):
+        S.on_training_steps(np.array([1.0, 0.5, 0.0025, 0.0021, 0.001]), ns)
+    with pytest.raises(ValueError, match="needs a discrete-time process"):
+        S.on_training_steps(np.array([1.0, 0.0]), preset("flux-dev"))
+    assert S.end_of(t, ns) == "zero" and S.end_of(np.array([1.0, 0.001]), ns) == "t_min"
+    assert S.end_of(np.array([1.0, 0.01]), ns) == "free"
 
 
 # --------------------------------------------------------------------------------------

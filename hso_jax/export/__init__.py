@@ -12,7 +12,7 @@ optimised (the same network calls, times, end and update), and the check that ru
 
 from .check import CheckReport, check, check_mixture
 from .diffusers import diffusers_scheduler
-from .render import Export, export
+from .render import Export, export, for_target
 from .targets import PROCESSES, RUNTIMES, TARGETS, Target, process_kind, target
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "check_mixture",
     "diffusers_scheduler",
     "export",
+    "for_target",
     "process_kind",
     "target",
 ]

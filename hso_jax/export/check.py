@@ -100,7 +100,17 @@ def _f64(noise: NoiseSchedule, method: str, t: float) -> float:
         return float(getattr(noise, method)(jnp.asarray(t, jnp.float64)))
 
 
-def _run_diffusers(e: Export, gm: GaussianMixture, x_T: np.ndarray):
+def _discrete_output(gm: GaussianMixture, ns, x, t: float, prediction: str):
+    """The mixture as a discrete-time network: its noise (``"epsilon"``) or its velocity
+    ``v = alpha eps - sigma x0`` (``"v_prediction"``) at model time ``t``."""
+    eps = gm.eps(x, ns, t)
+    if prediction == "epsilon":
+        return eps
+    a, s = _f64(ns, "alpha", t), _f64(ns, "sigma", t)
+    return a * eps - s * gm.x0(x, ns, t)
+
+
+def _run_diffusers(e: Export, gm: GaussianMixture, x_T: np.ndarray, prediction: str):
     import torch
 
     ns, tgt = e.noise, e.target
@@ -109,7 +119,7 @@ def _run_diffusers(e: Export, gm: GaussianMixture, x_T: np.ndarray):
         ac = np.asarray(ns.alphas_cumprod, np.float64)
         betas = 1.0 - ac / np.concatenate([[1.0], ac[:-1]])
         base = cls(
-            num_train_timesteps=ns.num_steps, trained_betas=betas, prediction_type="epsilon"
+            num_train_timesteps=ns.num_steps, trained_betas=betas, prediction_type=prediction
         )
     else:
         base = cls(**{k: v for k, v in e.config.items() if k in ("use_flow_sigmas",)})
@@ -135,7 +145,8 @@ def _run_diffusers(e: Export, gm: GaussianMixture, x_T: np.ndarray):
             times.append(float(step_t))
             xin = jnp.asarray(x_in.numpy(), jnp.float64)
             if tgt.process == "discrete":
-                out = gm.eps(xin, ns, (float(step_t) + 1.0) / ns.num_steps)
+                t_model = (float(step_t) + 1.0) / ns.num_steps
+                out = _discrete_output(gm, ns, xin, t_model, prediction)
             else:
                 out = gm.velocity(xin, ns, float(step_t) / ns.num_train_timesteps)
             x = sched.step(torch.from_numpy(np.array(out, np.float64)), step_t, x).prev_sample
@@ -143,7 +154,7 @@ def _run_diffusers(e: Export, gm: GaussianMixture, x_T: np.ndarray):
     return final, times
 
 
-def _run_kdiffusion(e: Export, gm: GaussianMixture, x_T: np.ndarray):
+def _run_kdiffusion(e: Export, gm: GaussianMixture, x_T: np.ndarray, prediction: str):
     import torch
 
     ns, tgt = e.noise, e.target
@@ -192,6 +203,7 @@ def check(
     num_samples: int = 4,
     seed: int = 0,
     tolerance: float = DEFAULT_TOLERANCE,
+    prediction: str = "epsilon",
 ) -> CheckReport:
     """Run ``schedule`` in the target's own code on the Gaussian-mixture oracle.
 
@@ -202,11 +214,24 @@ def check(
       num_samples, seed: the initial noises (drawn with :meth:`NoiseSchedule.prior`, at the
         schedule's first time).
       tolerance: the largest absolute deviation of the final samples that passes.
+      prediction: what the network returns to a diffusers scheduler of a discrete-time model:
+        ``"epsilon"`` (SD 1.5, SDXL) or ``"v_prediction"`` (SD 2.x at 768 px); the
+        scheduler converts it (flow schedulers take the velocity, k-diffusion the data
+        prediction).
 
     Returns:
       A :class:`CheckReport` (``report.passed``, ``report.summary()``).
     """
     e = schedule if isinstance(schedule, Export) else export(schedule, target, noise)
+    if prediction not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction must be 'epsilon' or 'v_prediction', got {prediction!r}")
+    if prediction != "epsilon" and not (
+        e.target.runtime == "diffusers" and e.target.process == "discrete"
+    ):
+        raise ValueError(
+            f"prediction={prediction!r} applies to diffusers' schedulers of discrete-time "
+            f"models, not to {e.target.name} on a {e.target.process} model"
+        )
     gm = check_mixture()
     ns, solver = e.noise, e.target.solver()
     with jax.enable_x64(True):
@@ -217,7 +242,7 @@ def check(
             np.float64,
         )
     run = _run_diffusers if e.target.runtime == "diffusers" else _run_kdiffusion
-    theirs, times = run(e, gm, x_T)
+    theirs, times = run(e, gm, x_T, prediction)
     expected = runtime_units(network_times(e.t, solver), e.target, ns)
     return CheckReport(
         target=e.target.name,

@@ -42,7 +42,7 @@ def scheduler_class(name: str):
     return getattr(diffusers, name)
 
 
-def _payload(schedule, noise, target) -> dict[str, Any]:
+def _payload(schedule, noise, target, end=None, variant=None) -> dict[str, Any]:
     """The export's dict: from an Export, its dict, an OptimizeResult or a schedule file."""
     if isinstance(schedule, Export):
         return schedule.to_dict()
@@ -62,7 +62,7 @@ def _payload(schedule, noise, target) -> dict[str, Any]:
             "pass target= (e.g. 'diffusers:UniPCMultistepScheduler'): the schedule was not "
             "optimised for a target"
         )
-    return export(schedule, target, noise).to_dict()
+    return export(schedule, target, noise, end=end, variant=variant).to_dict()
 
 
 class _Named:
@@ -105,7 +105,9 @@ def _check_process(payload: dict, base) -> None:
             )
 
 
-def diffusers_scheduler(schedule, scheduler, *, noise=None, target: Any = None):
+def diffusers_scheduler(
+    schedule, scheduler, *, noise=None, target: Any = None, end=None, variant=None
+):
     """A scheduler that runs ``schedule`` exactly: the export's target class and config,
     with the exported timesteps and sigmas.
 
@@ -120,8 +122,8 @@ def diffusers_scheduler(schedule, scheduler, *, noise=None, target: Any = None):
         ``target=``), or a schedule file (``hso-jax optimize --format json --out FILE``).
       scheduler: the pipeline's scheduler (its config supplies the training betas, the
         prediction type and the rest; the target's config entries are set on top).
-      noise, target: for an OptimizeResult or file without them (see
-        :func:`~hso_jax.export.export`).
+      noise, target, end, variant: for an OptimizeResult or file (see
+        :func:`~hso_jax.export.export`; default: the target the schedule was optimised for).
 
     Returns:
       A scheduler instance (a subclass of the target's diffusers class, with its name).
@@ -130,7 +132,7 @@ def diffusers_scheduler(schedule, scheduler, *, noise=None, target: Any = None):
       ValueError: a target of another runtime, or a scheduler whose training noise schedule
         differs from the one the schedule was made for.
     """
-    payload = _payload(schedule, noise, target)
+    payload = _payload(schedule, noise, target, end, variant)
     if not payload["target"].startswith("diffusers:"):
         raise ValueError(
             f"diffusers_scheduler needs a diffusers target, got {payload['target']}; "

@@ -10,19 +10,31 @@ onto training steps explicitly (:func:`hso_jax.schedules.on_training_steps`).
 from __future__ import annotations
 
 import dataclasses
-import json
+import pprint
 from typing import Any
 
+import jax
 import numpy as np
 
 from ..noise import DATA_END, PRESETS, NoiseSchedule, preset
 from ..optimizers.result import OptimizeResult
-from ..schedules import check_schedule, end_of, eval_float64
+from ..schedules import (
+    check_on_steps,
+    check_schedule,
+    end_of,
+    eval_float64,
+    on_training_steps,
+)
 from .targets import Target, target
 
-__all__ = ["Export", "export", "network_times", "resolve_noise", "runtime_units"]
-
-_ON_STEP_ATOL = 1e-9
+__all__ = [
+    "Export",
+    "export",
+    "for_target",
+    "network_times",
+    "resolve_noise",
+    "runtime_units",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +82,14 @@ class Export:
         """The hso_jax call that is the same sampler."""
         return f"hso_jax.sample(model, x_T, ts, hso_jax.solvers.{self.target.solver()!r})"
 
-    def snippet(self) -> str:
-        """What to paste, as Python (diffusers, k-diffusion) or as node settings (ComfyUI)."""
+    def snippet(self, source: str | None = None) -> str:
+        """What to paste, as Python (diffusers, k-diffusion) or as node settings (ComfyUI).
+
+        ``source``: the schedule file the export was made from; a scheduler that
+        :func:`~hso_jax.export.diffusers_scheduler` adapts then reads it from there instead
+        of from values written into the snippet."""
+        if self.target.passing == "adapter":
+            return _adapter_snippet(self, source)
         return _SNIPPETS[self.target.passing](self)
 
 
@@ -145,6 +163,8 @@ def export(
     """
     noise = resolve_noise(schedule, noise)
     ts = schedule.t if isinstance(schedule, OptimizeResult) else schedule
+    if isinstance(ts, jax.core.Tracer):
+        raise TypeError("export is eager: the schedule must be concrete, not a traced value")
     check_schedule(ts, noise, name="schedule")
     t = np.asarray(ts, np.float64)
     own_end = end_of(t, noise)
@@ -163,24 +183,15 @@ def export(
     if t[0] > tgt.max_start:
         raise ValueError(
             f"{tgt.name} on a {tgt.process} model starts at most at t = {tgt.max_start!r} "
-            f"(diffusers' own start for it), but the schedule starts at t = {t[0]!r}; optimise "
+            f"(diffusers' own start for it), but the schedule starts at t = {float(t[0])!r}; "
+            "optimise "
             f"for the target (hso_jax.optimize(..., target={tgt.name!r}) starts there)"
         )
     solver = tgt.solver()
     n = t.shape[0] - 1
     nfe = solver.nfe(n, to_data=tgt.end == "zero")
     if tgt.grid == "steps":
-        on = np.abs(t[:-1] * noise.num_steps - np.rint(t[:-1] * noise.num_steps))
-        k = int(np.argmax(on))
-        if on[k] > _ON_STEP_ATOL:
-            step = int(noise.index_from_t(t[k]))
-            raise ValueError(
-                f"{tgt.name} evaluates a discrete-time model on training steps only, but "
-                f"network point t[{k}] = {t[k]:.9g} lies between steps (it would run at step "
-                f"{step}, t = {(step + 1) / noise.num_steps:.9g}): "
-                f"optimise for the target (hso_jax.optimize(..., target={tgt.name!r})), or "
-                "project with hso_jax.schedules.on_training_steps and re-score"
-            )
+        check_on_steps(t, noise, tgt.name)
     return Export(
         target=tgt,
         noise=noise,
@@ -190,6 +201,26 @@ def export(
         sigmas=_sigmas(t, tgt, noise),
         config=tgt.config(),
     )
+
+
+def for_target(ts, tgt: Target, noise: NoiseSchedule) -> np.ndarray:
+    """A schedule made without a target (a baseline, a published table: ``nfe + 1`` points
+    from the start to ``t_min``) as ``tgt`` runs it: its last point moved to the target's end
+    (``"zero"``: to the data end 0, the convention of ComfyUI's own AYS and OSS nodes; a
+    free end keeps it), then its network points onto the target's grid of training steps.
+    The result is what the target runs, and what :func:`export` accepts."""
+    check_schedule(ts, noise, name="ts")
+    t = np.array(ts, np.float64)
+    if tgt.end == "zero":
+        t[-1] = DATA_END
+    elif tgt.end == "t_min" and end_of(t, noise) != "t_min":
+        raise ValueError(
+            f"{tgt.name} with end='t_min' needs a schedule ending at t_min = {noise.t_min:g}, "
+            f"got t = {t[-1]:.9g}"
+        )
+    if tgt.grid == "steps":
+        t = on_training_steps(t, noise)
+    return t
 
 
 # --------------------------------------------------------------------------------------
@@ -228,12 +259,23 @@ def _sigmas_snippet(e: Export) -> str:
     )
 
 
-def _adapter_snippet(e: Export) -> str:
-    payload = json.dumps(e.to_dict())
+def _adapter_snippet(e: Export, source: str | None) -> str:
+    if source is None:
+        what = pprint.pformat(e.to_dict(), sort_dicts=False, width=92).replace("\n", "\n    ")
+        call = f"diffusers_scheduler(\n    {what},\n    pipe.scheduler,\n)"
+    else:
+        extra = "".join(
+            f", {k}={v!r}" for k, v in (("end", e.target.end), ("variant", e.target.variant))
+            if v is not None
+        )
+        call = (
+            f"diffusers_scheduler(\n    {source!r}, pipe.scheduler, "
+            f"target={e.target.name!r}{extra}\n)"
+        )
     return (
         f"# {e.target.spec.note}: hso_jax installs the schedule itself\n"
         "from hso_jax.export import diffusers_scheduler\n\n"
-        f"pipe.scheduler = diffusers_scheduler({payload}, pipe.scheduler)\n"
+        f"pipe.scheduler = {call}\n"
         f"image = pipe(prompt, num_inference_steps={e.t.shape[0] - 1}).images[0]  # {_calls(e)}\n"
     )
 
@@ -259,6 +301,5 @@ _SNIPPETS = {
     "timesteps": _timesteps_snippet,
     "redirect": _timesteps_snippet,
     "sigmas": _sigmas_snippet,
-    "adapter": _adapter_snippet,
     "list": _list_snippet,
 }

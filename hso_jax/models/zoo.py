@@ -47,6 +47,7 @@ __all__ = [
     "load",
     "load_params",
     "sample_shape",
+    "is_conditional",
     "noise_from_scheduler_config",
     "prediction_from_scheduler_config",
     "default_scheduler_config",
@@ -179,6 +180,16 @@ def _resolve(name_or_dir: str | os.PathLike) -> Path:
     if isinstance(name_or_dir, str) and name_or_dir in ZOO_MODELS:
         return ZOO_DIR / ZOO_ALIASES.get(name_or_dir, name_or_dir)
     path = Path(name_or_dir)
+    diffusers_files = ("model_index.json", "diffusion_pytorch_model.safetensors",
+                       "diffusion_pytorch_model.bin", "unet", "transformer")  # fmt: skip
+    if path.is_dir() and not (path / "hso_jax.json").exists():
+        found = [n for n in diffusers_files if (path / n).exists()]
+        if found:
+            raise FileNotFoundError(
+                f"{str(path)!r} is a diffusers folder ({found[0]}), not a converted model: "
+                f"convert it first, hso-jax convert --diffusers {path} --out CONVERTED_DIR "
+                "(Python: hso_jax.models.convert.convert), then load CONVERTED_DIR"
+            )
     if not path.is_dir():
         raise FileNotFoundError(
             f"model {str(name_or_dir)!r} is neither a shipped model {list(ZOO_MODELS)} nor an "
@@ -418,6 +429,13 @@ def sample_shape(name_or_dir: str | os.PathLike = "mnist") -> tuple[int, ...]:
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     c = int(config.get("in_channels", 3))
     return (c, h, w) if meta.get("data_format", "NHWC") == "NCHW" else (h, w, c)
+
+
+def is_conditional(name_or_dir: str | os.PathLike = "mnist") -> bool:
+    """Whether a zoo / converted model takes a condition (a ``UNet2DConditionModel``: prompt
+    embeddings), from its config alone."""
+    config = _read_json(_resolve(name_or_dir) / "config.json", "diffusers UNet config")
+    return config.get("cross_attention_dim") is not None
 
 
 # --------------------------------------------------------------------------------------

@@ -11,7 +11,16 @@ with ``x_ref^b`` the tight reference solution from ``x_T^b`` (at the process's `
 the process's ``t_min`` -- the target of :mod:`hso_jax.evaluation.grid`, so the loss *is* the
 benchmark's metric, and a schedule that stops early is charged for it. The ``N`` logits ``z``
 (one per interval) give a strictly decreasing schedule with fixed end points by construction
-(:func:`hso_jax.optimizers.refine.lam_from_logits`); no sorting or clipping.
+(:func:`hso_jax.optimizers.refine.lam_from_logits`); no sorting or clipping. On a range whose
+ends have an infinite log-SNR (a flow model's whole ``[0, 1]``, from pure noise to the data,
+as its pipelines run) the softmax increments are of ``t`` instead, and the pipelines' own
+schedules (``default``, ``beta``) are among the initial candidates.
+
+The end is a runtime's (``end=``, :data:`hso_jax.schedules.ENDS`): ``"t_min"`` (the last step
+lands on ``t_min``) or ``"zero"`` (it lands on the data and returns the data prediction, as
+diffusers' ``final_sigmas_type="zero"``; the loss then compares with the reference passed
+through the same last step). With ``grid="steps"`` the result is moved onto the training steps
+of a discrete model (a runtime passing integer timesteps) and its held-out error re-measured.
 
 Algorithm. Adam (``optax.scale_by_adam``) with a cosine-decayed learning rate on ``z``; the
 gradient is exact (reverse mode through every network call of the solver). The noises are
@@ -50,6 +59,7 @@ exact ODE solution and the loss is the evaluation RMSE.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -76,27 +86,36 @@ from ..reference.solve import reference_solve
 from ..schedules import check_schedule
 from ..solvers import sample
 from ..solvers.driver import check_model_input
-from ._ends import check_finite_ends
+from ._ends import lam_is_finite
 from ._trajectory import check_model, check_noise_batch, fixed_end, resolve_solver
 from .refine import lam_from_logits, logits_from_lam
 from .result import OptimizeResult
 
-__all__ = ["optimize_direct", "direct_loss", "schedule_loss", "BASELINE_INITS"]
+__all__ = ["optimize_direct", "direct_loss", "schedule_loss", "BASELINE_INITS", "FLOW_INITS"]
 
 Array = Any
 
 BASELINE_INITS = ("time", "logsnr", "karras")
+"""The default initial candidates (``init="best"``) where the log-SNR of both ends is finite;
+on a flow model's whole range [0, 1] they are :data:`FLOW_INITS`."""
+FLOW_INITS = ("time", "default", "beta")
+COORDINATES = ("lam", "t")
 _ADAM = optax.scale_by_adam()
 
 
-def _schedule(z, ends, noise):
-    """Strictly decreasing times with exact end points from the logits ``z``."""
-    lam = lam_from_logits(z, ends[0], ends[1])
-    return noise.t_from_lam(lam).at[0].set(ends[2]).at[-1].set(ends[3])
+def _schedule(z, ends, noise, coordinate="lam"):
+    """Strictly decreasing times with exact end points from the logits ``z``: softmax
+    increments of ``lam`` between the ends, or of ``t`` where an end has an infinite ``lam``
+    (a flow model's t = 1 and t = 0)."""
+    if coordinate == "lam":
+        t = noise.t_from_lam(lam_from_logits(z, ends[0], ends[1]))
+    else:
+        t = -lam_from_logits(z, -ends[2], -ends[3])  # -t increases
+    return t.at[0].set(ends[2]).at[-1].set(ends[3])
 
 
 def direct_loss(
-    z, model: Denoiser, solver, x_T, reference, ends, unroll=True, remat=False
+    z, model: Denoiser, solver, x_T, reference, ends, unroll=True, remat=False, coordinate="lam"
 ) -> Array:
     """Mean per-sample RMSE of ``solver`` on the schedule of logits ``z``.
 
@@ -104,8 +123,10 @@ def direct_loss(
     ``unroll``: of the solver's step loop (:func:`~hso_jax.sample`); unrolled, the gradient is
     2.7x faster on the MNIST model on CPU (``benchmarks/bench_direct.py``). ``remat``:
     rematerialise each solver step in the gradient (``jax.checkpoint``; same value).
+    ``coordinate``: ``"lam"`` (the logits space the log-SNR) or ``"t"`` (model time, for a
+    range whose ends have infinite log-SNR).
     """
-    ts = _schedule(z, ends, model.noise)
+    ts = _schedule(z, ends, model.noise, coordinate)
     return schedule_loss(ts, model, solver, x_T, reference, unroll, remat)
 
 
@@ -116,17 +137,19 @@ def schedule_loss(ts, model: Denoiser, solver, x_T, reference, unroll=1, remat=F
     return jnp.mean(err)
 
 
-def _step(z, state, lr, m_tr, x_tr, r_tr, m_va, x_va, r_va, ends, solver, remat):
-    loss, g = jax.value_and_grad(direct_loss)(z, m_tr, solver, x_tr, r_tr, ends, True, remat)
-    val = direct_loss(z, m_va, solver, x_va, r_va, ends)
+def _step(z, state, lr, m_tr, x_tr, r_tr, m_va, x_va, r_va, ends, solver, remat, coordinate):
+    loss, g = jax.value_and_grad(direct_loss)(
+        z, m_tr, solver, x_tr, r_tr, ends, True, remat, coordinate
+    )
+    val = direct_loss(z, m_va, solver, x_va, r_va, ends, coordinate=coordinate)
     u, state = _ADAM.update(g, state, z)
     return z - lr * u, state, loss, val, jnp.max(jnp.abs(g))
 
 
-_STEP = jax.jit(_step, static_argnames=("solver", "remat"))
+_STEP = jax.jit(_step, static_argnames=("solver", "remat", "coordinate"))
 REMAT_MIN_SIZE = 4096
 """``remat=None`` turns rematerialisation on for samples of at least this many values."""
-_LOSS = jax.jit(direct_loss, static_argnames=("solver",))
+_LOSS = jax.jit(direct_loss, static_argnames=("solver", "coordinate"))
 
 
 def _as_times(name, v, noise, num_points) -> np.ndarray:
@@ -143,21 +166,27 @@ def _as_times(name, v, noise, num_points) -> np.ndarray:
 def _candidates(init, noise, num_points, t_start, t_end) -> dict[str, np.ndarray]:
     """Named initial schedules (float64, model times)."""
     if isinstance(init, str):
-        names = BASELINE_INITS if init == "best" else (init,)
-        if init != "best" and init not in BASELINE_INITS:
+        finite = lam_is_finite(noise, noise.t_max) and lam_is_finite(noise, noise.t_min)
+        names = (BASELINE_INITS if finite else FLOW_INITS) if init == "best" else (init,)
+        if init != "best" and init not in schedules.BASELINES:
             raise ValueError(
-                f"init must be 'best', one of {BASELINE_INITS}, a schedule, an OptimizeResult "
-                f"or a dict of them, got {init!r}"
+                f"init must be 'best', a baseline name of hso_jax.schedules.BASELINES "
+                f"{sorted(schedules.BASELINES)}, a schedule, an OptimizeResult or a dict of "
+                f"them, got {init!r}"
             )
         ts = t_start if t_start is not None else noise.t_max
         te = t_end if t_end is not None else noise.t_min
+        out = {}
         with jax.enable_x64(True):
-            return {
-                n: np.asarray(
-                    schedules.baseline(n, noise, num_points - 1, t_start=ts, t_end=te), np.float64
-                )
-                for n in names
-            }
+            for n in names:
+                fn = schedules.BASELINES[n]
+                if "t_start" in inspect.signature(fn).parameters:
+                    t = fn(noise, num_points - 1, t_start=ts, t_end=te)
+                else:  # a pipeline's schedule over the model's whole range (flow models)
+                    t = np.array(fn(noise, num_points - 1), np.float64)
+                    t[0] = min(t[0], ts)  # a target's latest start
+                out[n] = np.asarray(t, np.float64)
+        return out
     if isinstance(init, Mapping):
         if not init:
             raise ValueError("init must not be an empty dict")
@@ -356,25 +385,25 @@ def optimize_direct(
     (m_tr, x_tr, r_tr), (m_va, x_va, r_va) = _split(
         model, x_T, reference, x_T_val, reference_val, val_fraction, cond_val, uncond_val
     )
-    # the lam anchors of the softmax parametrisation are finite: a schedule's data end 0 is
-    # anchored at t_min, and the last point is set to the end after the parametrisation
-    cands = {k: _anchor(v, noise) for k, v in _candidates(
-        init, noise, num_points, t_start, t_end).items()}  # fmt: skip
-    final = DATA_END if end == "zero" else None
-    for t in cands.values():
-        check_finite_ends(
-            noise,
-            t[0],
-            t[-1],
-            "direct",
-            "it moves the points by softmax increments of lam between the ends",
-        )
+    cands = _candidates(init, noise, num_points, t_start, t_end)
+    # the points move by softmax increments of lam between the ends, or of t on a range whose
+    # ends have infinite lam (a flow model's [0, 1]); in lam, a data end 0 is anchored at
+    # t_min and the last point set to 0 after the parametrisation
+    finite = {k: all(lam_is_finite(noise, x) for x in _anchor(v, noise)[[0, -1]])
+              for k, v in cands.items()}  # fmt: skip
+    coordinate = "lam" if all(finite.values()) else "t"
+    if coordinate == "lam":
+        cands = {k: _anchor(v, noise) for k, v in cands.items()}
+    elif end == "zero":
+        cands = {k: np.append(v[:-1], DATA_END) for k, v in cands.items()}
+    final = DATA_END if end == "zero" and coordinate == "lam" else None
 
     t_ref = time.perf_counter()
     tols = (reference_rtol, reference_atol, batch_size, mesh)
     r_tr = _reference("reference", r_tr, m_tr, x_tr, *tols)
     r_va = _reference("reference_val", r_va, m_va, x_va, *tols)
-    if end == "zero":  # the target of a last step into the data: the same step on the reference
+    if end == "zero" and noise.t_min > 0:
+        # the target of a last step into the data: the same step on the reference
         r_tr, r_va = _DENOISE(m_tr, r_tr, noise.t_min), _DENOISE(m_va, r_va, noise.t_min)
     reference_s = time.perf_counter() - t_ref
     if mesh is not None:
@@ -384,16 +413,20 @@ def optimize_direct(
     dtype = x_tr.dtype
     f64 = jnp.float64
     with jax.enable_x64(True):
-        lam_of = {
-            k: np.asarray(noise.lam(jnp.asarray(v, f64)), np.float64) for k, v in cands.items()
-        }
+        lam_of = {  # the increasing coordinate of the parametrisation
+            k: np.asarray(noise.lam(jnp.asarray(v, f64)), np.float64) if coordinate == "lam"
+            else -np.asarray(v, np.float64)
+            for k, v in cands.items()
+        }  # fmt: skip
     # choose the initialisation on the training batch (forward passes only)
     init_losses = {}
     for k, t in cands.items():
         lam = lam_of[k]
         ends = _ends(lam, t, dtype, final)
         z = logits_from_lam(jnp.asarray(lam, dtype))
-        init_losses[k] = float(_LOSS(z, m_tr, solver_obj, x_tr, r_tr, ends))
+        init_losses[k] = float(
+            _LOSS(z, m_tr, solver_obj, x_tr, r_tr, ends, coordinate=coordinate)
+        )
     best_init = min(init_losses, key=init_losses.get)
     t0, lam0 = cands[best_init], lam_of[best_init]
     ends = _ends(lam0, t0, dtype, final)
@@ -403,7 +436,7 @@ def optimize_direct(
 
     args = (z, state, jnp.asarray(0.0, dtype), m_tr, x_tr, r_tr, m_va, x_va, r_va, ends)
     t_c = time.perf_counter()
-    step = _STEP.lower(*args, solver=solver_obj, remat=remat).compile()
+    step = _STEP.lower(*args, solver=solver_obj, remat=remat, coordinate=coordinate).compile()
     compile_s = time.perf_counter() - t_c
     memory = _memory(step)
 
@@ -428,7 +461,7 @@ def optimize_direct(
                     "iteration": i,
                     "train": loss,
                     "val": val,
-                    "t": _times(z, ends64, noise),
+                    "t": _times(z, ends64, noise, coordinate),
                     "elapsed": time.perf_counter() - t_begin,
                 }
             )
@@ -440,7 +473,7 @@ def optimize_direct(
     if best[1] is None:
         raise FloatingPointError(f"direct optimisation failed: {stop_reason}")
     val_best, z_best, it_best, train_best = best
-    t_best = _times(z_best, ends64, noise)
+    t_best = _times(z_best, ends64, noise, coordinate)
     iters = len(train_hist)
     warnings = []
     grid_info = None
@@ -542,9 +575,9 @@ _LOSS_T = jax.jit(schedule_loss, static_argnames=("solver", "unroll", "remat"))
 _DENOISE = jax.jit(lambda model, x, t: model.x0(x, t))
 
 
-def _times(z, ends, noise) -> np.ndarray:
+def _times(z, ends, noise, coordinate) -> np.ndarray:
     """The schedule of logits ``z`` in float64 (end points exact)."""
     with jax.enable_x64(True):
         e = tuple(jnp.asarray(np.float64(v), jnp.float64) for v in ends)
-        t = np.asarray(_schedule(jnp.asarray(z, jnp.float64), e, noise), np.float64)
+        t = np.asarray(_schedule(jnp.asarray(z, jnp.float64), e, noise, coordinate), np.float64)
     return t

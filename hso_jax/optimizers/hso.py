@@ -39,6 +39,13 @@ Solver flavours (NFE network evaluations), chosen by name or by a solver object'
   optimised points followed by ``t_min`` (NFE + 1 points), so a DDIM sampler run on it makes
   exactly NFE network calls; the spacing penalty covers the optimised points only.
 
+The flavour sets the default *end* (:data:`hso_jax.schedules.ENDS`): ``"free"`` for the
+multistep flavours, ``"t_min"`` for DDIM. ``end`` overrides it for any solver, as a runtime
+needs (:class:`hso_jax.export.Target`): ``"t_min"`` or ``"zero"`` is the DDIM structure
+(NFE optimised network points, then a fixed final step to ``t_min`` or to the data end
+``t = 0``). ``grid="steps"`` moves the network points onto the training steps and re-scores
+the result there (:func:`~hso_jax.optimizers.hso_report.on_steps`).
+
 Methods: ``"hso"`` (bi-level, MEP), ``"hso-dmn"`` (bi-level, DMN), ``"mep-model"`` (bi-level,
 the model-aware MEP of :mod:`hso_jax.objectives.mep_model` on a table of teacher predictions,
 passed as a traced argument so that one executable serves every table of the same size).
