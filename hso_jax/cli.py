@@ -694,9 +694,20 @@ def _cmd_optimize(args) -> int:
             )
         noise, source = _noise_from_args(args)
         tgt = _target_from_args(args, noise, args.solver)
-        res = optimize(
-            noise, args.nfe, method=args.method, seed=args.seed, **_conventions(args, tgt), **ends
-        )
+        try:
+            res = optimize(
+                noise, args.nfe, method=args.method, seed=args.seed, **_conventions(args, tgt),
+                **ends,
+            )  # fmt: skip
+        except ValueError as e:
+            if "needs finite log-SNR" not in str(e):
+                raise
+            raise _UsageError(
+                f"argument --t-start: --method {args.method} needs finite log-SNR at both ends, "
+                f"but this range reaches t = 1 or t = 0 of {noise!r}; pass --t-start 0.999 "
+                "(and --t-end, default: the last network point at normalised time 0.02, or "
+                "t_min with --end free)"
+            ) from None
     for w in res.warnings:
         print(f"warning: {w}", file=sys.stderr)
 

@@ -262,6 +262,14 @@ def test_optimize_diffusers_from_betas_file(capsys, tmp_path):
     assert from_file["sigmas"][-1] == 0.0  # diffusers' default end: the data
 
 
+def test_dmn_on_a_flow_model_takes_its_ends_from_the_command_line(capsys):
+    argv = ["optimize", "--noise", "flow", "--shift", "3", "--nfe", "4", "--method", "dmn"]
+    rc, out, err = run(capsys, *argv, "--t-start", "0.999", "--format", "comfyui")
+    sig = json.loads(out)
+    assert rc == 0 and sig[0] == 0.999 and sig[-1] == 0.0 and len(sig) == 5
+    assert "the same schedule for every flow model" in err
+
+
 def test_optimize_for_a_target_and_export_it(capsys, tmp_path):
     """The README's path: optimise for diffusers' UniPC, export, check in diffusers itself."""
     path = tmp_path / "s.json"
@@ -310,6 +318,8 @@ def test_optimize_for_a_target_and_export_it(capsys, tmp_path):
          "argument --target: unknown target 'diffusers:nope'"),
         (["optimize", "--noise", "sd21", "--nfe", "4", "--t-start", "0.9"],
          "argument --t-start: only applies to --method dmn / mep-local / direct"),
+        (["optimize", "--noise", "flow", "--shift", "3", "--nfe", "4", "--method", "dmn"],
+         "argument --t-start: --method dmn needs finite log-SNR.*pass --t-start 0.999"),
         (["optimize", "--noise", "sd21", "--nfe", "4", "--format", "comfyui", "--solver",
           "unipc"], "argument --solver: ComfyUI's uni_pc sampler is its own port"),
         (["optimize", "--nfe", "4"], "--noise"),
