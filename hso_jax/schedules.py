@@ -983,6 +983,7 @@ def optimal_steps(noise: RectifiedFlow, nfe: int, model: str | None = None) -> j
 
 def _concrete_schedule(ts, noise, what: str) -> np.ndarray:
     _check_noise(noise)
+    ts = getattr(ts, "t", ts)  # an OptimizeResult: its schedule
     ts = check_schedule(ts, noise)
     if isinstance(ts, jax.core.Tracer):
         raise TypeError(f"{what} is eager: ts must be a concrete array, not a traced value")
@@ -1065,7 +1066,8 @@ def to_diffusers(ts, noise: NoiseSchedule) -> dict[str, Any]:
     sigmas a second time; ``pipeline`` and ``note`` say so in words.
 
     Args:
-      ts: schedule (strictly decreasing model times), ending at 0 or at ``t_min``.
+      ts: schedule (strictly decreasing model times), ending at 0 or at ``t_min``, or an
+        :class:`~hso_jax.optimizers.OptimizeResult` (its ``t``).
       noise: a discrete-time process (e.g. ``preset("sd15")``) or a flow model's.
 
     Returns:
@@ -1140,7 +1142,8 @@ def to_comfyui(ts, noise: NoiseSchedule) -> list[float]:
     optimised one.
 
     Args:
-      ts: schedule (strictly decreasing model times).
+      ts: schedule (strictly decreasing model times), or an
+        :class:`~hso_jax.optimizers.OptimizeResult` (its ``t``).
       noise: its noise process.
 
     Returns:

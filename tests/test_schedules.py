@@ -413,6 +413,9 @@ def test_to_diffusers():
     np.testing.assert_allclose(t_min["sigmas"][-1], np.sqrt((1 - ac[0]) / ac[0]), rtol=1e-12)
     custom = VPDiscrete.from_betas(np.linspace(1e-4, 0.02, 50))
     assert S.to_diffusers(np.array([1.0, 0.5, 0.0]), custom)["timesteps"] == [49, 24]
+    res = hj.optimize(ns, nfe=4, target="diffusers:dpm-solver-pp")  # a result: its schedule
+    assert S.to_diffusers(res, ns)["timesteps"] == res.timesteps[:-1].tolist()
+    assert S.to_comfyui(res, ns)[-1] == 0.0
 
 
 def test_to_diffusers_rejects():
