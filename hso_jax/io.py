@@ -35,7 +35,6 @@ leaves a partial file.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -48,7 +47,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._signals import release_temp, temp_file
+from ._files import atomic_write
 from .noise import NoiseSchedule
 from .optimizers.result import OptimizeResult
 from .schedules import check_schedule, eval_float64
@@ -527,23 +526,7 @@ def atomic_write_text(path, text: str) -> Path:
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
-    path = writable_target(path)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    finally:
-        release_temp(tmp)
-    return path
+    return atomic_write(writable_target(path), text)
 
 
 def save_schedule(path, result_or_dict) -> Path:

@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import os
 import platform
 import signal
 import sys
@@ -43,6 +42,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._files import atomic_write
 from .convert import DEFAULT_SCHEDULER
 
 __all__ = [
@@ -348,7 +348,7 @@ def save_run(run_dir: Path, state: TrainState, run: dict[str, Any]) -> None:
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     meta = {**run, "format": RUN_FORMAT, "step": int(state.step)}
-    _atomic_write(run_dir / "run.json", json.dumps(meta, indent=2) + "\n")
+    atomic_write(run_dir / "run.json", json.dumps(meta, indent=2) + "\n")
 
 
 def load_run(run_dir: str | Path) -> tuple[TrainState, dict[str, Any]]:
@@ -391,12 +391,6 @@ def load_run(run_dir: str | Path) -> tuple[TrainState, dict[str, Any]]:
             f"{int(state.step)}; the directory was modified"
         )
     return state, run
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class _StopSignals:
@@ -527,7 +521,7 @@ def _trim_log(log_path: Path, step: int) -> None:
         return
     lines = log_path.read_text().splitlines()
     keep = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) <= step]
-    _atomic_write(log_path, "\n".join(keep) + "\n")
+    atomic_write(log_path, "\n".join(keep) + "\n")
 
 
 def export_model(

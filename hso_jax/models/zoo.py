@@ -23,7 +23,6 @@ class, so "the last 500" would all be nines; the held-out ``"test"`` split is in
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import json
 import os
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import atomic_write, sha256_file
 from ..denoiser import Denoiser
 from ..noise import (
     NoiseSchedule,
@@ -216,14 +216,6 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 MANIFEST = "MANIFEST.sha256"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _checkpoint_files(ckpt: Path) -> list[str]:
     return sorted(
         p.relative_to(ckpt).as_posix()
@@ -235,8 +227,8 @@ def _checkpoint_files(ckpt: Path) -> list[str]:
 def write_manifest(ckpt: Path) -> None:
     """Write ``MANIFEST.sha256`` (``sha256  relative/path`` per file) into a checkpoint dir."""
     ckpt = Path(ckpt)
-    lines = [f"{_sha256(ckpt / rel)}  {rel}" for rel in _checkpoint_files(ckpt)]
-    (ckpt / MANIFEST).write_text("\n".join(lines) + "\n")
+    lines = [f"{sha256_file(ckpt / rel)}  {rel}" for rel in _checkpoint_files(ckpt)]
+    atomic_write(ckpt / MANIFEST, "\n".join(lines) + "\n")
 
 
 def verify_manifest(ckpt: Path) -> bool:
@@ -267,7 +259,7 @@ def verify_manifest(ckpt: Path) -> bool:
     for rel in sorted(set(have) - set(want)):
         raise ValueError(f"checkpoint {ckpt}: file {rel} is not listed in {MANIFEST}")
     for rel in have:
-        if _sha256(ckpt / rel) != want[rel]:
+        if sha256_file(ckpt / rel) != want[rel]:
             raise ValueError(
                 f"checkpoint {ckpt}: file {rel} does not match its checksum in {MANIFEST} "
                 "(corrupted or modified)"

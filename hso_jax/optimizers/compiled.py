@@ -28,7 +28,6 @@ import functools
 import hashlib
 import os
 import pickle
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Hashable
@@ -38,6 +37,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from .._files import atomic_write
 
 __all__ = ["anonymous", "clear", "run_compiled", "store", "use_store"]
 
@@ -145,14 +146,7 @@ def _write(path: Path, exported, out_tree) -> None:
     entry = {"format": _FORMAT, "exported": bytes(exported.serialize()), "out_tree": out_tree}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(entry, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write(path, pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL))
     except OSError as e:
         warnings.warn(f"cannot write the program cache entry {path} ({e}); the next process "
                       "traces this search again", UserWarning, stacklevel=4)  # fmt: skip

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._signals import release_temp, temp_file
+from .._files import atomic_write, sha256_bytes
 
 __all__ = ["cached_reference", "reference_cache_path", "default_cache_dir", "CACHE_VERSION"]
 
@@ -100,9 +100,9 @@ def _problem(x: np.ndarray, t_start, t_end, key_id, rtol, atol) -> tuple[dict, s
         "atol": _as_float("atol", atol).hex(),
         "x_T_dtype": x.dtype.str,
         "x_T_shape": list(x.shape),
-        "x_T_sha256": hashlib.sha256(x.tobytes()).hexdigest(),
+        "x_T_sha256": sha256_bytes(x.tobytes()),
     }
-    key = hashlib.sha256(_canonical(meta)).hexdigest()
+    key = sha256_bytes(_canonical(meta))
     return meta, key
 
 
@@ -186,18 +186,7 @@ def _save(path: Path, arr: np.ndarray, meta: dict, key: str) -> None:
         meta=np.array(meta_json.decode()),
         checksum=np.array(_checksum(meta_json, arr)),
     )
-    fd, tmp = temp_file(path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        release_temp(tmp)
+    atomic_write(path, buf.getvalue())
 
 
 def cached_reference(
