@@ -13,7 +13,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "hso_jax"
 
 LAYERS = [
-    ("_validate", "_signals", "_lazy", "_files", "__init__"),  # __init__ holds __version__, loads lazily
+    # __init__ holds __version__ and loads the rest lazily
+    ("_validate", "_signals", "_lazy", "_files", "__init__"),
     ("noise",),
     ("denoiser",),
     ("batch",),
