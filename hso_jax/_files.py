@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 from ._signals import release_temp, temp_file
 
-__all__ = ["atomic_write", "sha256_bytes", "sha256_file"]
+__all__ = ["atomic_write", "file_kind", "read_regular", "sha256_bytes", "sha256_file"]
 
 _CHUNK = 1 << 20
 
@@ -71,3 +72,45 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words ("a named pipe (FIFO)", ...)."""
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def read_regular(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, read without blocking.
+
+    A named pipe, a device (``/dev/zero``), a socket or a directory is refused before anything
+    is read (``O_NONBLOCK``: opening a FIFO does not wait for a writer), and a file larger than
+    ``max_bytes`` is refused after reading one byte more, so no input can hang or exhaust
+    memory.
+
+    Raises:
+      ValueError: not a regular file, or too large (the message says which).
+      OSError: the file cannot be opened (missing, no permission).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ValueError(f"it is {file_kind(st.st_mode)}, not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"larger than {max_bytes} bytes")
+    return data

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
+import io
 import json
 import math
 import os
@@ -49,8 +50,14 @@ import numpy as np
 from . import _compile_cache, _signals, schedules
 from . import io as hio
 from . import noise as hnoise
+from ._files import read_regular
 
 __all__ = ["main", "build_parser"]
+
+
+MAX_INPUT_BYTES = 4 << 30
+"""The largest array file the command line reads (4 GiB); a larger one, a named pipe or a
+device (``/dev/zero``) is refused before it is read."""
 
 
 class _UsageError(Exception):
@@ -476,7 +483,11 @@ def _export(ts, noise, args, record, tgt) -> str:
     return json.dumps(e.sigmas) + "\n"
 
 
-_CLI_MODEL_BASED = ("direct", "gits", "mep-model")
+def _model_based() -> tuple[str, ...]:
+    """The registered methods that evaluate a model (hso_jax.optimizers.REGISTRY)."""
+    from .optimizers.base import names
+
+    return names(needs_model=True)
 
 CONDITION_KEYS = ("encoder_hidden_states", "text_embeds", "time_ids")
 """Names of the arrays of a dict condition in an ``.npz`` file (SDXL's UNet: prompt embeddings,
@@ -517,6 +528,25 @@ def _read_condition(path: str, option: str):
     # float conditions in the models' precision (float32); integer labels as they are
     as_model = lambda v: v.astype(np.float32) if v.dtype.kind == "f" else v  # noqa: E731
     return jax.tree_util.tree_map(as_model, tree)
+
+
+def _read_samples(path: str, shape: tuple[int, ...]) -> np.ndarray:
+    """--data: a .npy array of samples of the model's sample shape, as float32."""
+    try:
+        if Path(path).suffix != ".npy":
+            raise ValueError("expected a .npy file")
+        raw = read_regular(path, MAX_INPUT_BYTES)
+        if raw[: len(_NPY_MAGIC)] != _NPY_MAGIC:
+            raise ValueError("not a NumPy .npy file (no .npy header)")
+        v = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (OSError, ValueError, TypeError) as e:
+        raise _UsageError(f"argument --data: cannot read {path!r}: {e}") from None
+    if v.dtype.kind not in "fiu" or tuple(v.shape[1:]) != tuple(shape) or v.shape[0] < 2:
+        raise _UsageError(
+            f"argument --data: {path!r} must hold real samples of shape (N, "
+            f"{', '.join(map(str, shape))}) with N >= 2, got dtype {v.dtype} and shape {v.shape}"
+        )
+    return v.astype(np.float32)
 
 
 def _condition_rows(tree) -> dict[str, tuple[int, ...]]:
@@ -579,7 +609,8 @@ def _conditions_from_args(args) -> tuple[dict, dict]:
 
 
 def _add_optimize_parser(sub) -> None:
-    from .optimize import MODEL_FREE, SOLVERS
+    from .optimize import SOLVERS
+    from .optimizers.base import REGISTRY, names
 
     p = sub.add_parser(
         "optimize",
@@ -606,7 +637,11 @@ def _add_optimize_parser(sub) -> None:
         help="solver flavour (default unipc; with --target, the target's solver)",
     )
     p.add_argument(
-        "--method", choices=MODEL_FREE + _CLI_MODEL_BASED, default="hso", help="optimiser"
+        "--method",
+        choices=names(),
+        default="hso",
+        help="optimiser: "
+        + "; ".join(f"{n}: {REGISTRY[n].summary}" for n in names()),
     )
     p.add_argument(
         "--t-start",
@@ -647,13 +682,26 @@ def _add_optimize_parser(sub) -> None:
         help="classifier-free guidance scale (needs --cond and --uncond), e.g. 7.5",
     )
     p.add_argument(
-        "--sample-seed", type=int, default=0, help="model-based methods: seed of the noises"
+        "--sample-seed",
+        type=int,
+        default=0,
+        help="model-based methods: seed of the noises (AYS: of its Monte-Carlo samples)",
+    )
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        help="--method ays: data samples (.npy, (N, *sample shape)); default: --num-samples "
+        "samples drawn from the model by a tight ODE solve",
     )
     _add_export_options(p)
     p.set_defaults(func=_cmd_optimize, parser=p)
 
 
-_TIME_OPTIONS = ("dmn", "mep-local", "direct")
+def _time_options() -> tuple[str, ...]:
+    """The methods that take t_start / t_end (from their options in the registry)."""
+    from .optimizers.base import REGISTRY, names, option_names
+
+    return tuple(n for n in names() if "t_start" in option_names(REGISTRY[n]))
 
 
 def _cmd_optimize(args) -> int:
@@ -661,10 +709,10 @@ def _cmd_optimize(args) -> int:
 
     _check_export_args(args)
     ends = {k: getattr(args, k) for k in ("t_start", "t_end") if getattr(args, k) is not None}
-    if ends and args.method not in _TIME_OPTIONS:
+    if ends and args.method not in _time_options():
         option = _LIBRARY_TO_OPTION[next(iter(ends))]
         raise _UsageError(
-            f"argument {option}: only applies to --method {' / '.join(_TIME_OPTIONS)} (the "
+            f"argument {option}: only applies to --method {' / '.join(_time_options())} (the "
             f"bi-level {args.method} searches its ends in HSO's box)"
         )
     if args.target is not None and args.solver is not None:
@@ -672,7 +720,7 @@ def _cmd_optimize(args) -> int:
             f"argument --solver: the target {args.target} fixes the solver; leave --solver out"
         )
     has_noise = any(v is not None for v in (args.noise, args.betas_file, args.alphas_cumprod_file))
-    if args.method in _CLI_MODEL_BASED:
+    if args.method in _model_based():
         if args.model is None:
             raise _UsageError(f"argument --model: required by --method {args.method}")
         if has_noise:
@@ -683,10 +731,10 @@ def _cmd_optimize(args) -> int:
         _preset_options(args)  # preset options need --noise
         res, noise, source, tgt = _optimize_with_model(args, ends)
     else:
-        for option in ("model", "cond", "uncond", "guidance"):
+        for option in ("model", "cond", "uncond", "guidance", "data"):
             if getattr(args, option) is not None:
                 raise _UsageError(
-                    f"argument --{option}: only applies to --method {' / '.join(_CLI_MODEL_BASED)}"
+                    f"argument --{option}: only applies to --method {' / '.join(_model_based())}"
                 )
         if not has_noise:
             raise _UsageError(
@@ -760,11 +808,22 @@ def _optimize_with_model(args, ends: dict):
             "and for classifier-free guidance --uncond NULL.npy --guidance W"
         )
     tgt = _target_from_args(args, model.noise, args.solver)
+    from .optimizers.base import method
+
+    inputs = method(args.method).inputs
+    if args.data is not None and "data" not in inputs:
+        raise _UsageError(f"argument --data: does not apply to --method {args.method}")
     with jax.enable_x64(False):
         model = model.replace(**changes)
-        x_T = model.noise.prior(jax.random.key(args.sample_seed), (args.num_samples, *shape))
+        given = {}
+        key = jax.random.key(args.sample_seed)
+        if "x_T" in inputs:
+            given["x_T"] = model.noise.prior(key, (args.num_samples, *shape))
+        if "data" in inputs:  # AYS: data samples, or samples the model draws itself
+            data = None if args.data is None else _read_samples(args.data, shape)
+            given.update(data=data, key=key, shape=shape, num_samples=args.num_samples)
         res = optimize(
-            model, args.nfe, method=args.method, seed=args.seed, x_T=x_T,
+            model, args.nfe, method=args.method, seed=args.seed, **given,
             **_conventions(args, tgt), **ends,
         )  # fmt: skip
     source = {"model": str(args.model), "num_samples": args.num_samples}

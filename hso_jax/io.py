@@ -47,7 +47,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._files import atomic_write
+from ._files import atomic_write, file_kind, read_regular
 from .noise import NoiseSchedule
 from .optimizers.result import OptimizeResult
 from .schedules import check_schedule, eval_float64
@@ -470,19 +470,6 @@ def dumps_record(result_or_dict) -> str:
     return json.dumps(record, indent=2) + "\n"
 
 
-def _file_kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a named pipe (FIFO)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return kind
-    return "not a regular file"
-
-
 def writable_target(path) -> Path:
     """The file that :func:`atomic_write_text` would replace for ``path``.
 
@@ -502,7 +489,7 @@ def writable_target(path) -> Path:
     if st is not None and not stat.S_ISREG(st.st_mode):
         via = f" (a link to {os.readlink(path)!r})" if path.is_symlink() else ""
         raise ValueError(
-            f"path {str(path)!r}{via} is {_file_kind(st.st_mode)}, not a regular file; "
+            f"path {str(path)!r}{via} is {file_kind(st.st_mode)}, not a regular file; "
             "output is written atomically (a new file renamed into place), so the target must "
             "be a regular file or not exist yet"
         )
@@ -566,22 +553,11 @@ def load_schedule(path) -> dict[str, Any]:
       OSError: the file cannot be opened (missing, no permission).
     """
     path = Path(path)
-    # O_NONBLOCK: opening a FIFO must not wait for a writer; the fstat below rejects it.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        st = os.fstat(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise ScheduleFileError(f"{path}: not a schedule file: it is {_file_kind(st.st_mode)}")
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        raise ScheduleFileError(
-            f"{path}: too large for a schedule file (more than {MAX_FILE_BYTES} bytes)"
-        )
+        data = read_regular(path, MAX_FILE_BYTES)
+    except ValueError as e:
+        what = "too large for a schedule file" if "larger" in str(e) else "not a schedule file"
+        raise ScheduleFileError(f"{path}: {what}: {e}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -65,21 +65,19 @@ from . import _validate, schedules
 from ._compile_cache import enable as _enable_compile_cache
 from .denoiser import Denoiser, as_denoiser
 from .noise import NoiseSchedule, RectifiedFlow
-from .optimizers._trajectory import TEACHER_OPTIONS
-from .optimizers.hso import optimize_hso
-from .optimizers.hso_config import METHODS as _HSO_METHODS
-from .optimizers.hso_config import SOLVERS as _HSO_SOLVERS
-from .optimizers.hso_config import HSOConfig, solver_flavour
+from .optimizers import base
+from .optimizers._trajectory import check_model, resolve_solver
+from .optimizers.hso_config import SOLVERS
 from .optimizers.result import OptimizeResult
 from .schedules import ENDS, GRIDS
 
 __all__ = ["optimize", "METHODS", "MODEL_FREE", "MODEL_BASED", "SOLVERS"]
 
-MODEL_FREE = tuple(m for m in _HSO_METHODS if m != "mep-model")
-MODEL_BASED = ("ays", "direct", "gits", "mep-model")
+# The built-in methods, from the registry (hso_jax.optimizers.REGISTRY has every registered
+# method, a user's too).
+MODEL_FREE = base.names(needs_model=False)
+MODEL_BASED = base.names(needs_model=True)
 METHODS = MODEL_FREE + MODEL_BASED
-_TEACHER = TEACHER_OPTIONS
-SOLVERS = _HSO_SOLVERS
 
 
 def optimize(
@@ -223,48 +221,17 @@ def optimize(
             f"{type(model).__name__}"
         )
     nfe = _validate.integer("nfe", nfe, 2)
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    m = base.method(method)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer, got {seed!r}")
     _enable_compile_cache()  # the persistent compilation cache (hso_jax._compile_cache)
-
-    solver, conventions, recorded = _conventions(noise_schedule, method, solver, target, end, grid)
-    runner, known_options = _METHOD_TABLE[method]
-    known = known_options()
-    unknown = [] if known is None else sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for method={method!r}; known options: {sorted(known)}"
-        )
-    if method in MODEL_BASED:
-        from .optimizers._trajectory import check_model
-
-        check_model(model, method)
-        res = runner(model, nfe, solver, int(seed), {**options, **conventions})
-        return _record(res, solver, recorded, noise_schedule)
-    res = runner(noise_schedule, nfe, method, solver, int(seed), {**options, **conventions})
-    res = _record(res, solver, recorded, noise_schedule)
-    if isinstance(noise_schedule, RectifiedFlow):
-        res = dataclasses.replace(res, warnings=res.warnings + (_FLOW_NOTE,))
-    if isinstance(model, Denoiser):
-        note = (
-            f"the network was not called: method={method!r} is model-free and uses only the "
-            f"model's noise process ({getattr(noise_schedule, 'name', '') or noise_schedule!r}); "
-            f"the methods that evaluate the network are {', '.join(map(repr, MODEL_BASED))}"
-        )
-        if model.cond is not None or model.uncond is not None:
-            note += (
-                "; its conditions (cond / uncond"
-                + (
-                    f", guidance_scale={model.guidance_scale:g}"
-                    if model.guidance_scale is not None
-                    else ""
-                )
-                + ") were not used either"
-            )
-        res = dataclasses.replace(res, warnings=res.warnings + (note,))
-    return res
+    opts = base.build_options(m, options)
+    if m.needs_model:
+        check_model(model, m.name)
+    solver, problem, recorded = _conventions(noise_schedule, m, solver, target, end, grid)
+    problem = dataclasses.replace(problem, model=model if isinstance(model, Denoiser) else None)
+    res = m.run(problem, nfe, solver, opts, int(seed))
+    return _record(res, m, model, solver, recorded, noise_schedule)
 
 
 _FLOW_NOTE = (
@@ -276,10 +243,10 @@ _FLOW_NOTE = (
 )
 
 
-def _conventions(noise, method: str, solver, target, end, grid):
-    """``(solver, conventions, recorded)``: the solver to optimise for, the ``end`` /
-    ``grid`` / ``start_max`` keywords of the method, and what ``info`` records."""
-    recorded = {}
+def _conventions(noise, m: base.Method, solver, target, end, grid):
+    """``(solver, problem, recorded)``: the solver to optimise for, the :class:`Problem`
+    (the conventions of a target, or the ``end`` / ``grid`` asked for) and what ``info``
+    records."""
     if target is not None:
         from .export.targets import target as make_target
 
@@ -294,17 +261,9 @@ def _conventions(noise, method: str, solver, target, end, grid):
                 f"grid={grid!r} contradicts target {tgt.name}, whose network times are on the "
                 f"grid {tgt.grid!r}; leave grid out"
             )
-        if tgt.solver().calls_per_step != 1 and method not in ("direct", "gits", "ays"):
-            raise ValueError(
-                f"method={method!r} optimises schedules of one network call per point; target "
-                f"{tgt.name} runs Heun (two per step): use method='direct', 'gits' or 'ays'"
-            )
-        solver, end, grid = tgt.solver(), tgt.end, tgt.grid
-        recorded = {"target": tgt.name, "target_variant": tgt.variant}
-        conventions = {"end": end, "grid": grid}
-        if tgt.max_start < noise.t_max and method not in ("ays", "gits"):
-            conventions["start_max"] = tgt.max_start  # (those two start at t_max, refused)
-        return solver, conventions, recorded
+        start_max = tgt.max_start if tgt.max_start < noise.t_max else None
+        problem = base.Problem(noise, end=tgt.end, grid=tgt.grid, start_max=start_max)
+        return tgt.solver(), problem, {"target": tgt.name, "target_variant": tgt.variant}
     solver = "unipc" if solver is None else solver
     if end is not None:
         _validate.choice("end", end, ENDS)
@@ -315,14 +274,12 @@ def _conventions(noise, method: str, solver, target, end, grid):
         _validate.choice("grid", grid, GRIDS)
         if grid == "steps" and not noise.is_discrete:
             raise ValueError(f"grid='steps' needs a discrete-time process, got {noise!r}")
-    conventions = {k: v for k, v in (("end", end), ("grid", grid)) if v is not None}
-    return solver, conventions, recorded
+    return solver, base.Problem(noise, end=end, grid=grid or "continuous"), {}
 
 
-def _record(res: OptimizeResult, solver, recorded: dict, noise) -> OptimizeResult:
-    """``res`` with the target it was made for and the hso_jax call that samples it."""
-    from .optimizers._trajectory import resolve_solver
-
+def _record(res: OptimizeResult, m: base.Method, model, solver, recorded: dict, noise):
+    """``res`` with the target it was made for, the hso_jax call that samples it, and what a
+    model-free run did not use (the network) or cannot tell apart (flow models)."""
     if isinstance(solver, str) and solver in SOLVERS and not recorded:
         obj = {"unipc": "unipc()", "dpm-solver-pp": "dpm_solver_pp()", "ddim": "ddim()"}[solver]
     else:
@@ -333,88 +290,24 @@ def _record(res: OptimizeResult, solver, recorded: dict, noise) -> OptimizeResul
         "end": res.info.get("end", schedules.end_of(res.t, noise)),
         "sample": f"hso_jax.sample(model, x_T, res.t, hso_jax.solvers.{obj})",
     }
-    return dataclasses.replace(res, info=info)
-
-
-def _model_free(noise, nfe: int, method: str, solver, seed: int, options: dict):
-    solver = solver_flavour(solver, method)
-    return optimize_hso(noise, nfe, method=method, solver=solver, seed=seed, **options)
-
-
-def _ays(model, nfe: int, solver, seed: int, options: dict) -> OptimizeResult:
-    import jax
-
-    from .optimizers.ays import optimize_ays  # lazy: model-based, heavier imports
-
-    options = dict(options)
-    key = options.pop("key", None)
-    if key is None:
-        key = jax.random.key(seed)
-    return optimize_ays(model, nfe, solver=solver, key=key, **options)
-
-
-def _direct(model, nfe: int, solver, seed: int, options: dict) -> OptimizeResult:
-    from .optimizers.direct import optimize_direct
-
-    return optimize_direct(model, nfe, solver=solver, **options)
-
-
-def _gits(model, nfe: int, solver, seed: int, options: dict) -> OptimizeResult:
-    from .optimizers.gits import optimize_gits
-
-    return optimize_gits(model, nfe, solver=solver, **options)
-
-
-def _mep_model(model, nfe: int, solver, seed: int, options: dict) -> OptimizeResult:
-    import time
-
-    from .objectives.mep_model import mep_table
-    from .optimizers._trajectory import teacher_from_options
-
-    solver = solver_flavour(solver, "mep-model")
-    teacher_opts = {k: options[k] for k in _TEACHER if k in options}
-    search_opts = {k: v for k, v in options.items() if k not in _TEACHER}
-    t0 = time.perf_counter()
-    teacher, teacher_info = teacher_from_options(model, "mep-model", teacher_opts)
-    table = mep_table(teacher)
-    teacher_s = time.perf_counter() - t0
-    res = optimize_hso(
-        model.noise, nfe, method="mep-model", solver=solver, seed=seed, table=table, **search_opts
-    )
-    res.info.update(teacher_info)
-    res.info["timings"]["teacher_s"] = teacher_s
-    return res
-
-
-def _keywords(module: str, name: str, extra: tuple[str, ...] = ()):
-    """The keyword-only options of ``module.name`` (``solver`` is an argument of
-    :func:`optimize` itself), plus ``extra``; looked up lazily (model-based imports). ``None``
-    (no check here) when the function takes ``**options`` it does not list: it checks them."""
-
-    def known() -> tuple[str, ...] | None:
-        import importlib
-        import inspect
-
-        fn = getattr(importlib.import_module(module, __package__), name)
-        params = inspect.signature(fn).parameters.values()
-        if not extra and any(p.kind == p.VAR_KEYWORD for p in params):
-            return None
-        kw = [p.name for p in params if p.kind == p.KEYWORD_ONLY and not p.name.startswith("_")]
-        return tuple(k for k in kw if k != "solver") + extra
-
-    return known
-
-
-# method -> (runner, its known options). Model-free runners take the noise process and the
-# method name; model-based ones the Denoiser.
-_METHOD_TABLE: dict[str, tuple[Callable, Callable[[], tuple[str, ...] | None]]] = {
-    **{m: (_model_free, lambda m=m: HSOConfig.option_names(m)) for m in MODEL_FREE},
-    "ays": (_ays, _keywords(".optimizers.ays", "optimize_ays")),
-    "direct": (_direct, _keywords(".optimizers.direct", "optimize_direct")),
-    "gits": (_gits, _keywords(".optimizers.gits", "optimize_gits", _TEACHER)),
-    "mep-model": (_mep_model, lambda: HSOConfig.option_names("mep-model") + tuple(_TEACHER)),
-}
-assert set(_METHOD_TABLE) == set(METHODS)
+    notes = []
+    if not m.needs_model and isinstance(model, Denoiser):
+        note = (
+            f"the network was not called: method={m.name!r} is model-free and uses only the "
+            f"model's noise process ({getattr(noise, 'name', '') or noise!r}); the methods that "
+            f"evaluate the network are {', '.join(map(repr, base.names(needs_model=True)))}"
+        )
+        if model.cond is not None or model.uncond is not None:
+            w = model.guidance_scale
+            note += (
+                "; its conditions (cond / uncond"
+                + (f", guidance_scale={w:g}" if w is not None else "")
+                + ") were not used either"
+            )
+        notes.append(note)
+    if not m.needs_model and isinstance(noise, RectifiedFlow):
+        notes.append(_FLOW_NOTE)
+    return dataclasses.replace(res, info=info, warnings=res.warnings + tuple(notes))
 
 
 # The package attribute ``hso_jax.optimize`` is the function (it shadows this module), so the

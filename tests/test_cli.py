@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -299,11 +300,13 @@ def test_optimize_for_a_target_and_export_it(capsys, tmp_path):
     [
         (["optimize", "--noise", "sd21", "--nfe", "1"], "argument --nfe: must be an integer >= 2"),
         (["optimize", "--noise", "sd21", "--nfe", "4", "--method", "ays"],
+         "argument --model: required by --method ays"),
+        (["optimize", "--noise", "sd21", "--nfe", "4", "--method", "nope"],
          "argument --method: invalid choice"),
         (["optimize", "--noise", "sd21", "--nfe", "4", "--method", "gits"],
          "argument --model: required by --method gits"),
         (["optimize", "--model", "mnist", "--nfe", "4"],
-         "argument --model: only applies to --method direct / gits / mep-model"),
+         "argument --model: only applies to --method ays / direct / gits / mep-model"),
         (["optimize", "--model", "mnist", "--noise", "ddpm", "--nfe", "4", "--method", "direct"],
          "do not apply to --method direct"),
         (["optimize", "--model", "no-such-model", "--nfe", "4", "--method", "gits"],
@@ -317,7 +320,7 @@ def test_optimize_for_a_target_and_export_it(capsys, tmp_path):
         (["optimize", "--noise", "sd21", "--nfe", "4", "--target", "diffusers:nope"],
          "argument --target: unknown target 'diffusers:nope'"),
         (["optimize", "--noise", "sd21", "--nfe", "4", "--t-start", "0.9"],
-         "argument --t-start: only applies to --method dmn / mep-local / direct"),
+         "argument --t-start: only applies to --method mep-local / dmn / direct"),
         (["optimize", "--noise", "flow", "--shift", "3", "--nfe", "4", "--method", "dmn"],
          "argument --t-start: --method dmn needs finite log-SNR.*pass --t-start 0.999"),
         (["optimize", "--noise", "sd21", "--nfe", "4", "--format", "comfyui", "--solver",
@@ -330,7 +333,7 @@ def test_optimize_bad_arguments_exit_2(capsys, args, match):
     assert re.search(match, err), err
 
 
-def test_optimize_model_based_methods(capsys, monkeypatch):
+def test_optimize_model_based_methods(capsys, monkeypatch, tmp_path):
     """--model plumbing (a Gaussian-mixture stand-in for the zoo model keeps this fast)."""
     from hso_jax.models import zoo
 
@@ -339,13 +342,22 @@ def test_optimize_model_based_methods(capsys, monkeypatch):
     monkeypatch.setattr(zoo, "load", lambda name: gm.denoiser(ddpm))
     monkeypatch.setattr(zoo, "sample_shape", lambda name: (2,))
     monkeypatch.setattr(zoo, "is_conditional", lambda name: False)
-    for method in ("gits", "direct"):
+    np.save(tmp_path / "data.npy", np.asarray(gm.sample(jax.random.key(0), 32)))
+    for method in ("gits", "direct", "ays"):
         argv = ["optimize", "--model", "toy", "--method", method, "--nfe", "4"]
-        rc, out, err = run(capsys, *argv, "--num-samples", "8")
+        data = ["--data", str(tmp_path / "data.npy")] if method == "ays" else []
+        rc, out, err = run(capsys, *argv, "--num-samples", "8", *data)
         assert rc == 0, err
         rec = hio.validate_record(json.loads(out))
         assert rec["method"] == method and rec["nfe"] == 4 and len(rec["t"]) == 5
         assert rec["options"]["model"] == "toy" and rec["options"]["num_samples"] == 8
+    err = bad(capsys, "optimize", "--model", "toy", "--method", "gits", "--nfe", "4", "--data",
+              str(tmp_path / "data.npy"))
+    assert "argument --data: does not apply to --method gits" in err
+    os.mkfifo(tmp_path / "fifo.npy")  # refused at once, never waited on
+    err = bad(capsys, "optimize", "--model", "toy", "--method", "ays", "--nfe", "4", "--data",
+              str(tmp_path / "fifo.npy"))
+    assert "argument --data: cannot read" in err and "named pipe" in err
 
 
 # ----------------------------------------------------------------------------- --out targets

@@ -219,7 +219,7 @@ def test_gits_and_ays_for_a_target():
         (lambda: ex.export(STEPS_ZERO, "diffusers:unipc", SD15, end="free"),
          r"ends at zero or t_min, not end='free'"),
         (lambda: hj.optimize(SD15, nfe=5, target="k-diffusion:heun"),
-         r"one network call per point.*Heun"),
+         r"method='hso' has schedule flavours for UniPC, DPM-Solver\+\+.*got Heun"),
         (lambda: hj.optimize(SD15, nfe=5, solver="unipc", target="diffusers:unipc"),
          r"pass solver= or target=, not both"),
     ],

@@ -99,3 +99,41 @@ def test_no_private_names_across_modules():
                 if n.startswith("_") and n not in shared:
                     bad.append(f"hso_jax/{path.relative_to(PACKAGE)}:{line} imports {target}.{n}")
     assert not bad, "\n".join(bad)
+
+
+def _method_names() -> set[str]:
+    from hso_jax.optimizers import REGISTRY
+
+    return set(REGISTRY)
+
+
+def test_optimizers_are_imported_only_from_above():
+    """No module below optimizers/ imports it (the registry, the methods and their results
+    live there and nowhere lower)."""
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        here = _module(path)
+        if _rank(here) >= RANK["optimizers"]:
+            continue
+        for line, target, _ in _imports(path):
+            if target.split(".")[0] == "optimizers":
+                bad.append(f"hso_jax/{path.relative_to(PACKAGE)}:{line} imports hso_jax.{target}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_registry_is_the_one_list_of_methods():
+    """No source keeps its own list of methods: a tuple / list / set literal of two or more
+    method names anywhere in the package, the benchmarks or the command line is a second list
+    that the registry (hso_jax.optimizers.REGISTRY) would not update."""
+    names = _method_names()
+    roots = [PACKAGE, PACKAGE.parent / "benchmarks"]
+    stray = []
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                    continue
+                values = [e.value for e in node.elts if isinstance(e, ast.Constant)]
+                if len(values) >= 2 and len(values) == len(node.elts) and set(values) <= names:
+                    stray.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {values}")
+    assert not stray, "method lists outside the registry:\n" + "\n".join(stray)

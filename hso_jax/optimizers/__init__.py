@@ -5,15 +5,19 @@
 * :mod:`~hso_jax.optimizers.hso` -- HSO, the bi-level search (entry point of the HSO family);
 * :mod:`~hso_jax.optimizers.dmn` -- DM-NonUniform's single-level optimiser (and ``"mep-local"``);
 * :mod:`~hso_jax.optimizers.hso_config` -- :class:`HSOConfig`, the validated options of both;
-* :mod:`~hso_jax.optimizers.ays` -- Align Your Steps (imported on use);
+* :mod:`~hso_jax.optimizers.ays` -- Align Your Steps;
 * :mod:`~hso_jax.optimizers.direct` -- gradient descent on the held-out sample error through
-  the solver (imported on use);
-* :mod:`~hso_jax.optimizers.gits` -- GITS, dynamic programming on a teacher grid (imported on
-  use).
+  the solver;
+* :mod:`~hso_jax.optimizers.gits` -- GITS, dynamic programming on a teacher grid;
 
-The public entry point is :func:`hso_jax.optimize`.
+* :mod:`~hso_jax.optimizers.mep_model` -- HSO's search on the model-aware MEP.
+
+Every method registers itself in :data:`REGISTRY` (:mod:`~hso_jax.optimizers.base`: the
+:class:`Method` contract); the public entry point is :func:`hso_jax.optimize`.
 """
 
+from . import ays, direct, gits, mep_model  # noqa: F401 (they register their methods)
+from .base import REGISTRY, Method, Problem, UnknownOptionError, method, register
 from .de import DEResult, differential_evolution, latin_hypercube
 from .dmn import optimize_dmn
 from .hso import init_family, karras_lam, optimize_hso
@@ -24,7 +28,13 @@ from .result import OptimizeResult
 __all__ = [
     "DEResult",
     "HSOConfig",
+    "Method",
     "OptimizeResult",
+    "Problem",
+    "REGISTRY",
+    "UnknownOptionError",
+    "method",
+    "register",
     "RefineResult",
     "differential_evolution",
     "init_family",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
@@ -22,17 +23,19 @@ __all__ = [
 
 Array = Any
 
-# Options every teacher-based method accepts (see ``teacher_from_options``).
-TEACHER_OPTIONS = (
-    "x_T",
-    "teacher",
-    "teacher_points",
-    "teacher_grid",
-    "teacher_rtol",
-    "teacher_atol",
-    "teacher_batch_size",
-    "mesh",
+# Options every teacher-based method accepts (see ``teacher_from_options``), as dataclass
+# fields (name, type, field) of the methods' Options.
+TEACHER_FIELDS = (
+    ("x_T", Any, dataclasses.field(default=None)),
+    ("teacher", Any, dataclasses.field(default=None)),
+    ("teacher_points", int, dataclasses.field(default=100)),
+    ("teacher_grid", Any, dataclasses.field(default=None)),  # None: logsnr, or time on [0, 1]
+    ("teacher_rtol", float, dataclasses.field(default=1e-4)),
+    ("teacher_atol", float, dataclasses.field(default=1e-4)),
+    ("teacher_batch_size", Any, dataclasses.field(default=None)),
+    ("mesh", Any, dataclasses.field(default=None)),
 )
+TEACHER_OPTIONS = tuple(name for name, _, _ in TEACHER_FIELDS)
 
 
 def resolve_solver(solver) -> tuple[solvers.Solver, str]:
@@ -107,7 +110,8 @@ def teacher_from_options(model: Denoiser, method: str, opts: dict) -> tuple[Any,
     finite = lam_is_finite(model.noise, model.noise.t_max) and lam_is_finite(
         model.noise, model.noise.t_min
     )
-    grid = opts.get("teacher_grid", "logsnr" if finite else "time")
+    grid = opts.get("teacher_grid")
+    grid = ("logsnr" if finite else "time") if grid is None else grid
     rtol = opts.get("teacher_rtol", 1e-4)
     atol = opts.get("teacher_atol", 1e-4)
     size, mesh = opts.get("teacher_batch_size"), opts.get("mesh")

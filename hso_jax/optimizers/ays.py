@@ -81,6 +81,7 @@ from ..schedules import check_schedule
 from ._ends import check_finite_ends
 from ._trajectory import fixed_end, resolve_solver, to_data_end
 from .ays_search import CoordinateSearch
+from .base import Method, given_options, register
 from .result import OptimizeResult
 
 __all__ = ["optimize_ays", "BASE_STEPS"]
@@ -639,3 +640,51 @@ def _result(
         warnings=tuple(run.warnings),
         options=options,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class AYSOptions:
+    """The options of ``method="ays"`` (see :func:`optimize_ays`; ``key=None``: made from the
+    seed)."""
+
+    key: Any = None
+    data: Any = None
+    num_samples: int | None = None
+    init: Any = None
+    candidates: int = 11
+    max_sweeps: int = 20
+    rel_tol: float | None = 1e-2
+    validation: Any = None
+    patience: int = 2
+    subdivide: bool | int = True
+    refine_sweeps: int = 12
+    min_radius: float = 1.0 / 32.0
+    c: float = 0.5
+    shape: tuple[int, ...] | None = None
+    batch_size: int | None = None
+    mesh: Any = None
+    progress: bool = True
+    callback: Any = None
+
+
+def _run(problem, nfe: int, solver, options: AYSOptions, seed: int) -> OptimizeResult:
+    problem.starts_at_t_max("ays")
+    opts = given_options(options)
+    key = opts.pop("key", None)
+    key = jax.random.key(seed) if key is None else key
+    return optimize_ays(
+        problem.model, nfe, solver=solver, key=key, **problem.conventions(), **opts
+    )
+
+
+register(
+    Method(
+        "ays",
+        needs_model=True,
+        options=AYSOptions,
+        run=_run,
+        summary="Align Your Steps: coordinate search on a Monte-Carlo KL upper bound "
+        "(ICML 2024); needs data samples",
+        inputs=("data",),
+    )
+)

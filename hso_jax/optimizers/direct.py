@@ -59,6 +59,7 @@ exact ODE solution and the loss is the evaluation RMSE.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import time
@@ -82,12 +83,12 @@ from ..batch import (
 )
 from ..denoiser import Denoiser
 from ..noise import DATA_END
-from ..reference.solve import reference_solve
 from ..schedules import check_schedule
 from ..solvers import sample
 from ..solvers.driver import check_model_input
 from ._ends import lam_is_finite
 from ._trajectory import check_model, check_noise_batch, fixed_end, resolve_solver
+from .base import Method, given_options, register
 from .refine import lam_from_logits, logits_from_lam
 from .result import OptimizeResult
 
@@ -236,6 +237,8 @@ def _split(model, x_T, reference, x_T_val, reference_val, val_fraction, cond_val
 def _reference(name, ref, model, x, rtol, atol, batch_size, mesh):
     noise = model.noise
     if ref is None:
+        from ..reference.solve import reference_solve  # diffrax, imported on use
+
         return reference_solve(
             model,
             x,
@@ -581,3 +584,47 @@ def _times(z, ends, noise, coordinate) -> np.ndarray:
         e = tuple(jnp.asarray(np.float64(v), jnp.float64) for v in ends)
         t = np.asarray(_schedule(jnp.asarray(z, jnp.float64), e, noise, coordinate), np.float64)
     return t
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectOptions:
+    """The options of ``method="direct"`` (see :func:`optimize_direct`)."""
+
+    x_T: Any = None
+    reference: Any = None
+    x_T_val: Any = None
+    reference_val: Any = None
+    val_fraction: float = 0.5
+    init: Any = "best"
+    t_start: float | None = None
+    t_end: float | None = None
+    steps: int = 100
+    learning_rate: float = 0.01
+    patience: int = 25
+    reference_rtol: float = 1e-4
+    reference_atol: float = 1e-4
+    cond_val: Any = None
+    uncond_val: Any = None
+    remat: bool | None = None
+    batch_size: int | None = None
+    mesh: Any = None
+    callback: Any = None
+
+
+def _run(problem, nfe: int, solver, options: DirectOptions, seed: int) -> OptimizeResult:
+    return optimize_direct(
+        problem.model, nfe, solver=solver, **problem.conventions(), **given_options(options)
+    )
+
+
+register(
+    Method(
+        "direct",
+        needs_model=True,
+        options=DirectOptions,
+        run=_run,
+        summary="gradient descent on the held-out sample error through the solver, against "
+        "the exact ODE solution (as LD3, ICLR 2025)",
+        inputs=("x_T",),
+    )
+)

@@ -44,16 +44,21 @@ import numpy as np
 
 from .. import _validate
 from ..noise import NoiseSchedule
+from ..objectives.dmn import DMN_TRUNC_NUM
 from ..objectives.spacing import d_min, time_from_normalised
 from ._ends import check_finite_ends
+from .base import given_options
 from .compiled import run_compiled
 from .hso_config import (
     GRIDS,
-    SINGLE_LEVEL,
     HSOConfig,
+    Variant,
+    add_variant,
     check_end,
     n_intervals,
+    register_variant,
     solver_flavour,
+    variant,
 )
 from .hso_lower import karras_lam, lower_level, refined_grid
 from .hso_report import base_info, on_steps, search_result
@@ -151,7 +156,8 @@ def optimize_dmn(
       The :class:`~hso_jax.optimizers.OptimizeResult`; ``params`` holds the end points and the
       initial grid (and ``rho`` for the Karras grid).
     """
-    _validate.choice("method", method, SINGLE_LEVEL)
+    if variant(method).bilevel:
+        raise ValueError(f"optimize_dmn runs the single-level methods, not {method!r}")
     solver = solver_flavour(solver, method)
     end = check_end(end, solver)
     grid = _validate.choice("grid", grid, GRIDS)
@@ -181,3 +187,25 @@ def _single(noise, nfe: int, cfg: HSOConfig, solver: str, end, start_max, option
         noise, cfg, grid, loc, None, solver=solver, end=end, nfe=nfe, dmin=dmin, info=info,
         params=params, options=options,
     )  # fmt: skip
+
+
+DMN = add_variant(Variant("dmn", bilevel=False, objective="dmn", trunc_num=DMN_TRUNC_NUM))
+MEP_LOCAL = add_variant(Variant("mep-local", bilevel=False, objective="mep"))
+
+
+def _runner(v: Variant):
+    def run(problem, nfe, solver, options, seed):
+        return optimize_dmn(
+            problem.noise, nfe, method=v.name, solver=solver, **problem.conventions(),
+            **given_options(options),
+        )  # fmt: skip
+
+    return run
+
+
+register_variant(
+    MEP_LOCAL,
+    _runner(MEP_LOCAL),
+    "HSO's lower level alone: the Midpoint Error Proxy minimised from Karras rho = 7",
+)
+register_variant(DMN, _runner(DMN), "DM-NonUniform as its authors ship it (CVPR 2024, truncNum 3)")

@@ -42,6 +42,7 @@ Sampling", ICML 2024 (arXiv 2405.11326), Sec. 4 (dynamic-programming time schedu
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -59,6 +60,7 @@ from ..reference.teacher import Teacher
 from ..schedules import GRIDS
 from ._ends import check_finite_ends
 from ._trajectory import (
+    TEACHER_FIELDS,
     TEACHER_OPTIONS,
     check_model,
     fixed_end,
@@ -66,6 +68,7 @@ from ._trajectory import (
     teacher_from_options,
     to_data_end,
 )
+from .base import Method, given_options, register
 from .result import OptimizeResult
 
 __all__ = ["gits_cost_matrix", "gits_dp", "optimize_gits", "DEFAULT_COEFF", "OPTIONS"]
@@ -435,3 +438,32 @@ def _steps_grid(noise, opts: dict) -> dict:
             base = schedules.baseline(base, noise, int(opts.get("teacher_points", 100)) - 1)
     k = np.unique(noise.index_from_t(np.asarray(base, np.float64)))[::-1]
     return {**opts, "teacher_grid": (k + 1.0) / noise.num_steps}
+
+
+GITSOptions = dataclasses.make_dataclass(
+    "GITSOptions",
+    [("coeff", float, dataclasses.field(default=DEFAULT_COEFF)), *TEACHER_FIELDS],
+    frozen=True,
+)
+GITSOptions.__doc__ = """The options of ``method="gits"``: ``coeff`` and the teacher's (see
+:func:`optimize_gits`)."""
+
+
+def _run(problem, nfe: int, solver, options, seed: int) -> OptimizeResult:
+    problem.starts_at_t_max("gits")
+    return optimize_gits(
+        problem.model, nfe, solver=solver, **problem.conventions(), **given_options(options)
+    )
+
+
+register(
+    Method(
+        "gits",
+        needs_model=True,
+        options=GITSOptions,
+        run=_run,
+        summary="GITS: dynamic programming over a fine grid with the local truncation error "
+        "along teacher trajectories (ICML 2024)",
+        inputs=("x_T",),
+    )
+)

@@ -100,19 +100,22 @@ import numpy as np
 from .. import _validate
 from ..noise import NoiseSchedule
 from ..objectives.spacing import d_min, normalised_time, time_from_normalised
+from .base import given_options
 from .compiled import run_compiled
 from .de import differential_evolution
 from .dmn import optimize_dmn
 from .hso_config import (
-    BILEVEL,
     BOUNDS,
     GRIDS,
-    METHODS,
     SOLVERS,
     HSOConfig,
+    Variant,
+    add_variant,
     check_end,
     n_intervals,
+    register_variant,
     solver_flavour,
+    variant,
 )
 from .hso_lower import karras_lam, lower_level, refined_grid
 from .hso_report import base_info, on_steps, search_result
@@ -121,7 +124,8 @@ from .result import OptimizeResult
 
 __all__ = [
     "BOUNDS",
-    "METHODS",
+    "HSO",
+    "HSO_DMN",
     "SOLVERS",
     "HSOConfig",
     "box",
@@ -219,10 +223,10 @@ def optimize_hso(
     ``grid`` (``"steps"``: the network points are moved onto training steps and the result
     re-scored there) and ``start_max`` (the latest start time) are the conventions of the
     runtime the schedule is for (:class:`hso_jax.export.Target`)."""
-    _validate.choice("method", method, METHODS)
-    if (method == "mep-model") != (table is not None):
-        raise ValueError("table is required by method='mep-model' and only by it")
-    if method not in BILEVEL:
+    v = variant(method)
+    if (v.objective == "mep-model") != (table is not None):
+        raise ValueError(f"table is required by method={method!r} and only by it")
+    if not v.bilevel:
         return optimize_dmn(
             noise, nfe, method=method, solver=solver, end=end, grid=grid,
             start_max=start_max, **options,
@@ -283,3 +287,28 @@ def _bilevel(noise, nfe: int, cfg: HSOConfig, solver: str, end, start_max, seed,
         noise, cfg, grid, loc, penalty, solver=solver, end=end, nfe=nfe, dmin=dmin, info=info,
         params=params, options=options, warnings=tuple(de_warnings),
     )  # fmt: skip
+
+
+HSO = add_variant(Variant("hso", bilevel=True, objective="mep"))
+HSO_DMN = add_variant(Variant("hso-dmn", bilevel=True, objective="dmn", trunc_num="hso"))
+
+
+def _runner(v: Variant):
+    def run(problem, nfe, solver, options, seed):
+        return optimize_hso(
+            problem.noise, nfe, method=v.name, solver=solver, seed=seed,
+            **problem.conventions(), **given_options(options),
+        )  # fmt: skip
+
+    return run
+
+
+register_variant(
+    HSO,
+    _runner(HSO),
+    "Hierarchical Schedule Optimization: differential evolution over the Karras family, each "
+    "candidate refined under the Midpoint Error Proxy (AAAI 2026)",
+)
+register_variant(
+    HSO_DMN, _runner(HSO_DMN), "HSO's bi-level search with the DM-NonUniform objective"
+)

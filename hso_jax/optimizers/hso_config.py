@@ -1,9 +1,14 @@
-"""The configuration of an HSO-family search: method tables, solver flavours, options.
+"""The configuration of an HSO-family search: the family's variants, solver flavours, options.
 
-:class:`HSOConfig` is the one validated, frozen set of options of the model-free methods
-(:mod:`hso_jax.optimizers.hso`, :mod:`hso_jax.optimizers.dmn`) and of ``"mep-model"``. It is
-hashable, since it is the static argument of the compiled searches
-(:func:`hso_jax.optimizers.compiled.run_compiled`) and part of their cache key.
+A :class:`Variant` says what one method of the family is: a bi-level search (differential
+evolution over the Karras family, each candidate refined) or a single lower-level run, and its
+objective. The modules that define the methods add their variants (``hso``, ``hso-dmn`` in
+:mod:`~hso_jax.optimizers.hso`; ``dmn``, ``mep-local`` in :mod:`~hso_jax.optimizers.dmn`;
+``mep-model`` in :mod:`~hso_jax.optimizers.mep_model`). :class:`HSOConfig` is the one
+validated, frozen set of options of a variant; it is hashable, since it is the static argument
+of the compiled searches (:func:`hso_jax.optimizers.compiled.run_compiled`) and part of their
+cache key. :func:`options_class` is the ``Options`` dataclass of a variant's
+:class:`~hso_jax.optimizers.Method`: the fields of :class:`HSOConfig` that apply to it.
 """
 
 from __future__ import annotations
@@ -20,30 +25,73 @@ from ..objectives.spacing import GAMMA
 from ..schedules import ENDS, GRIDS
 
 __all__ = [
-    "BILEVEL",
     "BOUNDS",
     "GRIDS",
     "INITS",
-    "METHODS",
-    "SINGLE_LEVEL",
     "SOLVERS",
     "HSOConfig",
+    "Variant",
+    "add_variant",
+    "options_class",
+    "register_variant",
+    "variant",
     "check_end",
     "default_end",
     "n_intervals",
     "solver_flavour",
 ]
 
-METHODS = ("hso", "mep-local", "dmn", "hso-dmn", "mep-model")
-BILEVEL = ("hso", "hso-dmn", "mep-model")
-SINGLE_LEVEL = ("mep-local", "dmn")
 SOLVERS = ("unipc", "dpm-solver-pp", "ddim")
 BOUNDS = ((3.0, 16.0), (0.01, 0.03), (0.96, 1.0))
 INITS = ("karras", "logsnr", "time", "quadratic")
 
-_CLOSED_FORM = ("hso", "hso-dmn", "mep-local", "dmn")  # p and frame shape the MEP / DMN formula
-_DMN = ("hso-dmn", "dmn")
-_OBJECTIVE = {"dmn": "dmn", "hso-dmn": "dmn", "mep-model": "mep-model"}  # otherwise "mep"
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One method of the HSO family.
+
+    Attributes:
+      name: the method's name.
+      bilevel: a bi-level search (else one lower-level run from an initial grid).
+      objective: ``"mep"``, ``"dmn"`` or ``"mep-model"`` (the model-aware MEP on a table of
+        teacher predictions).
+      trunc_num: a DMN objective's default truncNum (an integer or ``"hso"``, HSO's rule).
+    """
+
+    name: str
+    bilevel: bool
+    objective: str
+    trunc_num: int | str | None = None
+
+    def takes(self, applies: str) -> bool:
+        """Whether an option that ``applies`` to ``"all"``, ``"closed_form"`` (the MEP / DMN
+        formulas, shaped by ``p`` and ``frame``), ``"dmn"``, ``"bilevel"`` or ``"single"``
+        methods is this variant's."""
+        return {
+            "all": True,
+            "closed_form": self.objective != "mep-model",
+            "dmn": self.objective == "dmn",
+            "bilevel": self.bilevel,
+            "single": not self.bilevel,
+        }[applies]
+
+
+_VARIANTS: dict[str, Variant] = {}
+
+
+def add_variant(v: Variant) -> Variant:
+    """Make ``v`` known to :class:`HSOConfig` (the method's module does, at import)."""
+    if v.name in _VARIANTS:
+        raise ValueError(f"an HSO-family variant named {v.name!r} exists already")
+    _VARIANTS[v.name] = v
+    return v
+
+
+def variant(name: str) -> Variant:
+    """The variant ``name`` (``ValueError`` listing the known ones)."""
+    if not isinstance(name, str) or name not in _VARIANTS:
+        raise ValueError(f"method must be one of {tuple(_VARIANTS)}, got {name!r}")
+    return _VARIANTS[name]
 
 
 def solver_flavour(solver: Any, method: str = "hso") -> str:
@@ -102,12 +150,13 @@ def n_intervals(end: str, nfe: int) -> int:
     return nfe if end == "free" else nfe - 1
 
 
-def _option(default: Any, methods: tuple[str, ...], *, traced: bool = False):
-    """A field that is an option of ``methods``. A ``traced`` value reaches the compiled search
-    as an argument, so it takes no part in equality, hashing and ``repr``: one executable
-    serves all its values (an on-disk program store may key on ``repr``)."""
+def _option(default: Any, applies: str, *, traced: bool = False):
+    """A field that is an option of the variants it ``applies`` to (:meth:`Variant.takes`). A
+    ``traced`` value reaches the compiled search as an argument, so it takes no part in
+    equality, hashing and ``repr``: one executable serves all its values (an on-disk program
+    store may key on ``repr``)."""
     return dataclasses.field(
-        default=default, compare=not traced, repr=not traced, metadata={"methods": methods}
+        default=default, compare=not traced, repr=not traced, metadata={"applies": applies}
     )
 
 
@@ -129,30 +178,30 @@ class HSOConfig:
 
     method: str
     n: int
-    p: float = _option(2.0, _CLOSED_FORM)
-    frame: str = _option("vp", _CLOSED_FORM)
-    gamma: float = _option(GAMMA, METHODS, traced=True)
-    local_maxiter: int = _option(100, METHODS)
-    local_gtol: float = _option(1e-9, METHODS)
-    local_ftol: float = _option(1e-13, METHODS)
+    p: float = _option(2.0, "closed_form")
+    frame: str = _option("vp", "closed_form")
+    gamma: float = _option(GAMMA, "all", traced=True)
+    local_maxiter: int = _option(100, "all")
+    local_gtol: float = _option(1e-9, "all")
+    local_ftol: float = _option(1e-13, "all")
     # None: the method's default (DM-NonUniform's 3 for "dmn", HSO's rule for "hso-dmn")
-    trunc_num: int | str | None = _option(None, _DMN)
-    popsize: int = _option(20, BILEVEL)
-    maxiter: int = _option(60, BILEVEL)
-    tol: float = _option(0.01, BILEVEL)
-    mutation: tuple[float, float] = _option((0.5, 1.0), BILEVEL)
-    recombination: float = _option(0.7, BILEVEL)
-    polish: bool = _option(True, BILEVEL)
-    bounds: tuple[tuple[float, float], ...] = _option(BOUNDS, BILEVEL, traced=True)
-    init: str | None = _option(None, SINGLE_LEVEL)  # None: the method's default grid
-    rho: float = _option(7.0, SINGLE_LEVEL, traced=True)
-    t_start: float | None = _option(None, SINGLE_LEVEL, traced=True)  # None: t_max
-    t_end: float | None = _option(None, SINGLE_LEVEL, traced=True)  # None: see dmn.py
+    trunc_num: int | str | None = _option(None, "dmn")
+    popsize: int = _option(20, "bilevel")
+    maxiter: int = _option(60, "bilevel")
+    tol: float = _option(0.01, "bilevel")
+    mutation: tuple[float, float] = _option((0.5, 1.0), "bilevel")
+    recombination: float = _option(0.7, "bilevel")
+    polish: bool = _option(True, "bilevel")
+    bounds: tuple[tuple[float, float], ...] = _option(BOUNDS, "bilevel", traced=True)
+    init: str | None = _option(None, "single")  # None: the method's default grid
+    rho: float = _option(7.0, "single", traced=True)
+    t_start: float | None = _option(None, "single", traced=True)  # None: t_max
+    t_end: float | None = _option(None, "single", traced=True)  # None: see dmn.py
 
     def __post_init__(self):
         v = _validate
         checked = {
-            "method": v.choice("method", self.method, METHODS),
+            "method": variant(self.method).name,
             "n": v.integer("n", self.n, 1),
             "p": v.real("p", self.p, 0.0, open_lo=True),
             "frame": v.choice("frame", self.frame, FRAMES),
@@ -160,7 +209,7 @@ class HSOConfig:
             "local_maxiter": v.integer("local_maxiter", self.local_maxiter, 1),
             "local_gtol": v.real("local_gtol", self.local_gtol, 0.0),
             "local_ftol": v.real("local_ftol", self.local_ftol, 0.0),
-            "trunc_num": _trunc_num(self.method, self.trunc_num),
+            "trunc_num": _trunc_num(variant(self.method), self.trunc_num),
             "popsize": v.integer("popsize", self.popsize, 2),
             "maxiter": v.integer("maxiter", self.maxiter, 1),
             "tol": v.real("tol", self.tol, 0.0),
@@ -178,10 +227,9 @@ class HSOConfig:
 
     @classmethod
     def option_names(cls, method: str) -> tuple[str, ...]:
-        """The options ``method`` takes (the fields that list it)."""
-        _validate.choice("method", method, METHODS)
-        fields = dataclasses.fields(cls)
-        return tuple(f.name for f in fields if method in f.metadata.get("methods", ()))
+        """The options ``method`` takes (the fields that apply to its variant)."""
+        v = variant(method)
+        return tuple(f.name for f in _option_fields() if v.takes(f.metadata["applies"]))
 
     @classmethod
     def from_options(cls, method: str, n: int, options: dict[str, Any]) -> HSOConfig:
@@ -198,22 +246,61 @@ class HSOConfig:
     @property
     def objective(self) -> str:
         """The objective the method minimises: ``"mep"``, ``"dmn"`` or ``"mep-model"``."""
-        return _OBJECTIVE.get(self.method, "mep")
+        return variant(self.method).objective
 
     @property
     def bilevel(self) -> bool:
-        """Whether the method is a bi-level search (:data:`BILEVEL`)."""
-        return self.method in BILEVEL
+        """Whether the method is a bi-level search."""
+        return variant(self.method).bilevel
 
 
-def _trunc_num(method: str, tn) -> int | str | None:
-    """``trunc_num`` -> an integer or ``"hso"`` (HSO's rule) for the DMN methods, whose
-    default is 3 (the official DM-NonUniform value) for ``"dmn"`` and HSO's rule for
-    ``"hso-dmn"``; ``None`` stays ``None`` for the others."""
+def _option_fields() -> tuple[dataclasses.Field, ...]:
+    return tuple(f for f in dataclasses.fields(HSOConfig) if "applies" in f.metadata)
+
+
+def options_class(v: Variant, extra: tuple = ()) -> type:
+    """The ``Options`` dataclass of ``v``'s method: the :class:`HSOConfig` fields that apply to
+    it, with their defaults (then the ``extra`` fields, ``(name, type, field)``, of a method
+    that takes more); built, it is validated as :class:`HSOConfig` validates."""
+    own = [f for f in _option_fields() if v.takes(f.metadata["applies"])]
+
+    def __post_init__(self):
+        HSOConfig(method=v.name, n=1, **{f.name: getattr(self, f.name) for f in own})
+
+    fields = [(f.name, f.type, dataclasses.field(default=f.default)) for f in own]
+    fields += list(extra)
+    name = "".join(p.capitalize() for p in v.name.split("-")) + "Options"
+    return dataclasses.make_dataclass(
+        name, fields, frozen=True, namespace={"__post_init__": __post_init__}
+    )
+
+
+def register_variant(v: Variant, run, summary: str, extra: tuple = (), inputs: tuple = ()):
+    """Register ``v``'s :class:`~hso_jax.optimizers.Method`: its options are the
+    :class:`HSOConfig` fields that apply to it (and ``extra``); it needs a model when it has
+    ``inputs``."""
+    from .base import Method, register
+
+    return register(
+        Method(
+            v.name,
+            needs_model=bool(inputs),
+            options=options_class(v, extra),
+            run=run,
+            summary=summary,
+            inputs=inputs,
+        )
+    )
+
+
+def _trunc_num(v: Variant, tn) -> int | str | None:
+    """``trunc_num`` -> an integer or ``"hso"`` (HSO's rule) for the DMN variants, whose
+    default is their own (:attr:`Variant.trunc_num`: 3, the official DM-NonUniform value, for
+    ``"dmn"``; HSO's rule for ``"hso-dmn"``); ``None`` stays ``None`` for the others."""
     if tn is None:
-        if method not in _DMN:
+        if v.objective != "dmn":
             return None
-        tn = DMN_TRUNC_NUM if method == "dmn" else "hso"
+        tn = v.trunc_num
     if isinstance(tn, str) and tn == "hso":
         return tn
     if isinstance(tn, bool) or not isinstance(tn, (int, np.integer)) or tn < 0:

@@ -29,7 +29,6 @@ import numpy as np
 from .. import schedules
 from ..batch import check_chunk, check_conditions, resolve_mesh, shard_model, take_conditions
 from ..denoiser import Denoiser
-from .solve import reference_trajectory
 
 __all__ = ["Teacher", "teacher_trajectories", "GRIDS"]
 
@@ -101,6 +100,8 @@ def teacher_trajectories(
     Raises:
       TypeError / ValueError naming the bad argument.
     """
+    from . import solve  # diffrax, imported on use
+
     if not isinstance(model, Denoiser):
         raise TypeError(f"model must be a hso_jax.Denoiser, got {type(model).__name__}")
     if not hasattr(x_T, "shape") or jnp.ndim(x_T) < 1:
@@ -129,7 +130,7 @@ def teacher_trajectories(
     for start in range(0, b, size):
         rows = slice(start, min(start + size, b))
         m = take_conditions(model, rows)
-        x = reference_trajectory(m, x_T[rows], ts, rtol=rtol, atol=atol, mesh=mesh)
+        x = solve.reference_trajectory(m, x_T[rows], ts, rtol=rtol, atol=atol, mesh=mesh)
         xs.append(x)
         x0.append(_predictions(shard_model(m, mesh), x, jnp.asarray(ts, x.dtype), int(chunk)))
     xs, x0 = jnp.concatenate(xs, axis=1), jnp.concatenate(x0, axis=1)
