@@ -44,7 +44,7 @@ import jax.numpy as jnp
 
 from .noise import PRESETS, NoiseSchedule, preset
 
-__all__ = ["Denoiser", "PREDICTIONS", "TIME_INPUTS", "as_denoiser"]
+__all__ = ["Denoiser", "PREDICTIONS", "TIME_INPUTS", "as_denoiser", "check_denoiser"]
 
 PREDICTIONS = ("eps", "x0", "v", "flow", "score")
 TIME_INPUTS = ("auto", "index", "index-rounded", "t", "sigma_edm", "scaled")
@@ -275,3 +275,15 @@ def as_denoiser(
         prediction="eps" if prediction is None else prediction,
         time_input="auto" if time_input is None else time_input,
     )
+
+
+def check_denoiser(model: Any, why: str = "") -> Denoiser:
+    """``model`` if it is a :class:`Denoiser`, else ``TypeError`` that says what it is and,
+    with ``why``, who needs one (e.g. ``"method='direct' evaluates the network"``)."""
+    if not isinstance(model, Denoiser):
+        need = f" ({why})" if why else ""
+        raise TypeError(
+            f"model must be a hso_jax.Denoiser{need}, e.g. hso_jax.Denoiser(fn, noise=...) or "
+            f"GaussianMixture(...).denoiser(noise); got {type(model).__name__}"
+        )
+    return model

@@ -64,7 +64,7 @@ from ..batch import (
     shard_batch,
     shard_model,
 )
-from ..denoiser import Denoiser
+from ..denoiser import Denoiser, check_denoiser
 from ..schedules import RANGE_RTOL, check_schedule
 from ..solvers import Solver, sample
 from .metrics import psnr, rmse
@@ -281,8 +281,7 @@ def evaluate_grid(
       mismatch between ``x_T`` and ``reference``, batch not divisible by the device count, or a
       stochastic solver without ``key``.
     """
-    if not isinstance(model, Denoiser):
-        raise TypeError(f"model must be a hso_jax.Denoiser, got {type(model).__name__}")
+    check_denoiser(model)
     _check_batch("x_T", x_T)
     _check_batch("reference", reference)
     if tuple(reference.shape) != tuple(x_T.shape):

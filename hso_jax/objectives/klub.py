@@ -49,7 +49,7 @@ import numpy as np
 
 from .. import _validate
 from ..batch import check_conditions, condition_batch, replicate, resolve_mesh, take_conditions
-from ..denoiser import Denoiser
+from ..denoiser import Denoiser, check_denoiser
 from ..schedules import check_schedule
 from .klub_importance import gaussian_klub_terms, is_normaliser, is_sample_sigmas
 from .klub_montecarlo import group_samples, is_traced, model_samples
@@ -262,8 +262,7 @@ def klub(
       ValueError / TypeError naming the argument: bad ``data`` shape or too few rows, bad
       ``num_samples``, ``c <= 0``, missing ``key`` or ``shape``.
     """
-    if not isinstance(model, Denoiser):
-        raise TypeError(f"model must be a hso_jax.Denoiser, got {type(model).__name__}")
+    check_denoiser(model)
     key = _validate.prng_key("key", key)
     try:
         c = float(c)

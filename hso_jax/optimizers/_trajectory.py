@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import solvers
-from ..denoiser import Denoiser
+from ..denoiser import Denoiser, check_denoiser
 from ._ends import lam_is_finite
 
 __all__ = [
@@ -55,12 +55,8 @@ def resolve_solver(solver) -> tuple[solvers.Solver, str]:
 
 
 def check_model(model, method: str) -> Denoiser:
-    if not isinstance(model, Denoiser):
-        raise TypeError(
-            f"method={method!r} needs a hso_jax.Denoiser (it evaluates the network), got "
-            f"{type(model).__name__}"
-        )
-    return model
+    """``model`` if it is a Denoiser, else ``TypeError`` naming the method that needs one."""
+    return check_denoiser(model, f"method={method!r} needs one: it evaluates the network")
 
 
 def check_noise_batch(name: str, x, method: str, min_batch: int = 1) -> Array:

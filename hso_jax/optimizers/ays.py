@@ -74,7 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _validate, schedules, solvers
-from ..denoiser import Denoiser
+from ..denoiser import Denoiser, check_denoiser
 from ..noise import NoiseSchedule
 from ..objectives.klub import KLUB, klub
 from ..schedules import check_schedule
@@ -281,8 +281,7 @@ def _check_arguments(
 ) -> tuple[str, int, _Settings]:
     """Validate the arguments (eagerly, naming each); returns the solver's name, the number of
     points of the returned schedule and the search settings."""
-    if not isinstance(model, Denoiser):
-        raise TypeError(f"model must be a hso_jax.Denoiser, got {type(model).__name__}")
+    check_denoiser(model)
     solver_obj, solver_name = resolve_solver(solver)
     num_points = solver_obj.num_points(_validate.integer("nfe", nfe, 1), to_data=end == "zero")
     candidates = _validate.integer("candidates", candidates, 3)

@@ -75,7 +75,7 @@ from ..batch import (
     shard_model,
     take_conditions,
 )
-from ..denoiser import Denoiser
+from ..denoiser import Denoiser, check_denoiser
 from ..schedules import RANGE_RTOL, check_schedule
 
 __all__ = ["reference_solve", "reference_trajectory", "REFERENCE_SOLVERS"]
@@ -143,11 +143,7 @@ def _tolerances(rtol, atol, dtype) -> tuple[float, float]:
 
 
 def _check_common(model, x_T, max_steps):
-    if not isinstance(model, Denoiser):
-        raise TypeError(
-            f"model must be a hso_jax.Denoiser (e.g. GaussianMixture(...).denoiser(noise)), "
-            f"got {type(model).__name__}"
-        )
+    check_denoiser(model)
     if not hasattr(x_T, "shape") or not hasattr(x_T, "dtype"):
         raise TypeError(f"x_T must be a floating-point array, got {type(x_T).__name__}")
     if not jnp.issubdtype(x_T.dtype, jnp.floating):

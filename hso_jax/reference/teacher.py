@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import schedules
 from ..batch import check_chunk, check_conditions, resolve_mesh, shard_model, take_conditions
-from ..denoiser import Denoiser
+from ..denoiser import Denoiser, check_denoiser
 
 __all__ = ["Teacher", "teacher_trajectories", "GRIDS"]
 
@@ -102,8 +102,7 @@ def teacher_trajectories(
     """
     from . import solve  # diffrax, imported on use
 
-    if not isinstance(model, Denoiser):
-        raise TypeError(f"model must be a hso_jax.Denoiser, got {type(model).__name__}")
+    check_denoiser(model)
     if not hasattr(x_T, "shape") or jnp.ndim(x_T) < 1:
         raise TypeError("x_T must be a batch of initial noise with shape (B, ...)")
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:

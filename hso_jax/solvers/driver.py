@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..batch import check_conditions
-from ..denoiser import Denoiser, as_denoiser
+from ..denoiser import Denoiser, as_denoiser, check_denoiser
 from ..noise import DATA_END
 from ..schedules import check_schedule
 from .base import Solver
@@ -52,8 +52,7 @@ class Trajectory(NamedTuple):
 
 
 def _validate(model, x_T, ts, solver, key, nfe, denoise_final):
-    if not isinstance(model, Denoiser):
-        raise TypeError(f"model must be a hso_jax.Denoiser, got {type(model).__name__}")
+    check_denoiser(model)
     if not isinstance(solver, Solver):
         raise TypeError(
             f"solver must be a hso_jax solver (e.g. hso_jax.solvers.ddim()), got {solver!r}"
