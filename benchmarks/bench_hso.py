@@ -6,7 +6,7 @@ Measures, per (noise, solver, NFE):
   process with an empty package cache (tracing + XLA compilation + run); **cache hit** -- the
   same in another new process that finds the traced search in the program store and its
   executable in the persistent compilation cache, both written by the first
-  (``hso_jax._compile_cache``, ``hso_jax.optimizers.compiled``; reading + loading + run);
+  (``hso_jax._xla_cache``, ``hso_jax.optimizers.programs``; reading + loading + run);
   **warm** -- the same call again in the same process (median and minimum of ``--repeats``
   calls). The new processes' wall times from start to exit (interpreter, ``import hso_jax``,
   the call) are reported too. Beside them, the official SciPy search

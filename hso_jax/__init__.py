@@ -6,9 +6,6 @@ costs milliseconds and the ``hso-jax`` command can take charge of Ctrl-C before 
 
 from __future__ import annotations
 
-import sys
-import types
-
 from . import _lazy
 
 __version__ = "0.1.0"
@@ -29,7 +26,7 @@ _SUBMODULES = (
 )
 _OBJECTS = {  # name -> the module that defines it
     "Denoiser": "denoiser",
-    "optimize": "optimize",
+    "optimize": "optimization",
     "sample": "solvers",
     "sample_trajectory": "solvers",
 }
@@ -39,15 +36,3 @@ __all__ = sorted((*_SUBMODULES, *_OBJECTS, "__version__"))
 
 __getattr__, __dir__ = _lazy.attributes(__name__, globals(), _SUBMODULES, _OBJECTS)
 
-
-class _Package(types.ModuleType):
-    """The package's module type: importing the submodule ``hso_jax.optimize`` must not replace
-    the function ``hso_jax.optimize`` (the import system binds a submodule on its parent)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name == "optimize" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

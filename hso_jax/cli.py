@@ -21,7 +21,7 @@ precision.
 
 Every subcommand turns on the package's persistent compilation cache at start-up
 (``$HSO_JAX_CACHE/xla`` or ``~/.cache/hso_jax/xla``, and the traced searches in ``programs``
-beside it; see :mod:`hso_jax._compile_cache`), so a repeated ``hso-jax optimize`` with the same
+beside it; see :mod:`hso_jax._xla_cache`), so a repeated ``hso-jax optimize`` with the same
 shapes neither traces nor compiles its search again.
 ``HSO_JAX_COMPILE_CACHE=0`` turns it off; a ``jax_compilation_cache_dir`` of the user's
 (``JAX_COMPILATION_CACHE_DIR``) is used as it is; an unwritable cache folder gives one warning
@@ -47,7 +47,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from . import _compile_cache, _signals, schedules
+from . import _signals, _xla_cache, schedules
 from . import io as hio
 from . import noise as hnoise
 from ._files import read_regular
@@ -609,7 +609,7 @@ def _conditions_from_args(args) -> tuple[dict, dict]:
 
 
 def _add_optimize_parser(sub) -> None:
-    from .optimize import SOLVERS
+    from .optimization import SOLVERS
     from .optimizers.base import REGISTRY, names
 
     p = sub.add_parser(
@@ -705,7 +705,7 @@ def _time_options() -> tuple[str, ...]:
 
 
 def _cmd_optimize(args) -> int:
-    from .optimize import optimize
+    from .optimization import optimize
 
     _check_export_args(args)
     ends = {k: getattr(args, k) for k in ("t_start", "t_end") if getattr(args, k) is not None}
@@ -790,7 +790,7 @@ def _optimize_with_model(args, ends: dict):
     """Model-based methods: load the model, draw the noises, optimise in float32 (the model's
     precision); the export that follows runs in float64 again."""
     from .models import zoo
-    from .optimize import optimize
+    from .optimization import optimize
 
     changes, cond_record = _conditions_from_args(args)
     if args.num_samples is None:
@@ -1118,7 +1118,7 @@ def _start_compile_cache(prog: str) -> None:
     line on stderr."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _compile_cache.enable()
+        _xla_cache.enable()
     for w in caught:
         print(f"{prog}: warning: {w.message}", file=sys.stderr)
 
@@ -1127,7 +1127,7 @@ def _run(args, prog: str) -> int:
     try:
         _start_compile_cache(prog)
         # Exported schedules carry full float64 precision, whatever the caller's JAX config.
-        with _compile_cache.cache_everything(), jax.enable_x64(getattr(args, "x64", True)):
+        with _xla_cache.cache_everything(), jax.enable_x64(getattr(args, "x64", True)):
             return args.func(args)
     except _UsageError as e:
         args.parser.print_usage(sys.stderr)

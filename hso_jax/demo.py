@@ -118,7 +118,7 @@ def _with_final_x0(model, x, t_last, ref) -> tuple[float, float]:
 
 
 def _optimise(model, nfe: int, flavours, full: bool, key, log) -> tuple[dict, dict]:
-    from .optimize import optimize
+    from .optimization import optimize
 
     optimised: dict[str, dict[str, np.ndarray]] = {}
     timings: dict[str, dict[str, float]] = {}

@@ -3,7 +3,7 @@ import os
 import jax
 
 # The suite never reads or writes the user's persistent compilation cache (a warm cache would
-# also leave no compilation for the SIGINT test to interrupt); tests/test_compile_cache.py sets
+# also leave no compilation for the SIGINT test to interrupt); tests/test_xla_cache.py sets
 # its own variables in its subprocesses.
 os.environ["HSO_JAX_COMPILE_CACHE"] = "0"
 
@@ -27,7 +27,7 @@ LONGEST_FIRST = (
     "test_unet_cond.py",
     "test_direct.py",
     "test_mep_model.py",
-    "test_compile_cache.py",
+    "test_xla_cache.py",
 )
 
 

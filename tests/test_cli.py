@@ -391,7 +391,7 @@ def test_out_refuses_non_regular_targets_before_working(capsys, tmp_path, monkey
     def never(*a, **k):
         raise AssertionError("optimised before checking --out")
 
-    monkeypatch.setattr(sys.modules["hso_jax.optimize"], "optimize", never)
+    monkeypatch.setattr(sys.modules["hso_jax.optimization"], "optimize", never)
     for name, kind in (("fifo", "a named pipe"), (".", "a directory"),
                        ("null", "a character device")):
         for argv in (SCHED, ["optimize", "--noise", "sd21", "--nfe", "4"]):

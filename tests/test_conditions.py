@@ -298,7 +298,7 @@ def test_cli_cond_uncond_guidance(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(zoo, "load", lambda name: CGM.denoiser(ddpm))
     monkeypatch.setattr(zoo, "sample_shape", lambda name: (2,))
     monkeypatch.setattr(zoo, "is_conditional", lambda name: True)
-    optimize_module = importlib.import_module("hso_jax.optimize")
+    optimize_module = importlib.import_module("hso_jax.optimization")
     monkeypatch.setattr(optimize_module, "optimize", fake_optimize)
     np.save(tmp_path / "labels.npy", np.asarray(LABELS))
     np.save(tmp_path / "null.npy", np.array([NULL_CLASS]))

@@ -25,7 +25,7 @@ LAYERS = [
     ("objectives",),
     ("optimizers",),
     ("evaluation",),
-    ("optimize", "io", "_compile_cache", "export"),
+    ("optimization", "io", "_xla_cache", "export"),
     # applications: the command line, the demo and the training script (which lives in models/
     # so that `python -m hso_jax.models.train` reads naturally)
     ("demo", "cli", "__main__", "models.train"),
@@ -91,7 +91,7 @@ def test_no_module_imports_a_layer_above_it():
 
 
 def test_no_private_names_across_modules():
-    shared = {"_validate", "_signals", "_files", "_compile_cache", "__version__"}
+    shared = {"_validate", "_signals", "_files", "_xla_cache", "__version__"}
     bad = []
     for path in sorted(PACKAGE.rglob("*.py")):
         for line, target, names in _imports(path):

@@ -55,7 +55,7 @@ def test_options_are_the_functions_keywords(fn, options, skip):
 
 
 def test_gits_options_are_coeff_and_the_teachers():
-    from hso_jax.optimizers._trajectory import TEACHER_OPTIONS
+    from hso_jax.optimizers.model_inputs import TEACHER_OPTIONS
 
     names = [f.name for f in dataclasses.fields(REGISTRY["gits"].options)]
     assert names == ["coeff", *TEACHER_OPTIONS]

@@ -3,7 +3,8 @@
 * :mod:`~hso_jax.optimizers.de` -- differential evolution (best1bin, deferred), one jit-able loop;
 * :mod:`~hso_jax.optimizers.refine` -- Optax L-BFGS refinement of a lam grid with fixed ends;
 * :mod:`~hso_jax.optimizers.hso` -- HSO, the bi-level search (entry point of the HSO family);
-* :mod:`~hso_jax.optimizers.dmn` -- DM-NonUniform's single-level optimiser (and ``"mep-local"``);
+* :mod:`~hso_jax.optimizers.single_level` -- DM-NonUniform's single-level optimiser (and
+  ``"mep-local"``);
 * :mod:`~hso_jax.optimizers.hso_config` -- :class:`HSOConfig`, the validated options of both;
 * :mod:`~hso_jax.optimizers.ays` -- Align Your Steps;
 * :mod:`~hso_jax.optimizers.direct` -- gradient descent on the held-out sample error through
@@ -19,11 +20,11 @@ Every method registers itself in :data:`REGISTRY` (:mod:`~hso_jax.optimizers.bas
 from . import ays, direct, gits, mep_model  # noqa: F401 (they register their methods)
 from .base import REGISTRY, Method, Problem, UnknownOptionError, method, register
 from .de import DEResult, differential_evolution, latin_hypercube
-from .dmn import optimize_dmn
 from .hso import init_family, karras_lam, optimize_hso
 from .hso_config import HSOConfig
 from .refine import RefineResult, lam_from_logits, logits_from_lam, refine
 from .result import OptimizeResult
+from .single_level import optimize_dmn
 
 __all__ = [
     "DEResult",

@@ -79,9 +79,9 @@ from ..noise import NoiseSchedule
 from ..objectives.klub import KLUB, klub
 from ..schedules import check_schedule
 from ._ends import check_finite_ends
-from ._trajectory import fixed_end, resolve_solver, to_data_end
 from .ays_search import CoordinateSearch
 from .base import Method, given_options, register
+from .model_inputs import fixed_end, resolve_solver, to_data_end
 from .result import OptimizeResult
 
 __all__ = ["optimize_ays", "BASE_STEPS"]

@@ -87,8 +87,8 @@ from ..schedules import check_schedule
 from ..solvers import sample
 from ..solvers.driver import check_model_input
 from ._ends import lam_is_finite
-from ._trajectory import check_model, check_noise_batch, fixed_end, resolve_solver
 from .base import Method, given_options, register
+from .model_inputs import check_model, check_noise_batch, fixed_end, resolve_solver
 from .refine import lam_from_logits, logits_from_lam
 from .result import OptimizeResult
 

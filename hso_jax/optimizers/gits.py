@@ -59,7 +59,8 @@ from ..noise import NoiseSchedule
 from ..reference.teacher import Teacher
 from ..schedules import GRIDS
 from ._ends import check_finite_ends
-from ._trajectory import (
+from .base import Method, given_options, register
+from .model_inputs import (
     TEACHER_FIELDS,
     TEACHER_OPTIONS,
     check_model,
@@ -68,7 +69,6 @@ from ._trajectory import (
     teacher_from_options,
     to_data_end,
 )
-from .base import Method, given_options, register
 from .result import OptimizeResult
 
 __all__ = ["gits_cost_matrix", "gits_dp", "optimize_gits", "DEFAULT_COEFF", "OPTIONS"]

@@ -49,7 +49,7 @@ the result there (:func:`~hso_jax.optimizers.hso_report.on_steps`).
 Methods: ``"hso"`` (bi-level, MEP), ``"hso-dmn"`` (bi-level, DMN), ``"mep-model"`` (bi-level,
 the model-aware MEP of :mod:`hso_jax.objectives.mep_model` on a table of teacher predictions,
 passed as a traced argument so that one executable serves every table of the same size).
-:func:`optimize_hso` also runs the single-level methods of :mod:`hso_jax.optimizers.dmn`:
+:func:`optimize_hso` also runs the single-level methods of :mod:`hso_jax.optimizers.single_level`:
 ``"dmn"`` (DM-NonUniform as its authors ship it, truncNum 3) and ``"mep-local"`` (the lower
 level alone, MEP, from Karras rho = 7). Options: :class:`~hso_jax.optimizers.hso_config.HSOConfig`.
 
@@ -76,7 +76,7 @@ depend on the caller's ``jax_enable_x64``. The whole search (DE generations, eve
 solve, polish) is one compiled function per (process type, N, structural options); ``d_min``,
 ``gamma``, the box, the seed and the process's arrays are arguments, so e.g. SD 2.1 and DDPM,
 or UniPC at NFE n and DDIM at NFE n + 1, share an executable. Executables are cached (AOT,
-:mod:`~hso_jax.optimizers.compiled`; with the package's compilation cache on, the traced search
+:mod:`~hso_jax.optimizers.programs`; with the package's compilation cache on, the traced search
 is stored too, so a new process neither traces nor compiles it again);
 ``info["timings"]`` says whether a call compiled (cold) or not (warm), and ``loaded`` whether
 its traced program came from the store. The seed
@@ -101,9 +101,7 @@ from .. import _validate
 from ..noise import NoiseSchedule
 from ..objectives.spacing import d_min, normalised_time, time_from_normalised
 from .base import given_options
-from .compiled import run_compiled
 from .de import differential_evolution
-from .dmn import optimize_dmn
 from .hso_config import (
     BOUNDS,
     GRIDS,
@@ -119,8 +117,10 @@ from .hso_config import (
 )
 from .hso_lower import karras_lam, lower_level, refined_grid
 from .hso_report import base_info, on_steps, search_result
+from .programs import run_compiled
 from .refine import RefineResult
 from .result import OptimizeResult
+from .single_level import optimize_dmn
 
 __all__ = [
     "BOUNDS",
@@ -217,7 +217,7 @@ def optimize_hso(
     ``"mep-model"`` needs ``table``, the :class:`~hso_jax.objectives.MEPTable` of its teacher
     trajectories (built by :func:`hso_jax.optimize`); the other methods are model-free. The
     single-level methods ``"dmn"`` and ``"mep-local"`` run
-    :func:`~hso_jax.optimizers.dmn.optimize_dmn`.
+    :func:`~hso_jax.optimizers.single_level.optimize_dmn`.
 
     ``end`` (:data:`hso_jax.schedules.ENDS`; default: the flavour's, :func:`default_end`),
     ``grid`` (``"steps"``: the network points are moved onto training steps and the result

@@ -3,10 +3,10 @@
 A :class:`Variant` says what one method of the family is: a bi-level search (differential
 evolution over the Karras family, each candidate refined) or a single lower-level run, and its
 objective. The modules that define the methods add their variants (``hso``, ``hso-dmn`` in
-:mod:`~hso_jax.optimizers.hso`; ``dmn``, ``mep-local`` in :mod:`~hso_jax.optimizers.dmn`;
+:mod:`~hso_jax.optimizers.hso`; ``dmn``, ``mep-local`` in :mod:`~hso_jax.optimizers.single_level`;
 ``mep-model`` in :mod:`~hso_jax.optimizers.mep_model`). :class:`HSOConfig` is the one
 validated, frozen set of options of a variant; it is hashable, since it is the static argument
-of the compiled searches (:func:`hso_jax.optimizers.compiled.run_compiled`) and part of their
+of the compiled searches (:func:`hso_jax.optimizers.programs.run_compiled`) and part of their
 cache key. :func:`options_class` is the ``Options`` dataclass of a variant's
 :class:`~hso_jax.optimizers.Method`: the fields of :class:`HSOConfig` that apply to it.
 """

@@ -6,7 +6,7 @@ interior points by :mod:`hso_jax.optimizers.refine`, and the refined grid is sco
 spacing penalty ``gamma sum_i max(0, d_min - |u_{i+1} - u_i|)^2`` in normalised time ``u``
 (:mod:`hso_jax.objectives.spacing`). The bi-level search (:mod:`hso_jax.optimizers.hso`) adds
 the penalty to ``J`` as its fitness; the lower level itself sees ``J`` alone, as in the paper.
-The single-level methods (:mod:`hso_jax.optimizers.dmn`) run it once.
+The single-level methods (:mod:`hso_jax.optimizers.single_level`) run it once.
 """
 
 from __future__ import annotations

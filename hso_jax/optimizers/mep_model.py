@@ -5,7 +5,7 @@ network term is tabulated along teacher trajectories of the model
 (:func:`hso_jax.objectives.mep_table`, :mod:`hso_jax.objectives.mep_model`), and the same
 bi-level search (differential evolution over the Karras family, L-BFGS below) minimises it.
 The options are HSO's (but ``p`` and ``frame``, which shape the closed form) and the teacher's
-(:data:`~hso_jax.optimizers._trajectory.TEACHER_FIELDS`).
+(:data:`~hso_jax.optimizers.model_inputs.TEACHER_FIELDS`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import dataclasses
 import time
 
 from ..objectives.mep_model import mep_table
-from ._trajectory import TEACHER_FIELDS, TEACHER_OPTIONS, teacher_from_options
 from .base import given_options
 from .hso import optimize_hso
 from .hso_config import Variant, add_variant, register_variant
+from .model_inputs import TEACHER_FIELDS, TEACHER_OPTIONS, teacher_from_options
 from .result import OptimizeResult
 
 __all__ = ["MEP_MODEL", "optimize_mep_model"]

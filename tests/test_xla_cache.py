@@ -1,4 +1,4 @@
-"""The persistent compilation cache (hso_jax._compile_cache): populated by the CLI and by the
+"""The persistent compilation cache (hso_jax._xla_cache): populated by the CLI and by the
 first hso_jax.optimize call, opt-out by environment variable, a user's own cache folder kept,
 an unwritable folder reported once without losing the result.
 
@@ -87,12 +87,12 @@ def test_library_turns_it_on_at_the_first_optimize_call(tmp_path):
         """
         import jax
         import hso_jax
-        from hso_jax import _compile_cache
+        from hso_jax import _xla_cache
         assert jax.config.jax_compilation_cache_dir is None  # import changes nothing
         res = hso_jax.optimize(hso_jax.noise.preset("sd21"), nfe=2, method="mep-local")
         print(jax.config.jax_compilation_cache_dir)
         print(jax.config.jax_persistent_cache_min_compile_time_secs)
-        print(_compile_cache.LIBRARY_MIN_COMPILE_TIME_S)
+        print(_xla_cache.LIBRARY_MIN_COMPILE_TIME_S)
         """,
         HSO_JAX_CACHE=str(root),
     )
@@ -110,9 +110,9 @@ def test_user_cache_dir_is_respected(tmp_path):
         jax.config.update("jax_compilation_cache_dir", {str(user)!r})
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.5)
         from pathlib import Path
-        from hso_jax import _compile_cache, cli
-        assert _compile_cache.enable() == Path({str(user)!r})
-        with _compile_cache.cache_everything():  # not ours: the user's threshold stays
+        from hso_jax import _xla_cache, cli
+        assert _xla_cache.enable() == Path({str(user)!r})
+        with _xla_cache.cache_everything():  # not ours: the user's threshold stays
             assert jax.config.jax_persistent_cache_min_compile_time_secs == 2.5
         assert cli.main({_SCHEDULES!r}) == 0
         assert jax.config.jax_compilation_cache_dir == {str(user)!r}
@@ -148,11 +148,11 @@ def test_unwritable_cache_warns_once_and_keeps_the_result(tmp_path):
         import warnings
         import jax
         import hso_jax
-        from hso_jax import _compile_cache
+        from hso_jax import _xla_cache
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             res = hso_jax.optimize(hso_jax.noise.preset("sd21"), nfe=2, method="mep-local")
-            assert _compile_cache.enable() is None  # no second warning
+            assert _xla_cache.enable() is None  # no second warning
         assert res.t.shape == (3,)
         assert jax.config.jax_compilation_cache_dir is None
         mine = [str(w.message) for w in caught if "compilation cache" in str(w.message)]

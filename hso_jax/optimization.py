@@ -1,4 +1,4 @@
-"""``hso_jax.optimize``: one entry point for every schedule optimiser.
+"""``hso_jax.optimize``: one entry point for every schedule optimiser (the method registry's).
 
 The model is a :class:`~hso_jax.Denoiser`, a plain JAX network ``fn(x, t_in)`` with
 ``noise=`` (preset name or :class:`~hso_jax.noise.NoiseSchedule`), ``prediction=`` (default
@@ -47,10 +47,9 @@ MEP is +inf at t = 1, never NaN) and run as they are; ``"mep-model"``'s teacher 
 uniform in time. Any of these schedules is used by a flow pipeline from pure noise at its first
 point; its last step may go to 0 (first order, returns the data prediction).
 
-``hso_jax.optimize`` (the attribute of the package) is the function, which shadows this module;
-the tables therefore live on the function too: ``hso_jax.optimize.METHODS``, ``.MODEL_FREE``,
-``.MODEL_BASED`` and ``.SOLVERS`` are the same objects as ``from hso_jax.optimize import
-METHODS`` etc.
+The tables live on the function: ``hso_jax.optimize.METHODS``, ``.MODEL_FREE``,
+``.MODEL_BASED`` and ``.SOLVERS`` (the built-in methods; :data:`hso_jax.optimizers.REGISTRY`
+has every registered one).
 """
 
 from __future__ import annotations
@@ -62,12 +61,12 @@ from typing import Any
 import numpy as np
 
 from . import _validate, schedules
-from ._compile_cache import enable as _enable_compile_cache
+from ._xla_cache import enable as _enable_compile_cache
 from .denoiser import Denoiser, as_denoiser
 from .noise import NoiseSchedule, RectifiedFlow
 from .optimizers import base
-from .optimizers._trajectory import check_model, resolve_solver
 from .optimizers.hso_config import SOLVERS
+from .optimizers.model_inputs import check_model, resolve_solver
 from .optimizers.result import OptimizeResult
 from .schedules import ENDS, GRIDS
 
@@ -224,7 +223,7 @@ def optimize(
     m = base.method(method)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer, got {seed!r}")
-    _enable_compile_cache()  # the persistent compilation cache (hso_jax._compile_cache)
+    _enable_compile_cache()  # the persistent compilation cache (hso_jax._xla_cache)
     opts = base.build_options(m, options)
     if m.needs_model:
         check_model(model, m.name)
@@ -310,8 +309,7 @@ def _record(res: OptimizeResult, m: base.Method, model, solver, recorded: dict, 
     return dataclasses.replace(res, info=info, warnings=res.warnings + tuple(notes))
 
 
-# The package attribute ``hso_jax.optimize`` is the function (it shadows this module), so the
-# tables are reachable from it as well.
+# The tables on the function: ``hso_jax.optimize.METHODS`` etc.
 optimize.METHODS = METHODS
 optimize.MODEL_FREE = MODEL_FREE
 optimize.MODEL_BASED = MODEL_BASED

@@ -5,7 +5,7 @@ two CPU cores), and without a persistent cache every new process compiles it aga
 store compiled XLA executables on disk and load them in a later process
 (``jax_compilation_cache_dir``); this module turns that on in the package's cache folder, so a
 repeated ``hso-jax optimize`` with the same shapes skips XLA compilation. Together with it, the
-traced searches are kept (:mod:`hso_jax.optimizers.compiled`, about 1-2 s of tracing saved), so
+traced searches are kept (:mod:`hso_jax.optimizers.programs`, about 1-2 s of tracing saved), so
 a repeated search costs about the import time.
 
 Where: ``$HSO_JAX_CACHE/xla`` (executables) and ``$HSO_JAX_CACHE/programs`` (traced searches)
@@ -56,7 +56,7 @@ from pathlib import Path
 
 import jax
 
-from .optimizers import compiled
+from .optimizers import programs
 from .reference.cache import default_cache_dir
 
 __all__ = [
@@ -85,7 +85,7 @@ def compile_cache_dir() -> Path:
 
 
 def program_store_dir() -> Path:
-    """The folder of the traced searches (:mod:`hso_jax.optimizers.compiled`):
+    """The folder of the traced searches (:mod:`hso_jax.optimizers.programs`):
     ``<cache root>/programs`` (absolute)."""
     return (default_cache_dir() / "programs").absolute()
 
@@ -156,7 +156,7 @@ def enable() -> Path | None:
             # the user chose is kept.
             jax.config.update(threshold, LIBRARY_MIN_COMPILE_TIME_S)
         jax.config.update("jax_compilation_cache_dir", key)
-        compiled.use_store(program_store_dir())
+        programs.use_store(program_store_dir())
         _OURS = key
         return folder
 

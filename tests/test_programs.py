@@ -1,4 +1,4 @@
-"""hso_jax.optimizers.compiled: one executable per process and static configuration; the
+"""hso_jax.optimizers.programs: one executable per process and static configuration; the
 program store (jax.export) keyed by everything that changes the program, read back exactly,
 and never trusted when damaged or unwritable."""
 
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hso_jax.optimizers import compiled
+from hso_jax.optimizers import programs as compiled
 
 
 class _Out(NamedTuple):

@@ -48,7 +48,6 @@ from ..objectives.dmn import DMN_TRUNC_NUM
 from ..objectives.spacing import d_min, time_from_normalised
 from ._ends import check_finite_ends
 from .base import given_options
-from .compiled import run_compiled
 from .hso_config import (
     GRIDS,
     HSOConfig,
@@ -62,6 +61,7 @@ from .hso_config import (
 )
 from .hso_lower import karras_lam, lower_level, refined_grid
 from .hso_report import base_info, on_steps, search_result
+from .programs import run_compiled
 from .result import OptimizeResult
 
 __all__ = ["LATENT", "optimize_dmn"]

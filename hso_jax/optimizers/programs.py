@@ -8,7 +8,7 @@ and compiles it once per process and reports in ``timings`` whether this call co
 A new process would trace the search again (1-2 s of Python for HSO: the DE loop, every
 lower-level L-BFGS solve and the objective) before JAX's persistent compilation cache can
 even be asked for the executable. With a *program store* (:func:`use_store`, turned on together
-with the package's persistent compilation cache, :mod:`hso_jax._compile_cache`) the traced and
+with the package's persistent compilation cache, :mod:`hso_jax._xla_cache`) the traced and
 lowered program is serialised with :mod:`jax.export` on the first call and read back by later
 processes: they skip tracing, and the compilation of the read program is a hit in the
 persistent cache, so a repeated search costs about the import time.
