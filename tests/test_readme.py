@@ -23,8 +23,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def _tour_block() -> str:
     text = README.read_text(encoding="utf-8")
-    m = re.search(r"^## API tour\n.*?^```python\n(.*?)^```", text, re.S | re.M)
-    assert m, "README.md has no '## API tour' section with a python block"
+    m = re.search(r"^## A tour\n.*?^```python\n(.*?)^```", text, re.S | re.M)
+    assert m, "README.md has no '## A tour' section with a python block"
     return m.group(1)
 
 
