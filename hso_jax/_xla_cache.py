@@ -1,11 +1,11 @@
 """Persistent cache of compiled searches (JAX's compilation cache), on by default.
 
-A model-free search costs 0.02-0.13 s to run but several seconds to compile (8-12 s for HSO on
-two CPU cores), and without a persistent cache every new process compiles it again. JAX can
+A model-free search runs in a fraction of a second but takes seconds to compile, and without a
+persistent cache every new process compiles it again. JAX can
 store compiled XLA executables on disk and load them in a later process
 (``jax_compilation_cache_dir``); this module turns that on in the package's cache folder, so a
 repeated ``hso-jax optimize`` with the same shapes skips XLA compilation. Together with it, the
-traced searches are kept (:mod:`hso_jax.optimizers.programs`, about 1-2 s of tracing saved), so
+traced searches are kept (:mod:`hso_jax.optimizers.programs`: no tracing either), so
 a repeated search costs about the import time.
 
 Where: ``$HSO_JAX_CACHE/xla`` (executables) and ``$HSO_JAX_CACHE/programs`` (traced searches)

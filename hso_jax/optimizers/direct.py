@@ -122,7 +122,7 @@ def direct_loss(
 
     ``ends = (lam_start, lam_end, t_start, t_end)``. Pure: jit, grad and vmap apply.
     ``unroll``: of the solver's step loop (:func:`~hso_jax.sample`); unrolled, the gradient is
-    2.7x faster on the MNIST model on CPU (``benchmarks/bench_direct.py``). ``remat``:
+    several times faster on CPU (``benchmarks/bench_direct.py``). ``remat``:
     rematerialise each solver step in the gradient (``jax.checkpoint``; same value).
     ``coordinate``: ``"lam"`` (the logits space the log-SNR) or ``"t"`` (model time, for a
     range whose ends have infinite log-SNR).

@@ -63,13 +63,10 @@ four-stage continuation (:func:`~hso_jax.optimizers.refine.refine_continuation`)
 ``local_maxiter`` = 100 L-BFGS iterations per stage, and the stages use them (the smoothed
 curvature grows like ``1 / mu``): 300-400 iterations per lower-level solve, against tens for
 MEP, and the DE seldom meets its tolerance on this fitness, so it runs its ``maxiter``
-generations. Measured on SD 2.1's process with UniPC, NFE 10, alone on a 2-core CPU:
-``"hso"`` 0.11 s of execution (12 generations, 2,220 fitness evaluations), ``"hso-dmn"`` 100 s
-(60 generations, 4,260 evaluations; ``info["nfev"]``, the polish batch included). Fewer stages
-are not free: from the time-uniform grid at NFE 10 the DMN objective after 1, 2, 4 stages is
-2.60, 1.88, 1.60. The cost scales with the options ``maxiter`` (generations; ``maxiter=10``:
-27 s, 1,260 evaluations, DMN objective 2.82 against 2.85 for the full search) and
-``popsize``; ``"dmn"`` (one lower-level solve) takes 0.02 s.
+generations: it costs about a thousand times ``"hso"`` (``info["nfev"]`` counts the fitness
+evaluations, the polish batch included; the timings are in the documentation's Methods page).
+Fewer stages are not free: each lowers the DMN objective further. The cost scales with the
+options ``maxiter`` (generations) and ``popsize``.
 
 Everything numerical runs in float64 (``jax.enable_x64`` inside), so the result does not
 depend on the caller's ``jax_enable_x64``. The whole search (DE generations, every lower-level

@@ -5,7 +5,7 @@ per (function, static configuration, argument shapes and dtypes). :func:`run_com
 and compiles it once per process and reports in ``timings`` whether this call compiled
 (``cold``) or reused the executable.
 
-A new process would trace the search again (1-2 s of Python for HSO: the DE loop, every
+A new process would trace the search again (seconds of Python for HSO: the DE loop, every
 lower-level L-BFGS solve and the objective) before JAX's persistent compilation cache can
 even be asked for the executable. With a *program store* (:func:`use_store`, turned on together
 with the package's persistent compilation cache, :mod:`hso_jax._xla_cache`) the traced and

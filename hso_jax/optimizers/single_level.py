@@ -17,7 +17,7 @@ sd15 / sd21 / sdxl), uniform in ``lam`` otherwise (option ``init``: ``"karras"``
 ``"time"``, ``"quadratic"``). The official code minimises with SciPy's trust-constr; here the
 monotone logit parameterisation and a four-stage continuation in the smoothing of ``|.|``
 (:func:`~hso_jax.optimizers.refine.refine_continuation`) stand in for its constraints, in one
-compiled function (0.02 s a run).
+compiled function.
 
 ``"mep-local"`` is the same single-level run with HSO's Midpoint Error Proxy (MEP) instead of
 DMN, from the Karras grid with ``rho = 7`` (HSO's lower level alone, without the upper level of

@@ -6,7 +6,7 @@ samples, direct's targets, GITS / MEP-model's teachers) and above the solvers an
 :mod:`hso_jax.evaluation` re-exports it for users.
 
 Its submodules load on first use (PEP 562): the cache's folder rules are needed by every
-command, diffrax (about 1.5 s to import) only by a reference solve.
+command, diffrax (a second or more to import) only by a reference solve.
 """
 
 from __future__ import annotations
