@@ -1,7 +1,7 @@
-"""The package's layers (DESIGN.md): a module imports only from its own layer or below.
+"""The package's layers (docs/development.md): a module imports only from its own layer or below.
 
 noise -> denoiser -> batch -> schedules -> solvers -> models -> reference -> objectives ->
-optimizers -> evaluation -> optimize / io / export -> demo / cli. Imports inside functions count
+optimizers -> evaluation -> optimization / io / export -> demo / cli. Imports inside functions count
 too, and no module imports a private name of another module.
 """
 
