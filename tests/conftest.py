@@ -1,11 +1,25 @@
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import jax
 
-# The suite never reads or writes the user's persistent compilation cache (a warm cache would
-# also leave no compilation for the SIGINT test to interrupt); tests/test_xla_cache.py sets
-# its own variables in its subprocesses.
-os.environ["HSO_JAX_COMPILE_CACHE"] = "0"
+# The suite never reads or writes the user's caches: its package cache (the persistent XLA
+# compilation cache, the stored traced searches and the reference solves) is a folder of this
+# session, shared by the two workers and their subprocesses, so a search compiled by one test
+# is a cache hit for the others (as it is for a user's repeated runs) and removed at the end.
+# Tests that need a cold process set their own variables (tests/test_xla_cache.py, the SIGINT
+# test of tests/test_cli.py).
+_SESSION = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+SESSION_CACHE = Path(tempfile.gettempdir()) / f"hso-jax-tests-{_SESSION}"
+os.environ["HSO_JAX_CACHE"] = str(SESSION_CACHE)
+os.environ.pop("HSO_JAX_COMPILE_CACHE", None)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the session's own process, after the workers
+        shutil.rmtree(SESSION_CACHE, ignore_errors=True)
 
 # Tests compare against formulas in float64; library code must also work without this flag
 # (tests that check x64-independence run the float32 path in a subprocess or explicitly).

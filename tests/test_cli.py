@@ -475,7 +475,7 @@ def test_sigint_during_compilation_stops_at_once(tmp_path):
     about a second (not at the end of the compilation), one line, no traceback, no file."""
     out = tmp_path / "s.json"
     p = _spawn(["optimize", "--noise", "sd21", "--nfe", "8", "--out", str(out)],
-               JAX_LOG_COMPILES="1")
+               JAX_LOG_COMPILES="1", HSO_JAX_COMPILE_CACHE="0")  # a cold search to interrupt
     err = _Lines(p.stderr)
     pending, deadline = {}, time.monotonic() + 240
     while time.monotonic() < deadline and p.poll() is None:
