@@ -56,8 +56,10 @@ __all__ = ["main", "build_parser"]
 
 
 MAX_INPUT_BYTES = 4 << 30
-"""The largest array file the command line reads (4 GiB); a larger one, a named pipe or a
-device (``/dev/zero``) is refused before it is read."""
+"""The largest array file the command line reads (4 GiB: conditions, data); a larger one, a
+named pipe or a device (``/dev/zero``) is refused before it is read."""
+MAX_TABLE_BYTES = 64 << 20
+"""The largest betas / alphas_cumprod file (64 MiB; a table of 1000 steps takes kilobytes)."""
 
 
 class _UsageError(Exception):
@@ -197,20 +199,21 @@ _NPY_MAGIC = b"\x93NUMPY"
 
 def _read_vector(path: str, option: str) -> np.ndarray:
     try:
+        raw = read_regular(path, MAX_TABLE_BYTES)
         if Path(path).suffix == ".npy":
-            with open(path, "rb") as f:
-                if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
-                    # np.load would try it as a pickle and advise loading it unsafely.
-                    raise ValueError("not a NumPy .npy file (no .npy header)")
-            v = np.load(path, allow_pickle=False)
+            if raw[: len(_NPY_MAGIC)] != _NPY_MAGIC:
+                # np.load would try it as a pickle and advise loading it unsafely.
+                raise ValueError("not a NumPy .npy file (no .npy header)")
+            v = np.load(io.BytesIO(raw), allow_pickle=False)
             if v.dtype.kind not in "fiu":
                 raise ValueError(
                     f"expected real numbers (a float or integer array), got dtype {v.dtype}"
                 )
         else:
-            v = np.loadtxt(path, dtype=np.float64, comments="#", ndmin=1)
+            v = np.loadtxt(io.StringIO(raw.decode("utf-8")), dtype=np.float64, comments="#",
+                           ndmin=1)  # fmt: skip
         v = np.asarray(v, dtype=np.float64)
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError, UnicodeDecodeError) as e:
         raise _UsageError(f"argument {option}: cannot read {path!r}: {e}") from None
     if v.ndim != 1:
         raise _UsageError(
@@ -500,14 +503,13 @@ def _read_condition(path: str, option: str):
     if suffix not in (".npy", ".npz"):
         raise _UsageError(f"argument {option}: expected a .npy or .npz file, got {path!r}")
     try:
-        with open(path, "rb") as f:
-            head = f.read(len(_NPY_MAGIC))
+        raw = read_regular(path, MAX_INPUT_BYTES)
         if suffix == ".npy":
-            if head != _NPY_MAGIC:
+            if raw[: len(_NPY_MAGIC)] != _NPY_MAGIC:
                 raise ValueError("not a NumPy .npy file (no .npy header)")
-            tree = np.load(path, allow_pickle=False)
+            tree = np.load(io.BytesIO(raw), allow_pickle=False)
         else:
-            with np.load(path, allow_pickle=False) as z:
+            with np.load(io.BytesIO(raw), allow_pickle=False) as z:
                 tree = {k: z[k] for k in z.files}
     except (OSError, ValueError, TypeError) as e:
         raise _UsageError(f"argument {option}: cannot read {path!r}: {e}") from None

@@ -91,6 +91,47 @@ def test_damaged_entry_is_reported_traced_again_and_replaced(store):
     assert t["loaded"]
 
 
+def _flip(path, offset_fraction=0.6, count=8):
+    blob = bytearray(path.read_bytes())
+    i = int(len(blob) * offset_fraction)
+    blob[i : i + count] = bytes(b ^ 0xFF for b in blob[i : i + count])
+    path.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize("where", [0.3, 0.6, 0.9])
+def test_flipped_bytes_are_caught_by_the_checksum(store, where):
+    """8 bytes flipped anywhere in an entry (the serialised program included, where JAX's
+    own deserialisation would fail later, inside compilation): reported, traced again,
+    replaced; the next process loads the new entry."""
+    first, _ = _call()
+    (entry,) = store.glob("*.jaxprog")
+    _flip(entry, where)
+    compiled.clear()
+    with pytest.warns(UserWarning, match="damaged program cache entry"):
+        out, t = _call()
+    assert not t["loaded"]
+    np.testing.assert_array_equal(out.scaled, first.scaled)
+    compiled.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, t = _call()
+    assert t["loaded"]
+
+
+def test_an_entry_of_another_search_is_not_run(store):
+    """The entry of scale=3 copied over the entry of scale=2 (same shapes): the loader sees
+    the key it was stored under, refuses it and computes scale=2's result."""
+    _call(scale=2.0)
+    _call(scale=3.0)
+    a, b = sorted(store.glob("*.jaxprog"), key=lambda p: p.stat().st_mtime_ns)
+    a.write_bytes(b.read_bytes())  # scale=3's program under scale=2's name
+    compiled.clear()
+    with pytest.warns(UserWarning, match="stored for another search"):
+        out, t = _call(scale=2.0)
+    np.testing.assert_array_equal(out.scaled, [0.0, 2.0, 4.0])  # not [0, 3, 6]
+    assert not t["loaded"]
+
+
 def test_unwritable_store_warns_and_keeps_the_result(tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the folder should be")

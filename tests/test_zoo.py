@@ -164,7 +164,31 @@ def test_checkpoint_config_mismatch(tmp_path):
     cfg = json.loads((d / "config.json").read_text())
     cfg["block_out_channels"] = [32, 64, 128]
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="does not match the architecture"):
+    with pytest.raises(ValueError, match="config.json does not match its checksum"):
+        load(d)
+    (d / "MANIFEST.sha256").unlink()  # a directory from before the manifests covered configs
+    with pytest.warns(UserWarning, match="no MANIFEST.sha256"):
+        with pytest.raises(ValueError, match="does not match the architecture"):
+            load(d)
+
+
+@pytest.mark.parametrize(
+    "name, old, new",
+    [
+        ("scheduler_config.json", '"beta_end": 0.02', '"beta_end": 0.03'),
+        ("scheduler_config.json", '"prediction_type": "epsilon"', '"prediction_type": "sample"'),
+        ("config.json", '"norm_eps": 1e-05', '"norm_eps": 1e-04'),
+    ],
+)
+def test_one_character_edits_of_the_configs_are_refused(tmp_path, name, old, new):
+    """Every file the loader reads is covered by a checksum, not only the parameters: an
+    edited beta_end, prediction_type or norm_eps would load and change every sample."""
+    d = tmp_path / "m"
+    shutil.copytree(ZOO_DIR / MNIST_ID, d)
+    text = (d / name).read_text()
+    assert old in text, text
+    (d / name).write_text(text.replace(old, new))
+    with pytest.raises(ValueError, match=f"{name} does not match its checksum"):
         load(d)
 
 

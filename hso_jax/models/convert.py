@@ -258,7 +258,7 @@ def convert_state_dict(
         PARAMS_SUBDIR,
         noise_from_scheduler_config,
         prediction_from_scheduler_config,
-        save_checkpoint,
+        save_model_dir,
     )
 
     cfg = as_config(config)
@@ -269,11 +269,6 @@ def convert_state_dict(
     noise_from_scheduler_config(sched)  # validate before writing anything
     prediction_from_scheduler_config(sched)
     params = state_dict_to_params(state_dict, cfg)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out / PARAMS_SUBDIR, params)
-    (out / "config.json").write_text(json.dumps(dict(config), indent=2) + "\n")
-    (out / "scheduler_config.json").write_text(json.dumps(sched, indent=2) + "\n")
     meta = {
         "format": MODEL_FORMAT,
         "version": 1,
@@ -282,8 +277,7 @@ def convert_state_dict(
         "source": source,
         "scheduler_config_defaulted": scheduler_config is None,
     }
-    (out / "hso_jax.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return out
+    return save_model_dir(Path(out), params, dict(config), sched, meta)
 
 
 def default_data_format(config: Mapping[str, Any]) -> str:

@@ -114,12 +114,8 @@ def heldout_eps_mse(
 
 
 def _write_model_files(out: Path, params: Any, config: dict[str, Any]) -> None:
-    from .zoo import MODEL_FORMAT, PARAMS_SUBDIR, save_checkpoint
+    from .zoo import MODEL_FORMAT, PARAMS_SUBDIR, save_model_dir
 
-    out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out / PARAMS_SUBDIR, params)
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / "scheduler_config.json").write_text(json.dumps(MNIST_SCHEDULER, indent=2) + "\n")
     meta = {
         "format": MODEL_FORMAT,
         "version": 1,
@@ -127,7 +123,7 @@ def _write_model_files(out: Path, params: Any, config: dict[str, Any]) -> None:
         "checkpoint": PARAMS_SUBDIR,
         "input": "x of shape (B, 28, 28, 1), pixels in [-1, 1]; t = training step index",
     }
-    (out / "hso_jax.json").write_text(json.dumps(meta, indent=2) + "\n")
+    save_model_dir(out, params, config, MNIST_SCHEDULER, meta)
 
 
 # --------------------------------------------------------------------------------------

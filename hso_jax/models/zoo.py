@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .._files import atomic_write, sha256_file
+from .._files import atomic_write, read_regular, sha256_file
 from ..denoiser import Denoiser
 from ..noise import (
     NoiseSchedule,
@@ -200,14 +200,16 @@ def _resolve(name_or_dir: str | os.PathLike) -> Path:
     return path
 
 
+_MAX_JSON_BYTES = 16 << 20
+
+
 def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"missing {path.name} ({what}) in model directory {path.parent}")
     try:
-        with open(path) as f:
-            out = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"corrupt {path} ({what}): {e}") from e
+        out = json.loads(read_regular(path, _MAX_JSON_BYTES).decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise ValueError(f"cannot read {path} ({what}): {e}") from e
     if not isinstance(out, dict):
         raise ValueError(f"corrupt {path} ({what}): expected a JSON object")
     return out
@@ -222,6 +224,57 @@ def _checkpoint_files(ckpt: Path) -> list[str]:
         for p in ckpt.rglob("*")
         if p.is_file() and p.name != MANIFEST
     )
+
+
+MODEL_FILES = ("config.json", "scheduler_config.json", "hso_jax.json")
+"""The files of a model directory the loader reads besides its checkpoint (which carries its
+own manifest); the directory's ``MANIFEST.sha256`` covers them."""
+
+
+def save_model_dir(out: Path, params: Any, config: dict, scheduler: dict, meta: dict) -> Path:
+    """Write a model directory: the checkpoint (with its manifest), the three JSON files the
+    loader reads, and the directory's manifest of those (written last: a directory with a
+    manifest is complete)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / PARAMS_SUBDIR, params)
+    for name, value in zip(MODEL_FILES, (config, scheduler, meta), strict=True):
+        atomic_write(out / name, json.dumps(value, indent=2) + "\n")
+    lines = [f"{sha256_file(out / name)}  {name}" for name in MODEL_FILES]
+    atomic_write(out / MANIFEST, "\n".join(lines) + "\n")
+    return out
+
+
+def verify_model_files(path: Path, require: bool) -> None:
+    """Check the files the loader reads against the directory's ``MANIFEST.sha256``.
+
+    Raises:
+      ValueError: a file differs from its checksum (the message names it), or, with
+        ``require``, the directory has no manifest. Without ``require`` a directory written
+        before manifests covered these files loads with a warning.
+    """
+    man = path / MANIFEST
+    if not man.exists():
+        msg = f"model directory {path} has no {MANIFEST}: its config files cannot be verified"
+        if require:
+            raise ValueError(msg)
+        warnings.warn(msg + " (convert or save it again to add one)", stacklevel=3)
+        return
+    want = {}
+    for line in read_regular(man, _MAX_JSON_BYTES).decode("utf-8", "replace").splitlines():
+        digest, sep, rel = line.partition("  ")
+        if not sep or len(digest) != 64:
+            raise ValueError(f"model directory {path}: corrupt {MANIFEST} line {line[:80]!r}")
+        want[rel] = digest
+    for name in MODEL_FILES:
+        if name not in want:
+            raise ValueError(f"model directory {path}: {MANIFEST} does not list {name}")
+        if sha256_file(path / name) != want[name]:
+            raise ValueError(
+                f"model directory {path}: {name} does not match its checksum in {MANIFEST} "
+                "(corrupted or modified; a model's files are its identity: convert it again "
+                "rather than edit it)"
+            )
 
 
 def write_manifest(ckpt: Path) -> None:
@@ -332,6 +385,7 @@ def load_params(name_or_dir: str | os.PathLike) -> tuple[dict[str, Any], Any, di
     config = _read_json(path / "config.json", "diffusers UNet config")
     sched = _read_json(path / "scheduler_config.json", "diffusers scheduler config")
     meta = _read_json(path / "hso_jax.json", "hso_jax model metadata")
+    verify_model_files(path, require=path.resolve().parent == ZOO_DIR)
     if meta.get("format") != MODEL_FORMAT:
         raise ValueError(
             f"{path / 'hso_jax.json'}: format is {meta.get('format')!r}, expected {MODEL_FORMAT!r}"

@@ -38,11 +38,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._files import atomic_write
+from .._files import atomic_write, sha256_bytes
 
 __all__ = ["anonymous", "clear", "run_compiled", "store", "use_store"]
 
-_FORMAT = 1  # bump when the layout of a stored entry changes
+_FORMAT = 2  # bump when the layout of a stored entry changes (2: key and checksum)
 _SUFFIX = ".jaxprog"
 _CACHE: dict = {}
 _STORE: Path | None = None
@@ -87,8 +87,10 @@ def _source_fingerprint() -> str:
     return h.hexdigest()
 
 
-def _entry_name(fn: Callable, static: Hashable, treedef, sig) -> str | None:
-    """The entry's file name, or None when ``static`` has no stable text (an object address)."""
+def _entry_key(fn: Callable, static: Hashable, treedef, sig) -> str | None:
+    """The entry's full key (the search, its static configuration, the argument structure,
+    shapes and dtypes, JAX, the backend, the x64 flag and the package's source), or None when
+    ``static`` has no stable text (an object address)."""
     text = repr(static)
     if " at 0x" in text:
         return None
@@ -96,7 +98,12 @@ def _entry_name(fn: Callable, static: Hashable, treedef, sig) -> str | None:
         _FORMAT, fn.__module__, fn.__qualname__, text, str(treedef), sig, jax.__version__,
         jax.default_backend(), jax.config.jax_enable_x64, _source_fingerprint(),
     )  # fmt: skip
-    return hashlib.sha256(repr(parts).encode()).hexdigest() + _SUFFIX
+    return repr(parts)
+
+
+def _entry_name(key: str) -> str:
+    """The entry's file name: a hash of its key (the key itself is stored inside)."""
+    return hashlib.sha256(key.encode()).hexdigest() + _SUFFIX
 
 
 def _flattened(fn, static, treedef):
@@ -113,8 +120,17 @@ def _flattened(fn, static, treedef):
     return flat, out_tree
 
 
-def _read(path: Path, sig):
-    """``(Exported, output treedef)`` from a stored entry, or None (absent or unreadable)."""
+def _damaged(path: Path, why: str) -> None:
+    warnings.warn(
+        f"ignoring the damaged program cache entry {path} ({why}); tracing again and replacing it",
+        UserWarning,
+        stacklevel=5,
+    )
+
+
+def _read(path: Path, sig, key: str):
+    """``(Exported, output treedef)`` from a stored entry, or None (absent, unreadable, damaged
+    or stored under another key: the last three are reported)."""
     try:
         blob = path.read_bytes()
     except (FileNotFoundError, NotADirectoryError):  # absent (the write will say if it fails)
@@ -125,25 +141,28 @@ def _read(path: Path, sig):
         return None
     try:
         entry = pickle.loads(blob)
+        if entry["format"] != _FORMAT:
+            raise ValueError(f"format {entry['format']!r}, this library writes {_FORMAT}")
+        if entry["key"] != key:
+            raise ValueError("it was stored for another search or configuration")
+        if sha256_bytes(entry["exported"]) != entry["sha256"]:
+            raise ValueError("its checksum does not match its content")
         exported = jax.export.deserialize(bytearray(entry["exported"]))
         avals = tuple((tuple(a.shape), str(a.dtype)) for a in exported.in_avals)
-        if entry["format"] != _FORMAT or avals != sig:
-            raise ValueError("its argument shapes or format differ from this call's")
+        if avals != sig:
+            raise ValueError("its argument shapes differ from this call's")
         return exported, entry["out_tree"]
     except Exception as e:  # a damaged or foreign file: say so, trace again and replace it
-        warnings.warn(
-            f"ignoring the damaged program cache entry {path} ({type(e).__name__}: {e}); "
-            "tracing again and replacing it",
-            UserWarning,
-            stacklevel=4,
-        )
+        _damaged(path, f"{type(e).__name__}: {e}")
         return None
 
 
-def _write(path: Path, exported, out_tree) -> None:
-    """Store an entry atomically; a failure is reported once per folder and otherwise ignored
-    (the search's result does not depend on the store)."""
-    entry = {"format": _FORMAT, "exported": bytes(exported.serialize()), "out_tree": out_tree}
+def _write(path: Path, key: str, exported, out_tree) -> None:
+    """Store an entry (its key, content and the content's checksum) atomically; a failure is
+    reported and otherwise ignored (the search's result does not depend on the store)."""
+    data = bytes(exported.serialize())
+    entry = {"format": _FORMAT, "key": key, "exported": data, "sha256": sha256_bytes(data),
+             "out_tree": out_tree}  # fmt: skip
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL))
@@ -152,26 +171,39 @@ def _write(path: Path, exported, out_tree) -> None:
                       "traces this search again", UserWarning, stacklevel=4)  # fmt: skip
 
 
-def _executable(fn, static, treedef, leaves, sig, name: str | None):
-    """``(lowered program over leaves -> output leaves, output treedef, loaded, trace_s)``."""
+def _executable(fn, static, treedef, leaves, sig, key: str | None):
+    """``(compiled program over leaves -> output leaves, output treedef, loaded, trace_s,
+    compile_s)``. A program read from the store that fails to lower or compile (a damage the
+    checksum cannot see, e.g. a JAX that reads it differently) is reported, traced again and
+    replaced."""
     t0 = time.perf_counter()
     flat, out_tree = _flattened(fn, static, treedef)
-    if _STORE is None or name is None:  # no store: plain lowering, nothing to serialise
+    if _STORE is None or key is None:  # no store: plain lowering, nothing to serialise
         lowered = jax.jit(flat).lower(*leaves)
-        return lowered, out_tree[0], False, time.perf_counter() - t0
-    path = _STORE / name
-    found = _read(path, sig)
-    loaded = found is not None
-    if not loaded:
-        found = jax.export.export(jax.jit(flat))(*leaves), out_tree[0]
-        _write(path, *found)
-    exported, tree = found
+        t1 = time.perf_counter()
+        return lowered.compile(), out_tree[0], False, t1 - t0, time.perf_counter() - t1
+    path = _STORE / _entry_name(key)
+    found = _read(path, sig, key)
+    if found is not None:
+        try:
+            lowered = _call_lowered(fn, found[0], leaves)
+            t1 = time.perf_counter()
+            return lowered.compile(), found[1], True, t1 - t0, time.perf_counter() - t1
+        except Exception as e:  # noqa: BLE001 - whatever the stored program did, trace again
+            _damaged(path, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    exported, tree = jax.export.export(jax.jit(flat))(*leaves), out_tree[0]
+    _write(path, key, exported, tree)
+    lowered = _call_lowered(fn, exported, leaves)
+    t1 = time.perf_counter()
+    return lowered.compile(), tree, False, t1 - t0, time.perf_counter() - t1
 
+
+def _call_lowered(fn, exported, leaves):
     def call(*xs):
         return exported.call(*xs)
 
     call.__name__ = call.__qualname__ = fn.__name__
-    return jax.jit(call).lower(*leaves), tree, loaded, time.perf_counter() - t0
+    return jax.jit(call).lower(*leaves)
 
 
 def _compiled(fn: Callable, static: Hashable, args: tuple):
@@ -183,11 +215,9 @@ def _compiled(fn: Callable, static: Hashable, args: tuple):
     if hit is not None:
         return hit, {"trace_s": 0.0, "compile_s": 0.0, "compile_cpu_s": 0.0, "loaded": False}
     c0 = time.process_time()
-    name = _entry_name(fn, static, treedef, sig)
-    lowered, out_tree, loaded, trace_s = _executable(fn, static, treedef, leaves, sig, name)
-    t1 = time.perf_counter()
-    exe = lowered.compile()
-    compile_s, cpu_s = time.perf_counter() - t1, time.process_time() - c0
+    key = _entry_key(fn, static, treedef, sig)
+    exe, out_tree, loaded, trace_s, compile_s = _executable(fn, static, treedef, leaves, sig, key)
+    cpu_s = time.process_time() - c0
 
     def run(a):
         return jax.tree.unflatten(out_tree, exe(*jax.tree.leaves(a)))
