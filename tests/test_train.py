@@ -101,6 +101,18 @@ def test_foreign_and_missing_runs(runs, tmp_path):
     (run / "run.json").write_text(json.dumps({**meta, "step": 2}))
     with pytest.raises(ValueError, match="step"):
         load_run(run)
+    # An edited configuration is refused by name (issue: an lr of 0.9 resumed silently).
+    recipe = {**meta["recipe"], "lr": 0.9}
+    (run / "run.json").write_text(json.dumps({**meta, "recipe": recipe}))
+    with pytest.raises(ValueError, match=r"changed since it was saved \(recipe\.lr\)"):
+        load_run(run)
+    config = {**meta["config"], "norm_eps": 1e-3}
+    (run / "run.json").write_text(json.dumps({**meta, "config": config, "out": "elsewhere"}))
+    with pytest.raises(ValueError, match=r"\(config, out\)"):
+        load_run(run)
+    (run / "run.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "fingerprint"}))
+    with pytest.raises(ValueError, match="no fingerprint"):
+        load_run(run)
     # A new run never overwrites an existing one; resume takes its recipe from the directory.
     with pytest.raises(FileExistsError, match="--resume"):
         train(d / "straight", recipe=RECIPE, config=TINY, progress=False)

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._files import atomic_write
+from .._files import atomic_write, sha256_bytes
 from .convert import DEFAULT_SCHEDULER
 
 __all__ = [
@@ -344,7 +344,21 @@ def save_run(run_dir: Path, state: TrainState, run: dict[str, Any]) -> None:
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     meta = {**run, "format": RUN_FORMAT, "step": int(state.step)}
+    meta["fingerprint"] = _fingerprint(meta)
     atomic_write(run_dir / "run.json", json.dumps(meta, indent=2) + "\n")
+
+
+def _fingerprint(run: dict[str, Any]) -> dict[str, str]:
+    """A checksum of every setting a resumed run must share with the run it continues (each
+    recipe field, the architecture, the output folder), by name."""
+
+    def digest(value) -> str:
+        return sha256_bytes(json.dumps(value, sort_keys=True).encode())
+
+    out = {f"recipe.{k}": digest(v) for k, v in sorted(run.get("recipe", {}).items())}
+    out["config"] = digest(run.get("config"))
+    out["out"] = digest(run.get("out"))
+    return out
 
 
 def load_run(run_dir: str | Path) -> tuple[TrainState, dict[str, Any]]:
@@ -373,6 +387,21 @@ def load_run(run_dir: str | Path) -> tuple[TrainState, dict[str, Any]]:
     if not isinstance(run, dict) or run.get("format") != RUN_FORMAT:
         got = run.get("format") if isinstance(run, dict) else type(run).__name__
         raise ValueError(f"{path}: format is {got!r}, expected {RUN_FORMAT!r}")
+    stored = run.get("fingerprint")
+    if not isinstance(stored, dict):
+        raise ValueError(
+            f"{path}: no fingerprint of the run's configuration (written by an older version, "
+            "or edited): it cannot be resumed safely; start a new --run-dir"
+        )
+    now = _fingerprint(run)
+    changed = sorted(k for k in set(now) | set(stored) if now.get(k) != stored.get(k))
+    if changed:
+        raise ValueError(
+            f"{path}: the run's configuration was changed since it was saved "
+            f"({', '.join(changed)}); "
+            "a resumed run must continue the same recipe, architecture and output: restore "
+            "run.json, or start a new --run-dir with the new settings"
+        )
     try:
         recipe = Recipe(**run["recipe"])
         config = run["config"]
