@@ -44,10 +44,21 @@ import jax.numpy as jnp
 
 from .noise import PRESETS, NoiseSchedule, preset
 
-__all__ = ["Denoiser", "PREDICTIONS", "TIME_INPUTS", "as_denoiser", "check_denoiser"]
+__all__ = [
+    "Denoiser",
+    "OutputShapeError",
+    "PREDICTIONS",
+    "TIME_INPUTS",
+    "as_denoiser",
+    "check_denoiser",
+]
 
 PREDICTIONS = ("eps", "x0", "v", "flow", "score")
 TIME_INPUTS = ("auto", "index", "index-rounded", "t", "sigma_edm", "scaled")
+
+
+class OutputShapeError(ValueError):
+    """The network returned a prediction whose shape is not the state's (raised at trace time)."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -140,7 +151,16 @@ class Denoiser:
     def _call(self, x, t_in, cond):
         args = () if self.params is None else (self.params,)
         tail = () if cond is None else (_align_condition(cond, x),)
-        return self.fn(*args, x, t_in, *tail)
+        out = self.fn(*args, x, t_in, *tail)
+        shape = getattr(out, "shape", None)
+        if shape is None or tuple(shape) != tuple(jnp.shape(x)):
+            got = f"shape {tuple(shape)}" if shape is not None else f"a {type(out).__name__}"
+            raise OutputShapeError(
+                f"the network fn returned {got} for x of shape {tuple(jnp.shape(x))}: a "
+                f"{self.prediction!r} prediction must have exactly x's shape (nothing is "
+                "broadcast); check the network's output, not the noise x_T"
+            )
+        return out
 
     def raw(self, x, t):
         """The network's own prediction at (x, t), guidance applied."""

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from hso_jax.cli import main
+from hso_jax.denoiser import OutputShapeError
 from hso_jax.models import convert as cv
 from hso_jax.models import load
 from hso_jax.models.unet import UNet2D, UNetConfig, init_params, unet_fn
@@ -177,8 +178,12 @@ def test_round_trip_save_load(tmp_path):
     assert den.prediction == "eps" and den.noise.name == "ddpm"
     x = jax.random.normal(jax.random.key(4), (2, 16, 16, 2), jnp.float32)
     t = jnp.float32(0.37)
-    want = unet_fn(CONFIG_PLAIN)(params, x, den.noise.num_steps * t - 1.0)
-    np.testing.assert_array_equal(np.asarray(den.raw(x, t)), np.asarray(want))
+    t_in = den.noise.num_steps * t - 1.0
+    want = unet_fn(CONFIG_PLAIN)(params, x, t_in)
+    np.testing.assert_array_equal(np.asarray(den.fn(den.params, x, t_in)), np.asarray(want))
+    # out_channels 1 != in_channels 2: no prediction of x's shape, refused at the first call
+    with pytest.raises(OutputShapeError, match=r"returned shape \(2, 16, 16, 1\)"):
+        den.raw(x, t)
 
 
 def test_deprecated_attention_names():

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..batch import check_conditions
-from ..denoiser import Denoiser, as_denoiser, check_denoiser
+from ..denoiser import Denoiser, OutputShapeError, as_denoiser, check_denoiser
 from ..noise import DATA_END
 from ..schedules import check_schedule
 from .base import Solver
@@ -91,6 +91,8 @@ def check_model_input(model: Denoiser, x: Array, t: Array, name: str = "x_T") ->
     t_spec = jax.ShapeDtypeStruct((), jnp.result_type(x))
     try:
         out = jax.eval_shape(model.x0, spec, t_spec)
+    except OutputShapeError:
+        raise  # the network's output is at fault, not the input
     except (TypeError, ValueError) as e:
         raise ValueError(
             f"{name} has shape {tuple(spec.shape)}, which the model does not accept: "
