@@ -6,7 +6,11 @@ costs milliseconds and the ``hso-jax`` command can take charge of Ctrl-C before 
 
 from __future__ import annotations
 
-from . import _lazy
+from . import _startup
+
+_startup.exit_at_once_in_commands()  # first: Ctrl-C while a command starts gives one line
+
+from . import _lazy  # noqa: E402
 
 __version__ = "0.1.0"
 

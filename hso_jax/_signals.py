@@ -25,7 +25,6 @@ import contextlib
 import os
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 
@@ -63,6 +62,8 @@ class Interrupted(KeyboardInterrupt):
 def temp_file(dir, prefix: str, suffix: str = ".tmp") -> tuple[int, str]:
     """``tempfile.mkstemp`` whose file is removed if the process is stopped by a signal before
     :func:`release_temp` is called (after the file was renamed into place or deleted)."""
+    import tempfile  # here: importing it costs the commands' first milliseconds
+
     with _LOCK:
         fd, tmp = tempfile.mkstemp(dir=dir, prefix=prefix, suffix=suffix)
         _TEMPS.add(tmp)

@@ -29,10 +29,12 @@ rate, elapsed seconds), ``training_summary.json`` and ``MODEL_CARD.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
 import platform
+import shutil
 import signal
 import sys
 import threading
@@ -42,7 +44,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._files import atomic_write, sha256_bytes
+from .. import _argtypes, _signals, _validate
+from .._files import atomic_write, read_regular, sha256_bytes
 from .convert import DEFAULT_SCHEDULER
 
 __all__ = [
@@ -169,6 +172,7 @@ class Recipe:
             raise ValueError(
                 f"warmup must be an int in [0, steps={self.steps}], got {self.warmup!r}"
             )
+        _validate.seed(self.seed)
         if self.decay not in ("constant", "cosine"):
             raise ValueError(f"decay must be 'constant' or 'cosine', got {self.decay!r}")
         if self.weighting not in ("simple", "min-snr"):
@@ -330,7 +334,6 @@ def save_run(run_dir: Path, state: TrainState, run: dict[str, Any]) -> None:
     The state is written to ``state.tmp/`` and renamed into place, so a run interrupted while
     saving keeps its previous checkpoint.
     """
-    import shutil
 
     from .zoo import save_checkpoint
 
@@ -439,6 +442,22 @@ class _StopSignals:
             signal.signal(s, h)
 
 
+@contextlib.contextmanager
+def _until_first_step(prog: str | None, run_dir: Path):
+    """With ``prog``: SIGINT / SIGTERM end the command at once (see :func:`train`)."""
+    if prog is None:
+        yield
+        return
+    created = not run_dir.exists()
+
+    def undo() -> None:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    with _signals.stop_on_signals(prog), _signals.on_interrupt(undo):
+        yield
+
+
 def train(
     run_dir: str | Path,
     out: str | Path | None = None,
@@ -452,6 +471,7 @@ def train(
     max_steps: int | None = None,
     progress: bool = True,
     finalize: bool = True,
+    prog: str | None = None,
 ) -> dict[str, Any]:
     """Train (or continue) a run; when it reaches ``recipe.steps``, write the model to ``out``.
 
@@ -461,11 +481,19 @@ def train(
     ``resume=True`` continues the run in ``run_dir`` exactly: k steps, stop, resume for k more
     gives the same bits as 2k steps at once.
 
+    ``prog`` (the command line's name for itself): a signal before the first step has finished
+    -- while the state is initialised and the step compiles, when nothing needs saving -- then
+    ends the process within a second (one line, exit status 130 / 143; a new ``run_dir`` is
+    removed) instead of after the compilation.
+
     Returns:
       A summary dict; ``summary["finished"]`` says whether the run reached ``recipe.steps``.
     """
     from tqdm.auto import tqdm
 
+    _validate.real("checkpoint_minutes", checkpoint_minutes, 0.0, open_lo=True)
+    if max_minutes is not None:
+        _validate.real("max_minutes", max_minutes, 0.0, open_lo=True)
     run_dir = Path(run_dir)
     if resume:
         if recipe is not None or config is not None:
@@ -485,46 +513,52 @@ def train(
         run["out"] = None if out is None else str(out)
         state = None
     step_fn = _shared_step(json.dumps(config, sort_keys=True), recipe)
-    state = init_state(config, recipe) if state is None else state
-    log_path = run_dir / "loss_log.csv"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    start = int(state.step)
-    _trim_log(log_path, start)
     sched = recipe.lr_schedule()
     t0, t_ckpt = time.time(), time.time()
     elapsed0 = float(run.get("train_time_s", 0.0))
     window: list[float] = []
     stop = None
-    end = recipe.steps if max_steps is None else min(recipe.steps, start + max_steps)
-    bar = tqdm(total=recipe.steps, initial=start, disable=not progress, mininterval=2.0)
-    with _StopSignals() as sig, open(log_path, "a") as log:
-        i = start
-        while i < end:
-            state, loss = step_fn(state)
-            i += 1
-            window.append(float(loss))
-            bar.update(1)
-            if i % log_every == 0 or i == end:
+    log_path = run_dir / "loss_log.csv"
+    with _StopSignals() as sig:
+        with _until_first_step(prog, run_dir):
+            state = init_state(config, recipe) if state is None else state
+            run_dir.mkdir(parents=True, exist_ok=True)
+            start = int(state.step)
+            _trim_log(log_path, start)
+            end = recipe.steps if max_steps is None else min(recipe.steps, start + max_steps)
+            first = step_fn(state) if start < end else None  # compiles
+            if first is not None:
+                first[1].block_until_ready()
+        bar = tqdm(total=recipe.steps, initial=start, disable=not progress, mininterval=2.0)
+        with open(log_path, "a") as log:
+            i = start
+            while i < end:
+                state, loss = step_fn(state) if first is None else first
+                first = None
+                i += 1
+                window.append(float(loss))
+                bar.update(1)
+                if i % log_every == 0 or i == end:
+                    el = elapsed0 + time.time() - t0
+                    log.write(f"{i},{np.mean(window):.6f},{float(sched(i - 1)):.3e},{el:.1f}\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{np.mean(window):.4f}")
+                    window = []
+                if sig.signum is not None:
+                    stop = signal.Signals(sig.signum).name
+                    break
+                if max_minutes is not None and time.time() - t0 > 60.0 * max_minutes:
+                    stop = "max_minutes"
+                    break
+                if time.time() - t_ckpt > 60.0 * checkpoint_minutes and i < end:
+                    run["train_time_s"] = elapsed0 + time.time() - t0
+                    save_run(run_dir, state, run)
+                    t_ckpt = time.time()
+            if window:  # a partial logging window at a stop
                 el = elapsed0 + time.time() - t0
                 log.write(f"{i},{np.mean(window):.6f},{float(sched(i - 1)):.3e},{el:.1f}\n")
-                log.flush()
-                bar.set_postfix(loss=f"{np.mean(window):.4f}")
-                window = []
-            if sig.signum is not None:
-                stop = signal.Signals(sig.signum).name
-                break
-            if max_minutes is not None and time.time() - t0 > 60.0 * max_minutes:
-                stop = "max_minutes"
-                break
-            if time.time() - t_ckpt > 60.0 * checkpoint_minutes and i < end:
-                run["train_time_s"] = elapsed0 + time.time() - t0
-                save_run(run_dir, state, run)
-                t_ckpt = time.time()
-        if window:  # a partial logging window at a stop
-            el = elapsed0 + time.time() - t0
-            log.write(f"{i},{np.mean(window):.6f},{float(sched(i - 1)):.3e},{el:.1f}\n")
-        run["train_time_s"] = elapsed0 + time.time() - t0
-        save_run(run_dir, state, run)
+            run["train_time_s"] = elapsed0 + time.time() - t0
+            save_run(run_dir, state, run)
     bar.close()
     summary = {
         "step": int(state.step),
@@ -557,7 +591,6 @@ def export_model(
     run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write a finished run's EMA weights as a model directory, with summary and model card."""
-    import shutil
 
     import jax
 
@@ -828,6 +861,17 @@ def _recipe_from_args(a: argparse.Namespace) -> Recipe:
     return dataclasses.replace(base, **over)
 
 
+def _read_config(path: str) -> dict[str, Any]:
+    """--config: a UNet2DModel config.json (a regular file of at most 1 MiB)."""
+    try:
+        return json.loads(read_regular(path, 1 << 20))
+    except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"--config {path}: {e}") from None
+
+
+_MINUTES = _argtypes.real(0.0, 1e6, open_lo=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m hso_jax.models.train", description=__doc__.split("\n")[0]
@@ -839,26 +883,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--config", metavar="FILE", help="UNet2DModel config.json (default: the shipped one)"
     )
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--warmup", type=int)
-    p.add_argument("--ema-decay", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    p.add_argument("--max-minutes", type=float, help="save the state and stop after this long")
+    p.add_argument("--steps", type=_argtypes.integer(1))
+    p.add_argument("--batch-size", type=_argtypes.integer(1, 65536))
+    p.add_argument("--lr", type=_argtypes.real(0.0, 1.0, open_lo=True))
+    p.add_argument("--warmup", type=_argtypes.integer(0))
+    p.add_argument("--ema-decay", type=_argtypes.real(0.0, 1.0))
+    p.add_argument("--seed", type=_argtypes.integer(0, _validate.MAX_SEED))
+    p.add_argument("--checkpoint-minutes", type=_MINUTES, default=5.0)
+    p.add_argument("--max-minutes", type=_MINUTES, help="save the state and stop after this long")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--evaluate", metavar="MODEL_DIR", help="measure sample quality instead")
-    p.add_argument("--eval-samples", type=int, default=1000)
-    p.add_argument("--eval-steps", type=int, default=100)
+    p.add_argument("--eval-samples", type=_argtypes.integer(1, 65536), default=1000)
+    p.add_argument("--eval-steps", type=_argtypes.integer(1, _validate.MAX_NFE), default=100)
     a = p.parse_args(argv)
-    if a.evaluate:
-        r = evaluate_samples(a.evaluate, num_samples=a.eval_samples, num_steps=a.eval_steps)
-        print(json.dumps(r))
-        return
-    if (a.resume is None) == (a.run_dir is None):
+    if not a.evaluate and (a.resume is None) == (a.run_dir is None):
         p.error("give exactly one of --run-dir (a new run) and --resume RUN_DIR")
     try:
+        if a.evaluate:
+            r = evaluate_samples(a.evaluate, num_samples=a.eval_samples, num_steps=a.eval_steps)
+            print(json.dumps(r))
+            return
         if a.resume:
             s = train(
                 a.resume,
@@ -867,19 +911,23 @@ def main(argv: list[str] | None = None) -> None:
                 checkpoint_minutes=a.checkpoint_minutes,
                 max_minutes=a.max_minutes,
                 progress=not a.no_progress,
+                prog=p.prog,
             )
         else:
             s = train(
                 a.run_dir,
                 a.out,
                 recipe=_recipe_from_args(a),
-                config=None if a.config is None else json.loads(Path(a.config).read_text()),
+                config=None if a.config is None else _read_config(a.config),
                 checkpoint_minutes=a.checkpoint_minutes,
                 max_minutes=a.max_minutes,
                 progress=not a.no_progress,
+                prog=p.prog,
             )
+    except _signals.Interrupted as e:
+        _signals.finish_interrupted(p.prog, e)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
-        p.exit(2, f"error: {e}\n")
+        p.exit(2, f"{p.prog}: error: {e}\n")
     run_dir = a.resume or a.run_dir
     if s["stopped_by"] in ("SIGINT", "SIGTERM"):
         sig = signal.Signals[s["stopped_by"]]
