@@ -12,7 +12,14 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["integer", "real", "boolean", "choice", "prng_key"]
+__all__ = ["MAX_NFE", "MAX_SEED", "integer", "nfe", "seed", "real", "boolean", "choice", "prng_key"]
+
+MAX_NFE = 1000
+"""The most network evaluations a schedule may spend: as many as the steps a discrete model
+is trained on (1000), far past the 4-50 where schedules matter."""
+MAX_SEED = 2**32 - 1
+"""The largest seed: ``jax.random.key`` keeps only the low 32 bits of a seed in 32-bit mode, so
+larger seeds would silently collide with smaller ones."""
 
 
 def integer(
@@ -20,23 +27,40 @@ def integer(
     value: Any,
     minimum: int | None = None,
     *,
+    maximum: int | None = None,
     allowed: Sequence[int] | None = None,
     meaning: str = "",
 ) -> int:
-    """``value`` as an ``int`` (Python or NumPy integer), ``>= minimum`` / one of ``allowed``."""
-    want = (
-        f"one of {tuple(allowed)}"
-        if allowed is not None
-        else f"an integer >= {minimum}"
-        if minimum is not None
-        else "an integer"
-    )
+    """``value`` as an ``int`` (Python or NumPy integer) in ``[minimum, maximum]`` / one of
+    ``allowed``."""
+    if allowed is not None:
+        want = f"one of {tuple(allowed)}"
+    elif minimum is not None and maximum is not None:
+        want = f"an integer in [{minimum}, {maximum}]"
+    elif minimum is not None:
+        want = f"an integer >= {minimum}"
+    else:
+        want = "an integer" if maximum is None else f"an integer <= {maximum}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be {want}{meaning}, got {value!r} ({type(value).__name__})")
     v = int(value)
-    if (minimum is not None and v < minimum) or (allowed is not None and v not in allowed):
+    if (
+        (minimum is not None and v < minimum)
+        or (maximum is not None and v > maximum)
+        or (allowed is not None and v not in allowed)
+    ):
         raise ValueError(f"{name} must be {want}{meaning}, got {v}")
     return v
+
+
+def nfe(value: Any, minimum: int = 1, *, name: str = "nfe", meaning: str = "") -> int:
+    """A number of network evaluations in ``[minimum, MAX_NFE]``."""
+    return integer(name, value, minimum, maximum=MAX_NFE, meaning=meaning)
+
+
+def seed(value: Any, name: str = "seed") -> int:
+    """A seed in ``[0, MAX_SEED]``."""
+    return integer(name, value, 0, maximum=MAX_SEED)
 
 
 def real(

@@ -35,7 +35,6 @@ import contextlib
 import inspect
 import io
 import json
-import math
 import os
 import re
 import shutil
@@ -47,7 +46,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from . import _signals, _xla_cache, schedules
+from . import _argtypes, _signals, _validate, _xla_cache, schedules
 from . import io as hio
 from . import noise as hnoise
 from ._files import read_regular
@@ -71,48 +70,28 @@ class _UsageError(Exception):
 # --------------------------------------------------------------------------------------
 
 
-def _int_at_least(lo: int):
-    """An argparse type: an integer >= ``lo``."""
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {text!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {v}")
-        return v
-
-    parse.__name__ = f"integer >= {lo}"
-    return parse
-
-
-_positive_int = _int_at_least(1)
-
-
-def _finite_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    v = _finite_float(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return v
+_seed = _argtypes.integer(0, _validate.MAX_SEED)
+_RHO_BOUNDS = (
+    min(lo for lo, _ in schedules.RHO_RANGE.values()),
+    max(hi for _, hi in schedules.RHO_RANGE.values()),
+)
+MAX_SAMPLES = 65536
+"""The most initial noises a search or the demo draws (each is one sample of the model)."""
 
 
 def _emit(text: str, out: str | None) -> None:
     """Write command output to stdout (``out`` None or ``"-"``), or atomically to ``out``
     (through a symbolic link to its target)."""
     if out is None or out == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        if sys.stdout is None:  # started with file descriptor 1 closed
+            raise OSError("standard output is closed")
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except OSError:  # a closed pipe, a full disk: keep the exit's flush from failing again
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise
     else:
         hio.atomic_write_text(out, text)
 
@@ -167,12 +146,24 @@ def _add_schedules_parser(sub) -> None:
         ),
     )
     _add_noise_source(p)
-    p.add_argument("--nfe", type=_positive_int, required=True, help="number of intervals (>= 1)")
+    p.add_argument(
+        "--nfe",
+        type=_argtypes.integer(1, _validate.MAX_NFE),
+        required=True,
+        help=f"number of intervals (1 to {_validate.MAX_NFE})",
+    )
     p.add_argument("--kind", choices=list(_SCHEDULE_KINDS), required=True, help="spacing")
     p.add_argument(
-        "--rho", type=_positive_float, help="exponent for karras (default 7) / polyexponential (1)"
+        "--rho",
+        type=_argtypes.real(*_RHO_BOUNDS),
+        help="exponent for karras (default 7; {:g} to {:g}) / polyexponential (1; {:g} to "
+        "{:g})".format(*schedules.RHO_RANGE["karras"], *schedules.RHO_RANGE["polyexponential"]),
     )
-    p.add_argument("--c", type=_positive_float, help="data std for kl-optimal (default 1)")
+    p.add_argument(
+        "--c",
+        type=_argtypes.real(*schedules.C_RANGE),
+        help="data std for kl-optimal (default 1; {:g} to {:g})".format(*schedules.C_RANGE),
+    )
     p.add_argument(
         "--table",
         choices=sorted(schedules.AYS_TABLES),
@@ -188,8 +179,8 @@ def _add_schedules_parser(sub) -> None:
         choices=sorted(schedules.OSS_TABLES),
         help="Optimal-Steps table for --kind oss (default: the one matching --noise, if any)",
     )
-    p.add_argument("--t-start", type=_finite_float, help="start time (default: noise t_max)")
-    p.add_argument("--t-end", type=_finite_float, help="end time (default: noise t_min)")
+    p.add_argument("--t-start", type=_argtypes.finite, help="start time (default: noise t_max)")
+    p.add_argument("--t-end", type=_argtypes.finite, help="end time (default: noise t_min)")
     _add_export_options(p)
     p.set_defaults(func=_cmd_schedules, parser=p)
 
@@ -346,6 +337,7 @@ def _default(fn, keyword: str):
 def _resolution(text: str):
     """--resolution: PX (square) or HEIGHTxWIDTH, in pixels."""
     parts = text.lower().split("x")
+    top = hnoise.MAX_FLUX_RESOLUTION
     try:
         sizes = [int(x) for x in parts]
     except ValueError:
@@ -354,6 +346,8 @@ def _resolution(text: str):
         ) from None
     if len(sizes) > 2:
         raise argparse.ArgumentTypeError(f"must be PX or HEIGHTxWIDTH, got {text!r}")
+    if not all(1 <= x <= top for x in sizes):
+        raise argparse.ArgumentTypeError(f"each side must lie in [1, {top}] pixels, got {text!r}")
     return sizes[0] if len(sizes) == 1 else tuple(sizes)
 
 
@@ -382,14 +376,14 @@ def _add_noise_source(p, required: bool = True) -> None:
     )
     flow.add_argument(
         "--image-seq-len",
-        type=_positive_int,
+        type=_argtypes.integer(1, hnoise.MAX_IMAGE_SEQ_LEN),
         metavar="N",
         help="--noise flux-dev: latent tokens, (height // 16) * (width // 16), instead of "
         "--resolution",
     )
     flow.add_argument(
         "--shift",
-        type=_positive_float,
+        type=_argtypes.real(*hnoise.SHIFT_RANGE),
         metavar="S",
         help="static shift for --noise wan (default 5) / flow (1 = none; without it, flow is "
         "the bare process on [0.001, 0.999])",
@@ -491,6 +485,7 @@ def _model_based() -> tuple[str, ...]:
     from .optimizers.base import names
 
     return names(needs_model=True)
+
 
 CONDITION_KEYS = ("encoder_hidden_states", "text_embeds", "time_ids")
 """Names of the arrays of a dict condition in an ``.npz`` file (SDXL's UNet: prompt embeddings,
@@ -632,7 +627,12 @@ def _add_optimize_parser(sub) -> None:
         metavar="NAME_OR_DIR",
         help="model of the model-based methods: 'mnist' (shipped) or a converted model directory",
     )
-    p.add_argument("--nfe", type=_int_at_least(2), required=True, help="network evaluations (>= 2)")
+    p.add_argument(
+        "--nfe",
+        type=_argtypes.integer(2, _validate.MAX_NFE),
+        required=True,
+        help=f"network evaluations (2 to {_validate.MAX_NFE})",
+    )
     p.add_argument(
         "--solver",
         choices=SOLVERS,
@@ -642,24 +642,25 @@ def _add_optimize_parser(sub) -> None:
         "--method",
         choices=names(),
         default="hso",
-        help="optimiser: "
-        + "; ".join(f"{n}: {REGISTRY[n].summary}" for n in names()),
+        help="optimiser: " + "; ".join(f"{n}: {REGISTRY[n].summary}" for n in names()),
     )
     p.add_argument(
         "--t-start",
-        type=_finite_float,
+        type=_argtypes.finite,
         help="--method dmn / mep-local / direct: start time (default: the process's t_max)",
     )
     p.add_argument(
         "--t-end",
-        type=_finite_float,
+        type=_argtypes.finite,
         help="--method dmn / mep-local: last optimised time (default: t_min, or normalised "
         "time 0.02 before a fixed final step); direct: end of its initial schedules",
     )
-    p.add_argument("--seed", type=int, default=66, help="seed of the search (default 66)")
+    p.add_argument(
+        "--seed", type=_seed, default=66, help="seed of the search (0 to 2**32 - 1, default 66)"
+    )
     p.add_argument(
         "--num-samples",
-        type=_positive_int,
+        type=_argtypes.integer(1, MAX_SAMPLES),
         help="model-based methods: initial noises (direct: half trains, half is held out; "
         "default 16, or the smallest multiple of the --cond rows "
         "above it, each prompt repeated over its share of the noises)",
@@ -679,13 +680,13 @@ def _add_optimize_parser(sub) -> None:
     )
     p.add_argument(
         "--guidance",
-        type=_finite_float,
+        type=_argtypes.finite,
         metavar="W",
         help="classifier-free guidance scale (needs --cond and --uncond), e.g. 7.5",
     )
     p.add_argument(
         "--sample-seed",
-        type=int,
+        type=_seed,
         default=0,
         help="model-based methods: seed of the noises (AYS: of its Monte-Carlo samples)",
     )
@@ -809,6 +810,11 @@ def _optimize_with_model(args, ends: dict):
             "its prompt embeddings, --cond EMB.npy (one row per prompt, or one shared row), "
             "and for classifier-free guidance --uncond NULL.npy --guidance W"
         )
+    if not conditional and args.cond is not None:
+        raise _UsageError(
+            f"argument --cond: {args.model} is an unconditional model (it takes no condition); "
+            "drop --cond / --uncond / --guidance"
+        )
     tgt = _target_from_args(args, model.noise, args.solver)
     from .optimizers.base import method
 
@@ -854,15 +860,20 @@ def _add_demo_parser(sub) -> None:
     )
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help="output folder")
     p.add_argument(
-        "--nfe", type=_int_at_least(2), default=5, help="network evaluations (>= 2, default 5)"
+        "--nfe",
+        type=_argtypes.integer(2, _validate.MAX_NFE),
+        default=5,
+        help=f"network evaluations (2 to {_validate.MAX_NFE}, default 5)",
     )
     p.add_argument(
         "--num-samples",
-        type=_int_at_least(2),
+        type=_argtypes.integer(2, MAX_SAMPLES),
         default=64,
-        help="initial noises (>= 2, default 64)",
+        help=f"initial noises (2 to {MAX_SAMPLES}, default 64)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
+    p.add_argument(
+        "--seed", type=_seed, default=0, help="seed of the initial noise (0 to 2**32 - 1)"
+    )
     p.add_argument("--full", action="store_true", help="also run Align Your Steps (minutes)")
     p.add_argument("--no-fd", action="store_true", help="skip FD-MNIST")
     # The model runs in its own precision (float32), not under the CLI's float64 default.
@@ -1002,9 +1013,7 @@ def _add_export_parser(sub) -> None:
         help="the target, e.g. diffusers:UniPCMultistepScheduler, diffusers:unipc, comfyui:euler",
     )
     p.add_argument("--end", choices=schedules.ENDS, help="the target's end (default: the file's)")
-    p.add_argument(
-        "--variant", choices=("bh2", "bh1"), help="UniPC's solver_type (default bh2)"
-    )
+    p.add_argument("--variant", choices=("bh2", "bh1"), help="UniPC's solver_type (default bh2)")
     p.add_argument(
         "--format",
         choices=("snippet", "json"),
@@ -1032,6 +1041,8 @@ def _cmd_export(args) -> int:
         record = hio.load_schedule(args.schedule)
     except ValueError as e:
         raise _UsageError(f"argument FILE: {e}") from None
+    except OSError as e:  # missing, no permission: an input, not the output
+        raise _UsageError(f"argument FILE: cannot read {args.schedule!r}: {e.strerror}") from None
     if args.betas_file is not None or args.alphas_cumprod_file is not None:
         args.noise = None
         for attr in _PRESET_OPTIONS:
@@ -1125,11 +1136,26 @@ def _start_compile_cache(prog: str) -> None:
         print(f"{prog}: warning: {w.message}", file=sys.stderr)
 
 
+def _warning_lines(prog: str):
+    """Warnings as one line each, ``PROG: warning: MESSAGE`` (not Python's two lines with the
+    library's file and source)."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prog}: warning: {message}", file=sys.stderr)
+
+    return show
+
+
 def _run(args, prog: str) -> int:
     try:
         _start_compile_cache(prog)
         # Exported schedules carry full float64 precision, whatever the caller's JAX config.
-        with _xla_cache.cache_everything(), jax.enable_x64(getattr(args, "x64", True)):
+        with (
+            warnings.catch_warnings(),
+            _xla_cache.cache_everything(),
+            jax.enable_x64(getattr(args, "x64", True)),
+        ):
+            warnings.showwarning = _warning_lines(prog)
             return args.func(args)
     except _UsageError as e:
         args.parser.print_usage(sys.stderr)

@@ -30,8 +30,12 @@ multistep solver follows).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -220,11 +224,11 @@ def run_demo(
     from .evaluation.grid import evaluate_grid
     from .reference.cache import cached_reference, reference_cache_path
 
-    nfe = _validate.integer("nfe", nfe, 2)
+    nfe = _validate.nfe(nfe, 2)
     num_samples = _validate.integer("num_samples", num_samples, 2)
+    seed = _validate.seed(seed)
     log = print if verbose else (lambda *a, **k: None)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
 
     if model is None:
@@ -297,7 +301,6 @@ def run_demo(
         + table
         + f"\nReference: {t_ref:.1f} s; sampling: {t_sample:.1f} s; total: {total:.1f} s.\n"
     )
-    (out / "results.md").write_text(text)
     result = {
         "nfe": nfe,
         "num_samples": num_samples,
@@ -311,25 +314,46 @@ def run_demo(
         "sampling_seconds": t_sample,
         "total_seconds": total,
     }
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-
     names = list(schedules_unipc)
     n_show = min(10, num_samples)
-    _image_grid(
-        [np.asarray(ref)[:n_show]] + [samples_for_grid[n][:n_show] for n in names],
-        ["reference"] + names,
-        out / "samples.png",
-    )
-    _schedule_plot(
-        {n: np.asarray(schedules_unipc[n]) for n in names},
-        ns,
-        f"schedules at NFE {nfe} (UniPC / multistep flavour)",
-        out / "schedules.png",
-    )
+    with _writing_set(out) as stage:
+        (stage / "results.md").write_text(text)
+        (stage / "results.json").write_text(json.dumps(result, indent=2))
+        _image_grid(
+            [np.asarray(ref)[:n_show]] + [samples_for_grid[n][:n_show] for n in names],
+            ["reference"] + names,
+            stage / "samples.png",
+        )
+        _schedule_plot(
+            {n: np.asarray(schedules_unipc[n]) for n in names},
+            ns,
+            f"schedules at NFE {nfe} (UniPC / multistep flavour)",
+            stage / "schedules.png",
+        )
     log("")
     log(text)
     log(f"wrote {out}/results.md, results.json, samples.png, schedules.png")
     return result
+
+
+@contextlib.contextmanager
+def _writing_set(out: Path) -> Iterator[Path]:
+    """Write a set of files into a staging folder inside ``out``, then move each into place:
+    a failure while writing (a full disk) leaves ``out`` as it was (created only if needed,
+    and removed again if it was created for nothing)."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".hso-jax-demo-", dir=out))
+    try:
+        yield stage
+        for f in sorted(stage.iterdir()):
+            f.replace(out / f.name)  # a rename: no new bytes written
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _format(rows: list[dict[str, Any]], nfe: int) -> str:

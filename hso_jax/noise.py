@@ -52,6 +52,9 @@ __all__ = [
     "PRESETS",
     "flux_mu",
     "FLUX_SHIFT_CONFIG",
+    "SHIFT_RANGE",
+    "MAX_FLUX_RESOLUTION",
+    "MAX_IMAGE_SEQ_LEN",
     "scaled_linear_betas",
     "linear_betas",
     "squaredcos_cap_v2_betas",
@@ -492,28 +495,40 @@ def flux_mu(image_seq_len: int) -> float:
     return image_seq_len * m + b
 
 
-def _positive_finite(preset_name: str, name: str, value) -> float:
+SHIFT_RANGE = (1e-3, 1e3)
+"""Allowed static ``shift`` of the flow presets (SD3: 3, Wan: 5; Flux's dynamic shift at 4096 x
+4096 px is exp(11.3) ~ 8e4 only through ``mu``): past it the shifted times collapse onto one
+end in float32."""
+MAX_FLUX_RESOLUTION = 4096
+"""The largest side in pixels of a ``flux-dev`` image (FLUX.1 is trained up to ~2 megapixels)."""
+MAX_IMAGE_SEQ_LEN = (MAX_FLUX_RESOLUTION // 16) ** 2
+"""The most latent tokens of a ``flux-dev`` image: 65536 (4096 x 4096 px; mu = 11.3)."""
+
+
+def _shift(preset_name: str, value) -> float:
     if isinstance(value, (bool, str, bytes)) or not isinstance(value, numbers.Real):
         raise TypeError(
-            f"preset {preset_name!r}: {name} must be a real number > 0, got {value!r} "
-            f"({type(value).__name__})"
+            f"preset {preset_name!r}: shift must be a real number in [{SHIFT_RANGE[0]:g}, "
+            f"{SHIFT_RANGE[1]:g}], got {value!r} ({type(value).__name__})"
         )
     v = float(value)
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"preset {preset_name!r}: {name} must be finite and > 0, got {v!r}")
+    if not SHIFT_RANGE[0] <= v <= SHIFT_RANGE[1]:  # also refuses nan
+        raise ValueError(
+            f"preset {preset_name!r}: shift must lie in [{SHIFT_RANGE[0]:g}, "
+            f"{SHIFT_RANGE[1]:g}], got {v!r}"
+        )
     return v
 
 
-def _positive_int(preset_name: str, name: str, value, meaning: str) -> int:
+def _positive_int(preset_name: str, name: str, value, meaning: str, maximum: int) -> int:
+    want = f"an integer in [1, {maximum}] ({meaning})"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(
-            f"preset {preset_name!r}: {name} must be a positive integer ({meaning}), got "
-            f"{value!r} ({type(value).__name__})"
+            f"preset {preset_name!r}: {name} must be {want}, got {value!r} "
+            f"({type(value).__name__})"
         )
-    if value < 1:
-        raise ValueError(
-            f"preset {preset_name!r}: {name} must be a positive integer ({meaning}), got {value}"
-        )
+    if not 1 <= value <= maximum:
+        raise ValueError(f"preset {preset_name!r}: {name} must be {want}, got {value}")
     return int(value)
 
 
@@ -525,7 +540,9 @@ def _flux_seq_len(resolution) -> int:
             "preset 'flux-dev': resolution must be one size in pixels or (height, width), got "
             f"{resolution!r}"
         )
-    h, w = (_positive_int("flux-dev", "resolution", x, "pixels") for x in size)
+    h, w = (
+        _positive_int("flux-dev", "resolution", x, "pixels", MAX_FLUX_RESOLUTION) for x in size
+    )
     if h % _FLUX_PIXELS_PER_TOKEN or w % _FLUX_PIXELS_PER_TOKEN:
         raise ValueError(
             f"preset 'flux-dev': resolution must be a multiple of {_FLUX_PIXELS_PER_TOKEN} px "
@@ -549,7 +566,9 @@ def _flux_dev(*, resolution=None, image_seq_len=None) -> RectifiedFlow:
             f"resolution={resolution!r}, image_seq_len={image_seq_len!r})"
         )
     if image_seq_len is not None:
-        seq = _positive_int("flux-dev", "image_seq_len", image_seq_len, "latent tokens")
+        seq = _positive_int(
+            "flux-dev", "image_seq_len", image_seq_len, "latent tokens", MAX_IMAGE_SEQ_LEN
+        )
     else:
         seq = _flux_seq_len(_FLUX_DEFAULT_RESOLUTION if resolution is None else resolution)
     return RectifiedFlow(
@@ -564,14 +583,14 @@ def _flux_schnell() -> RectifiedFlow:
 
 
 def _wan(*, shift=5.0) -> RectifiedFlow:
-    shift = _positive_finite("wan", "shift", shift)
+    shift = _shift("wan", shift)
     return RectifiedFlow(name="wan", shift=shift, spacing="unipc", **_FLOW_RANGE)
 
 
 def _flow(*, shift=None) -> RectifiedFlow:
     if shift is None:
         return RectifiedFlow()
-    shift = _positive_finite("flow", "shift", shift)
+    shift = _shift("flow", shift)
     return RectifiedFlow(name="flow", shift=shift, spacing="euler", **_FLOW_RANGE)
 
 

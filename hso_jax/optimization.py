@@ -58,8 +58,6 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from . import _validate, schedules
 from ._xla_cache import enable as _enable_compile_cache
 from .denoiser import Denoiser, as_denoiser
@@ -219,10 +217,9 @@ def optimize(
             f"for the model-free methods (e.g. hso_jax.noise.preset('sd21')), got "
             f"{type(model).__name__}"
         )
-    nfe = _validate.integer("nfe", nfe, 2)
+    nfe = _validate.nfe(nfe, 2)
     m = base.method(method)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an integer, got {seed!r}")
+    seed = _validate.seed(seed)
     _enable_compile_cache()  # the persistent compilation cache (hso_jax._xla_cache)
     opts = base.build_options(m, options)
     if m.needs_model:

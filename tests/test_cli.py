@@ -154,16 +154,16 @@ def test_help_exits_zero(capsys):
         (["schedules", "--nfe", "5", "--kind", "karras"], "--noise"),
         (["schedules", "--noise", "sd15", "--kind", "karras"], "--nfe"),
         (["schedules", "--noise", "sd15", "--nfe", "0", "--kind", "karras"],
-         "argument --nfe: must be an integer >= 1, got 0"),
+         r"argument --nfe: must be an integer in \[1, 1000\], got 0"),
         (["schedules", "--noise", "sd15", "--nfe", "x", "--kind", "karras"], "argument --nfe"),
         (["schedules", "--noise", "sd99", "--nfe", "5", "--kind", "karras"],
          "argument --noise: invalid choice: 'sd99'"),
         (["schedules", "--noise", "sd15", "--nfe", "5", "--kind", "cosine"],
          "argument --kind: invalid choice"),
         (["schedules", "--noise", "sd15", "--nfe", "5", "--kind", "karras", "--rho", "-1"],
-         "argument --rho: must be > 0"),
+         r"argument --rho: must be a number in \[0.01, 100\], got '-1'"),
         (["schedules", "--noise", "sd15", "--nfe", "5", "--kind", "karras", "--rho", "nan"],
-         "argument --rho: must be finite"),
+         r"argument --rho: must be a number in \[0.01, 100\], got 'nan'"),
         (["schedules", "--noise", "sd15", "--nfe", "5", "--kind", "uniform", "--rho", "3"],
          "argument --rho: only applies to --kind karras / polyexponential"),
         (["schedules", "--noise", "sd15", "--nfe", "5", "--kind", "karras", "--c", "2"],
@@ -186,7 +186,7 @@ def test_help_exits_zero(capsys):
          "argument --format: invalid choice"),
         (["schedules", "--noise", "edm", "--nfe", "5", "--kind", "karras", "--format",
           "diffusers"], "argument --format: target diffusers:UniPC.* cannot run a continuous"),
-        (["schedules", "--noise", "sd15", "--nfe", "2000", "--kind", "uniform", "--format",
+        (["schedules", "--noise", "sd15", "--nfe", "1000", "--kind", "karras", "--format",
           "diffusers"], "argument --nfe: .*do not fit on distinct training steps"),
         (["schedules", "--noise", "sd15", "--betas-file", "b.txt", "--nfe", "5", "--kind",
           "karras"], "argument --betas-file: not allowed with argument --noise"),
@@ -227,7 +227,7 @@ def test_console_script():
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "hso_jax.cli"]
     p = subprocess.run(cmd + ["schedules", "--noise", "sd15", "--nfe", "2", "--kind", "karras",
                               "--rho", "0"], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and "argument --rho: must be > 0" in p.stderr
+    assert p.returncode == 2 and "argument --rho: must be a number in [0.01, 100]" in p.stderr
     assert "Traceback" not in p.stderr
 
 
@@ -298,7 +298,8 @@ def test_optimize_for_a_target_and_export_it(capsys, tmp_path):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["optimize", "--noise", "sd21", "--nfe", "1"], "argument --nfe: must be an integer >= 2"),
+        (["optimize", "--noise", "sd21", "--nfe", "1"],
+         r"argument --nfe: must be an integer in \[2, 1000\]"),
         (["optimize", "--noise", "sd21", "--nfe", "4", "--method", "ays"],
          "argument --model: required by --method ays"),
         (["optimize", "--noise", "sd21", "--nfe", "4", "--method", "nope"],
@@ -407,11 +408,11 @@ def test_nfe_minimum_is_stated_correctly(capsys):
     assert main(["optimize", "--help"]) == 0
     assert main(["demo", "--help"]) == 0
     helptext = capsys.readouterr().out
-    assert "network evaluations (>= 2)" in helptext and ">= 1" not in helptext
+    assert "network evaluations (2 to 1000)" in helptext and ">= 1" not in helptext
     for argv in (["optimize", "--noise", "sd21", "--nfe", "0"], ["demo", "--nfe", "1"],
                  ["optimize", "--noise", "sd21", "--nfe", "x"]):
-        assert "argument --nfe: must be an integer >= 2" in bad(capsys, *argv)
-    assert "argument --num-samples: must be an integer >= 2, got 1" in bad(
+        assert "argument --nfe: must be an integer in [2, 1000]" in bad(capsys, *argv)
+    assert "argument --num-samples: must be an integer in [2, 65536], got 1" in bad(
         capsys, "demo", "--num-samples", "1")
 
 
@@ -527,7 +528,7 @@ def test_python_m_hso_jax_runs_the_cli():
     p = subprocess.run([sys.executable, "-m", "hso_jax", "schedules", "--noise", "sd15", "--nfe",
                         "2", "--kind", "karras", "--rho", "0"], capture_output=True, text=True,
                        timeout=120)
-    assert p.returncode == 2 and "argument --rho: must be > 0" in p.stderr
+    assert p.returncode == 2 and "argument --rho: must be a number in [0.01, 100]" in p.stderr
 
 
 def test_sigterm_demo_removes_its_output_folder(tmp_path):
@@ -539,8 +540,7 @@ def test_sigterm_demo_removes_its_output_folder(tmp_path):
     while not any(line.startswith("[1/4]") for _, line in lines.lines):
         assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
         time.sleep(0.05)
-    time.sleep(0.5)  # inside the reference solve
-    assert out.is_dir()
+    time.sleep(0.5)  # inside the reference solve (the folder is made when results land)
     rc, took = _stop(p, signal.SIGTERM)
     err = p.stderr.read()
     assert rc == 143 and took < 5.0, err

@@ -40,7 +40,7 @@ def test_demo_cli_arguments(capsys):
     assert main(["demo", "--help"]) == 0
     assert "results.md" in capsys.readouterr().out
     assert main(["demo", "--num-samples", "0"]) == 2
-    assert "argument --num-samples: must be an integer >= 2" in capsys.readouterr().err
+    assert "argument --num-samples: must be an integer in [2, 65536]" in capsys.readouterr().err
     with pytest.raises(ValueError, match="num_samples must be an integer >= 2, got 1"):
         run_demo("unused", num_samples=1)
 

@@ -50,7 +50,7 @@ GAMMA = 1e9
 
 def d_min(nfe: int) -> float:
     """Minimum spacing in normalised time: 0.15 at NFE <= 4, linear down to 0.01 at NFE >= 20."""
-    nfe = _validate.integer("nfe", nfe, 1)
+    nfe = _validate.nfe(nfe)
     lo_nfe, lo_d, hi_nfe, hi_d = 4.0, 0.15, 20.0, 0.01
     d = lo_d + (hi_d - lo_d) / (hi_nfe - lo_nfe) * (nfe - lo_nfe)
     return float(min(max(d, hi_d), lo_d))

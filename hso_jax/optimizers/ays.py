@@ -283,7 +283,7 @@ def _check_arguments(
     points of the returned schedule and the search settings."""
     check_denoiser(model)
     solver_obj, solver_name = resolve_solver(solver)
-    num_points = solver_obj.num_points(_validate.integer("nfe", nfe, 1), to_data=end == "zero")
+    num_points = solver_obj.num_points(_validate.nfe(nfe), to_data=end == "zero")
     candidates = _validate.integer("candidates", candidates, 3)
     max_sweeps = _validate.integer("max_sweeps", max_sweeps, 1)
     refine_sweeps = _validate.integer("refine_sweeps", refine_sweeps, 1)

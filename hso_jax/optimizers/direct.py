@@ -358,7 +358,7 @@ def optimize_direct(
     model = check_model(model, "direct")
     noise = model.noise
     solver_obj, solver_name = resolve_solver(solver)
-    nfe = _validate.integer("nfe", nfe, 1)
+    nfe = _validate.nfe(nfe)
     end = fixed_end(end, "direct")
     grid = _validate.choice("grid", grid, schedules.GRIDS)
     if grid == "steps" and not noise.is_discrete:
@@ -427,9 +427,7 @@ def optimize_direct(
         lam = lam_of[k]
         ends = _ends(lam, t, dtype, final)
         z = logits_from_lam(jnp.asarray(lam, dtype))
-        init_losses[k] = float(
-            _LOSS(z, m_tr, solver_obj, x_tr, r_tr, ends, coordinate=coordinate)
-        )
+        init_losses[k] = float(_LOSS(z, m_tr, solver_obj, x_tr, r_tr, ends, coordinate=coordinate))
     best_init = min(init_losses, key=init_losses.get)
     t0, lam0 = cands[best_init], lam_of[best_init]
     ends = _ends(lam0, t0, dtype, final)

@@ -353,7 +353,7 @@ def optimize_gits(
         )
     model = check_model(model, "gits")
     coeff = _check_coeff(coeff)
-    nfe = _validate.integer("nfe", nfe, 1)
+    nfe = _validate.nfe(nfe)
     solver_obj, solver_name = resolve_solver(solver)
     end = fixed_end(end, "gits")
     n = solver_obj.num_points(nfe, to_data=end == "zero") - 1

@@ -230,7 +230,7 @@ def optimize_hso(
         )  # fmt: skip
     solver = solver_flavour(solver, method)
     end = check_end(end, solver)
-    seed = _validate.integer("seed", seed)
+    seed = _validate.seed(seed)
     cfg = HSOConfig.from_options(method, n_intervals(end, nfe), options)
     with jax.enable_x64(True):
         if table is not None:

@@ -30,7 +30,7 @@ import types
 import jax
 
 from ..noise import NoiseSchedule
-from ._common import eval_float64
+from ._common import C_RANGE, RHO_RANGE, eval_float64
 from .baselines import (
     karras,
     karras_sigmas,
@@ -64,6 +64,8 @@ __all__ = [
     "karras",
     "polyexponential",
     "kl_optimal",
+    "RHO_RANGE",
+    "C_RANGE",
     "ays",
     "AYS_TABLES",
     "flow_default",

@@ -49,9 +49,7 @@ def check_noise(noise) -> NoiseSchedule:
 
 
 def check_nfe(nfe) -> int:
-    return _validate.integer(
-        "nfe", nfe, 1, meaning=" (the number of intervals; the schedule has nfe + 1 points)"
-    )
+    return _validate.nfe(nfe, meaning=" (the number of intervals; the schedule has nfe + 1 points)")
 
 
 def check_real(name: str, value) -> float:
@@ -62,8 +60,10 @@ def check_real(name: str, value) -> float:
         arr = np.asarray(value)
     except Exception as e:  # e.g. objects NumPy cannot convert
         raise TypeError(f"{name} must be a real number, got {value!r}") from e
-    if arr.shape != () or arr.dtype == bool or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    if (
+        arr.shape != ()
+        or arr.dtype == bool
+        or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer))
     ):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     v = float(arr)
@@ -76,6 +76,22 @@ def check_positive(name: str, value) -> float:
     v = check_real(name, value)
     if v <= 0:
         raise ValueError(f"{name} must be > 0, got {v:g}")
+    return v
+
+
+RHO_RANGE = {"karras": (0.01, 100.0), "polyexponential": (0.01, 10.0)}
+"""Allowed ``rho`` of karras (EDM: 7) and polyexponential (1 = log-SNR uniform): past these
+ends the points collapse onto one end in float32 (or overflow to NaN)."""
+C_RANGE = (1e-3, 1e3)
+"""Allowed data standard deviation ``c`` of kl-optimal (latents ~0.5-1, pixels ~0.5)."""
+
+
+def check_range(name: str, value, bounds: tuple[float, float], meaning: str = "") -> float:
+    """A concrete real in the closed interval ``bounds``."""
+    v = check_real(name, value)
+    lo, hi = bounds
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} must lie in [{lo:g}, {hi:g}]{meaning}, got {v:g}")
     return v
 
 

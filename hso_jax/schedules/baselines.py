@@ -24,9 +24,11 @@ import numpy as np
 from .. import _validate
 from ..noise import NoiseSchedule
 from ._common import (
+    C_RANGE,
+    RHO_RANGE,
     check_concrete,
     check_nfe,
-    check_positive,
+    check_range,
     eager,
     eval_float64,
     finish,
@@ -83,8 +85,7 @@ def _sigma_helper(core, sigma_max, sigma_min, nfe, param, param_name):
         hi, lo = float(np.asarray(sigma_max)), float(np.asarray(sigma_min))
         if not hi > lo:
             raise ValueError(
-                f"sigma_max must be greater than sigma_min, got sigma_max={hi:g}, "
-                f"sigma_min={lo:g}"
+                f"sigma_max must be greater than sigma_min, got sigma_max={hi:g}, sigma_min={lo:g}"
             )
     dt = float_dtype(sigma_max, sigma_min, param)
     hi, lo = jnp.asarray(sigma_max, dt), jnp.asarray(sigma_min, dt)
@@ -326,7 +327,7 @@ def karras(
     Reference: Karras et al., "Elucidating the Design Space" (NeurIPS 2022), Eq. 5.
     """
     n, t0, t1 = setup(noise, nfe, t_start, t_end)
-    rho = check_positive("rho", rho)
+    rho = check_range("rho", rho, RHO_RANGE["karras"])
     return _from_sigmas(noise, _karras_core, "karras", n, t0, t1, rho)
 
 
@@ -352,7 +353,7 @@ def polyexponential(
     Reference: Crowson, k-diffusion (``get_sigmas_polyexponential``).
     """
     n, t0, t1 = setup(noise, nfe, t_start, t_end)
-    rho = check_positive("rho", rho)
+    rho = check_range("rho", rho, RHO_RANGE["polyexponential"])
     return _from_sigmas(noise, _polyexponential_core, "polyexponential", n, t0, t1, rho)
 
 
@@ -379,5 +380,5 @@ def kl_optimal(
     Reference: Sabour et al., "Align Your Steps" (ICML 2024), Theorem 3.1.
     """
     n, t0, t1 = setup(noise, nfe, t_start, t_end)
-    c = check_positive("c", c)
+    c = check_range("c", c, C_RANGE)
     return _from_sigmas(noise, _kl_optimal_core, "kl_optimal", n, t0, t1, c)
