@@ -8,7 +8,7 @@ import pytest
 
 import hso_jax as hj
 from hso_jax.cli import main
-from hso_jax.demo import SHIPPED_REFERENCES, _seed_cache, run_demo
+from hso_jax.demo import DIRECT_NOISES, SHIPPED_REFERENCES, _seed_cache, run_demo
 from hso_jax.models.zoo import MNIST_ID
 from hso_jax.reference.cache import cached_reference, reference_cache_path
 
@@ -16,7 +16,8 @@ from hso_jax.reference.cache import cached_reference, reference_cache_path
 def test_demo_smoke(tmp_path, capsys):
     out = tmp_path / "demo"
     # a loose reference keeps the smoke test cheap; the default run uses rtol = atol = 1e-5
-    run_demo(out, nfe=4, num_samples=4, rtol=1e-2, atol=1e-2, cache_dir=tmp_path / "cache")
+    run_demo(out, nfe=4, num_samples=4, rtol=1e-2, atol=1e-2, cache_dir=tmp_path / "cache",
+             direct_noises=(2, 2), direct_steps=2)
     printed = capsys.readouterr().out
     for name in ("results.md", "results.json", "samples.png", "schedules.png"):
         assert (out / name).stat().st_size > 0, name
@@ -24,12 +25,24 @@ def test_demo_smoke(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     schedules = {r["schedule"] for r in res["rows"]}
     solvers = {r["solver"] for r in res["rows"]}
-    assert schedules == {"time-uniform", "logSNR", "Karras rho=7", "HSO", "DMN"}
+    assert schedules == {"time-uniform", "logSNR", "Karras rho=7", "HSO", "DMN", "direct"}
     assert solvers == {"DDIM", "DPM-Solver++(2M)", "UniPC-bh2"}
+    # direct is optimised for UniPC: the multistep solvers run it, DDIM does not
+    assert {r["solver"] for r in res["rows"] if r["schedule"] == "direct"} == {
+        "DPM-Solver++(2M)", "UniPC-bh2"}
+    assert list(res["schedules"]["direct"]) == ["unipc"]
+    for solver, w in res["winners"].items():  # the winner is the least RMSE of its solver
+        mine = [r for r in res["rows"] if r["solver"] == solver]
+        assert w["rmse"] == min(r["rmse"] for r in mine)
+        assert w["baseline_rmse"] == min(r["rmse"] for r in mine
+                                         if r["schedule"] in ("time-uniform", "logSNR",
+                                                              "Karras rho=7"))
+        assert np.isclose(w["gain"], 1 - w["rmse"] / w["baseline_rmse"])
+    assert "Which schedule to use" in (out / "results.md").read_text()
     for r in res["rows"]:
         assert r["nfe"] == 4 and np.isfinite(r["rmse"]) and np.isfinite(r["rmse_x0"])
         assert r["rmse"] > 0 and np.isfinite(r["psnr"])
-    assert res["fd_mnist"]["reference"] >= 0 and len(res["fd_mnist"]) == 6
+    assert res["fd_mnist"]["reference"] >= 0 and len(res["fd_mnist"]) == 7
     # the DDIM flavour of HSO ends with the fixed final step to t_min, the others do not
     assert len(res["schedules"]["HSO"]["ddim"]) == len(res["schedules"]["HSO"]["unipc"]) == 5
     assert "| UniPC-bh2 | HSO" in (out / "results.md").read_text()
@@ -45,10 +58,15 @@ def test_demo_cli_arguments(capsys):
         run_demo("unused", num_samples=1)
 
 
-def test_shipped_reference_is_a_valid_cache_hit_and_the_models_solution(tmp_path):
+@pytest.mark.parametrize("batch", ["evaluation", "direct"])
+def test_shipped_reference_is_a_valid_cache_hit_and_the_models_solution(tmp_path, batch):
     model = hj.models.load("mnist")
     ns = model.noise
-    x_T = ns.prior(jax.random.key(0), (64, 28, 28, 1))  # the demo's default batch
+    key = jax.random.key(0)
+    x_T = (  # the demo's default batches: its evaluation noises, direct's training noises
+        ns.prior(key, (64, 28, 28, 1)) if batch == "evaluation"
+        else ns.prior(jax.random.fold_in(key, 1), (sum(DIRECT_NOISES), 28, 28, 1))
+    )
     where = dict(key_id=MNIST_ID, rtol=1e-5, atol=1e-5, cache_dir=tmp_path)
     path = reference_cache_path(x_T, ns.t_max, ns.t_min, **where)
     assert (SHIPPED_REFERENCES / path.name).is_file()
