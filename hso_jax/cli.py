@@ -874,7 +874,9 @@ def _add_demo_parser(sub) -> None:
     p.add_argument(
         "--seed", type=_seed, default=0, help="seed of the initial noise (0 to 2**32 - 1)"
     )
-    p.add_argument("--full", action="store_true", help="also run Align Your Steps (minutes)")
+    p.add_argument(
+        "--full", action="store_true", help="also run Align Your Steps and GITS (minutes)"
+    )
     p.add_argument(
         "--no-direct", action="store_true", help="skip the model-aware direct (most of the time)"
     )

@@ -61,6 +61,10 @@ DIRECT_NOISES = (32, 16)
 stopped falling at iteration 3)."""
 DIRECT_STEPS, DIRECT_PATIENCE, DIRECT_LR = 50, 50, 0.01
 BASELINES = ("time-uniform", "logSNR", "Karras rho=7")
+AYS_SETTINGS = {"num_samples": 16, "batch_size": 128, "rel_tol": 0.05}
+"""``--full``'s AYS: the Monte-Carlo samples per estimate and stopping rule that
+``benchmarks/bench_ays.py`` validated on this model (the defaults, up to 1,024 samples per
+estimate and rel_tol 1 %, ran over 8 minutes without finishing a level)."""
 
 
 SHIPPED_REFERENCES = Path(__file__).parent / "models" / "zoo" / MNIST_ID / "demo_reference"
@@ -172,7 +176,10 @@ def _direct(model, nfe: int, noises, steps: int, log) -> Any:
     )
 
 
-def _optimise(model, nfe: int, flavours, full: bool, key, log, direct) -> tuple[dict, dict]:
+def _optimise(model, nfe: int, flavours, full, key, log, direct) -> tuple[dict, dict]:
+    """The schedules of every method by flavour, and their wall times. ``full``: ``None`` or
+    GITS's noises (AYS and GITS run); ``direct``: ``None`` or its noises, references and
+    iterations."""
     from .optimization import optimize
 
     optimised: dict[str, dict[str, np.ndarray]] = {}
@@ -197,15 +204,38 @@ def _optimise(model, nfe: int, flavours, full: bool, key, log, direct) -> tuple[
             f"      direct: stopped at iteration {res.info['best_iteration']} "
             f"({res.info['stop_reason']}), held-out error {res.objective:.4f}"
         )
-    if full:
+    if full is not None:
         from .models.zoo import load_mnist_digits
 
         data, _ = load_mnist_digits("train")
+        log(
+            f"      AYS: {AYS_SETTINGS['num_samples']} Monte-Carlo samples per KLUB estimate, "
+            f"rel_tol {AYS_SETTINGS['rel_tol']:g} (benchmarks/bench_ays.py's settings; the "
+            "defaults take far longer)"
+        )
         t0 = time.perf_counter()
-        res = optimize(model, nfe, method="ays", data=jnp.asarray(data[:1024]), key=key)
+
+        def sweep(d: dict[str, Any]) -> None:
+            log(f"      AYS: level {d['level']}, sweep {d['sweep']}, KLUB {d['klub']:.1f}, "
+                f"{d['elapsed']:.0f} s")  # fmt: skip
+
+        # Subdivision (10 -> 20 -> 40) keeps the 10-step level's points, and an NFE that
+        # divides 10 interpolates exactly onto them: the levels would change nothing.
+        rounds = 0 if 10 % nfe == 0 else True
+        res = optimize(
+            model, nfe, method="ays", data=jnp.asarray(data[:1024]), key=key, progress=False,
+            callback=sweep, subdivide=rounds, **AYS_SETTINGS,
+        )  # fmt: skip
         dt = time.perf_counter() - t0
         optimised["AYS"] = {f: np.asarray(res.t) for f in flavours}
         timings["AYS"] = {f: dt for f in flavours}
+        log(f"      GITS: teacher solve of {full.shape[0]} noises (100 points), then the search")
+        t0 = time.perf_counter()
+        # DDIM and the multistep solvers buy nfe + 1 points alike: one search serves both
+        res = optimize(model, nfe, method="gits", solver="unipc", x_T=full)
+        dt = time.perf_counter() - t0
+        optimised["GITS"] = {f: np.asarray(res.t) for f in flavours}
+        timings["GITS"] = {f: dt for f in flavours}
     return optimised, timings
 
 
@@ -273,7 +303,7 @@ def run_demo(
       nfe: network evaluations per sample (default 5).
       num_samples: initial noises (the same for every schedule and solver).
       seed: seed of the initial noise.
-      full: also run Align Your Steps (needs minutes).
+      full: also run Align Your Steps (at :data:`AYS_SETTINGS`) and GITS (minutes).
       direct: also run the model-aware ``direct`` for UniPC (default on).
       direct_noises: its training and held-out noises (drawn from ``fold_in(key(seed), 1)``,
         not the evaluation noises).
@@ -312,7 +342,7 @@ def run_demo(
     key = jax.random.key(seed)
     x_T = ns.prior(key, (num_samples, 28, 28, 1))
 
-    x_D = ns.prior(jax.random.fold_in(key, 1), (n_tr + n_va, 28, 28, 1)) if direct else None
+    x_D = ns.prior(jax.random.fold_in(key, 1), (n_tr + n_va, 28, 28, 1))
     log(
         f"[1/4] reference: exact PF-ODE solution of {num_samples} noises"
         + (f" and of direct's {n_tr + n_va}" if direct else "")
@@ -336,7 +366,13 @@ def run_demo(
     flavours = list(by_flavour)
     log(f"[2/4] optimising schedules for NFE {nfe}")
     optimised, timings = _optimise(
-        model, nfe, flavours, full, key, log, (direct_data, direct_steps) if direct else None
+        model,
+        nfe,
+        flavours,
+        x_D[:n_tr] if full else None,  # GITS's teacher noises: direct's training noises
+        key,
+        log,
+        (direct_data, direct_steps) if direct else None,
     )
 
     log("[3/4] sampling every (schedule, solver) from the same noise")
@@ -389,6 +425,14 @@ def run_demo(
             f"`direct`: optimised for UniPC-bh2 on {n_tr} other noises ({n_va} held out; "
             "the DPM-Solver++ row reuses its schedule). "
             if direct
+            else ""
+        )
+        + (
+            f"`GITS`: teacher trajectories of direct's {n_tr} training noises. `AYS`: "
+            f"{AYS_SETTINGS['num_samples']} Monte-Carlo samples per KLUB estimate and rel_tol "
+            f"{AYS_SETTINGS['rel_tol']:g} (`benchmarks/bench_ays.py`'s settings, not the "
+            "defaults). "
+            if full
             else ""
         )
         + "The optimisers' wall time includes their compilation.\n\n"

@@ -111,6 +111,12 @@ def test_pipeline_subdivision_and_interpolation(ring):
     np.testing.assert_array_equal(s20[::2], s10)
     expect = hj.schedules.loglinear_interp(jnp.asarray(s40), 8)
     np.testing.assert_allclose(res.sigmas, np.asarray(expect), rtol=1e-6)
+    # an NFE that divides 10 interpolates onto the 10-step level's own points, so the
+    # subdivision levels change nothing there (why `hso-jax demo --full` skips them at NFE 5)
+    for nfe in (2, 5, 10):
+        on_40, on_10 = (hj.schedules.loglinear_interp(jnp.asarray(s), nfe + 1) for s in (s40, s10))
+        np.testing.assert_allclose(np.asarray(on_40), np.asarray(on_10), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(on_10), s10[:: 10 // nfe], rtol=1e-12)
     assert res.info["network_evaluations"] > 0 and res.info["candidate_evaluations"] > 0
     assert {"level", "sweep", "klub", "elapsed", "t", "sigmas"} <= set(seen[0])
     assert [d["level"] for d in seen].count(10) == res.info["sweeps"]
