@@ -32,9 +32,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import inspect
 import io
 import json
+import math
+import numbers
 import os
 import re
 import shutil
@@ -696,6 +699,12 @@ def _add_optimize_parser(sub) -> None:
         help="--method ays: data samples (.npy, (N, *sample shape)); default: --num-samples "
         "samples drawn from the model by a tight ODE solve",
     )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="model-based methods: no progress lines on stderr (by default one every few "
+        "seconds: the phase, then direct's iterations or AYS's sweeps)",
+    )
     _add_export_options(p)
     p.set_defaults(func=_cmd_optimize, parser=p)
 
@@ -789,6 +798,53 @@ def _conventions(args, tgt) -> dict:
     return {"solver": args.solver or "unipc", "end": args.end}
 
 
+PROGRESS_EVERY_S = 5.0
+"""Seconds between two progress lines of a long search (its first line comes at once)."""
+
+
+def _progress_lines(prog: str, quiet: bool):
+    """``say(text, every=False)``: a line ``PROG: TEXT`` on stderr; with ``every`` only when
+    :data:`PROGRESS_EVERY_S` have passed since the last one. Plain lines, not a bar, so that a
+    log file or a pipe reads them as well as a terminal."""
+    import time
+
+    last = [-math.inf]
+
+    def say(text: str, every: bool = False) -> None:
+        now = time.monotonic()
+        if quiet or (every and now - last[0] < PROGRESS_EVERY_S):
+            return
+        last[0] = now
+        print(f"{prog}: {text}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _reporting(name: str, say, given: dict) -> dict:
+    """The progress options of a model-based method (its ``callback``, no bar of its own) and
+    its first line. A callback's dict is printed field by field, its arrays left out."""
+    from .optimizers.base import method
+
+    options = {f.name for f in dataclasses.fields(method(name).options)}
+    if "x_T" in given:
+        say(f"{name}: solves from {given['x_T'].shape[0]} noises, then the search")
+    else:
+        say(f"{name}: started")
+    out = {"progress": False} if "progress" in options else {}
+    if "callback" in options:
+
+        def report(d: dict) -> None:
+            fields = [
+                f"{k} {v}" if isinstance(v, numbers.Integral) else f"{k} {float(v):.4g}"
+                for k, v in d.items()
+                if isinstance(v, numbers.Real) and not isinstance(v, bool)
+            ]
+            say(f"{name}: " + ", ".join(fields), every=True)
+
+        out["callback"] = report
+    return out
+
+
 def _optimize_with_model(args, ends: dict):
     """Model-based methods: load the model, draw the noises, optimise in float32 (the model's
     precision); the export that follows runs in float64 again."""
@@ -830,9 +886,10 @@ def _optimize_with_model(args, ends: dict):
         if "data" in inputs:  # AYS: data samples, or samples the model draws itself
             data = None if args.data is None else _read_samples(args.data, shape)
             given.update(data=data, key=key, shape=shape, num_samples=args.num_samples)
+        say = _progress_lines(args.parser.prog, args.quiet)
         res = optimize(
             model, args.nfe, method=args.method, seed=args.seed, **given,
-            **_conventions(args, tgt), **ends,
+            **_reporting(args.method, say, given), **_conventions(args, tgt), **ends,
         )  # fmt: skip
     source = {"model": str(args.model), "num_samples": args.num_samples}
     source["sample_seed"] = args.sample_seed

@@ -344,7 +344,13 @@ def test_optimize_model_based_methods(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(zoo, "sample_shape", lambda name: (2,))
     monkeypatch.setattr(zoo, "is_conditional", lambda name: False)
     np.save(tmp_path / "data.npy", np.asarray(gm.sample(jax.random.key(0), 32)))
-    for method in ("gits", "direct", "ays"):
+    monkeypatch.setattr(sys.modules["hso_jax.cli"], "PROGRESS_EVERY_S", 0.0)  # every line
+    progress = {  # what each search reports on stderr while it runs
+        "gits": r"gits: solves from 8 noises, then the search",
+        "direct": r"direct: iteration \d+, train [\d.]+, val [\d.]+, elapsed",
+        "ays": r"ays: level 10, sweep 1, klub [\d.]+, elapsed",
+    }
+    for method, pattern in progress.items():
         argv = ["optimize", "--model", "toy", "--method", method, "--nfe", "4"]
         data = ["--data", str(tmp_path / "data.npy")] if method == "ays" else []
         rc, out, err = run(capsys, *argv, "--num-samples", "8", *data)
@@ -352,6 +358,11 @@ def test_optimize_model_based_methods(capsys, monkeypatch, tmp_path):
         rec = hio.validate_record(json.loads(out))
         assert rec["method"] == method and rec["nfe"] == 4 and len(rec["t"]) == 5
         assert rec["options"]["model"] == "toy" and rec["options"]["num_samples"] == 8
+        lines = err.splitlines()
+        assert lines[0].startswith(f"hso-jax optimize: {method}: ") and re.search(pattern, err)
+        assert all(line.startswith("hso-jax optimize: ") for line in lines), err
+        rc, quiet_out, err = run(capsys, *argv, "--num-samples", "8", *data, "--quiet")
+        assert rc == 0 and err == "" and quiet_out == out  # silent, and the same result
     err = bad(capsys, "optimize", "--model", "toy", "--method", "gits", "--nfe", "4", "--data",
               str(tmp_path / "data.npy"))
     assert "argument --data: does not apply to --method gits" in err
