@@ -938,6 +938,9 @@ def _add_demo_parser(sub) -> None:
         "--no-direct", action="store_true", help="skip the model-aware direct (most of the time)"
     )
     p.add_argument("--no-fd", action="store_true", help="skip FD-MNIST")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress lines on stderr (the table still prints)"
+    )
     # The model runs in its own precision (float32), not under the CLI's float64 default.
     p.set_defaults(func=_cmd_demo, parser=p, x64=False)
 
@@ -961,6 +964,7 @@ def _cmd_demo(args) -> int:
             full=args.full,
             direct=not args.no_direct,
             fd=not args.no_fd,
+            progress=not args.quiet,
         )
     return 0
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -295,6 +296,7 @@ def run_demo(
     atol: float = 1e-5,
     cache_dir: str | Path | None = None,
     verbose: bool = True,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Optimise, sample and compare schedules on the shipped MNIST model; write a report.
 
@@ -313,7 +315,8 @@ def run_demo(
       fd: compute FD-MNIST (needs the shipped classifier).
       rtol, atol: tolerances of the reference solve.
       cache_dir: reference cache folder (default ``$HSO_JAX_CACHE`` or ``~/.cache/hso_jax``).
-      verbose: print progress and the table.
+      verbose: print the table (stdout) and, with ``progress``, what the run is doing (stderr).
+      progress: the progress lines (``hso-jax demo --quiet`` turns them off).
 
     Returns:
       The results dict that is also written to ``results.json``.
@@ -330,7 +333,12 @@ def run_demo(
         for name, n in zip(("direct_noises[0]", "direct_noises[1]"), direct_noises, strict=True)
     )
     direct_steps = _validate.integer("direct_steps", direct_steps, 1)
-    log = print if verbose else (lambda *a, **k: None)
+    show = print if verbose else (lambda *a, **k: None)  # the result, on stdout
+    log = (  # what the run is doing, on stderr
+        (lambda *a: print(*a, file=sys.stderr, flush=True))
+        if verbose and _validate.boolean("progress", progress)
+        else (lambda *a: None)
+    )
     out = Path(out_dir)
     t_all = time.perf_counter()
 
@@ -472,9 +480,9 @@ def run_demo(
             f"schedules at NFE {nfe} (UniPC / multistep flavour)",
             stage / "schedules.png",
         )
-    log("")
-    log(text)
-    log(f"wrote {out}/results.md, results.json, samples.png, schedules.png")
+    show("")
+    show(text)
+    show(f"wrote {out}/results.md, results.json, samples.png, schedules.png")
     return result
 
 

@@ -546,14 +546,14 @@ def test_sigterm_demo_removes_its_output_folder(tmp_path):
     out, cache = tmp_path / "demo", tmp_path / "cache"
     p = _spawn(["demo", "--out", str(out), "--num-samples", "2", "--no-fd"],
                HSO_JAX_CACHE=str(cache), PYTHONUNBUFFERED="1")
-    lines = _Lines(p.stdout)
+    lines = _Lines(p.stderr)  # the demo's progress lines
     deadline = time.monotonic() + 240
     while not any(line.startswith("[1/4]") for _, line in lines.lines):
-        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
+        assert p.poll() is None and time.monotonic() < deadline, lines.lines[-5:]
         time.sleep(0.05)
     time.sleep(0.5)  # inside the reference solve (the folder is made when results land)
     rc, took = _stop(p, signal.SIGTERM)
-    err = p.stderr.read()
+    err = "\n".join(lines.join())
     assert rc == 143 and took < 5.0, err
     assert "Traceback" not in err and "Exception ignored" not in err
     assert err.strip().splitlines()[-1] == "hso-jax demo: interrupted by SIGTERM, stopped"

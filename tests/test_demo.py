@@ -18,10 +18,12 @@ def test_demo_smoke(tmp_path, capsys):
     # a loose reference keeps the smoke test cheap; the default run uses rtol = atol = 1e-5
     run_demo(out, nfe=4, num_samples=4, rtol=1e-2, atol=1e-2, cache_dir=tmp_path / "cache",
              direct_noises=(2, 2), direct_steps=2)
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr()
     for name in ("results.md", "results.json", "samples.png", "schedules.png"):
         assert (out / name).stat().st_size > 0, name
-        assert name in printed
+        assert name in printed.out
+    assert "Which schedule to use" in printed.out and "[1/4]" not in printed.out
+    assert printed.err.splitlines()[0].startswith("[1/4] reference")  # progress: stderr
     res = json.loads((out / "results.json").read_text())
     schedules = {r["schedule"] for r in res["rows"]}
     solvers = {r["solver"] for r in res["rows"]}
