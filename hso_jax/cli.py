@@ -854,6 +854,8 @@ def _optimize_with_model(args, ends: dict):
     changes, cond_record = _conditions_from_args(args)
     if args.num_samples is None:
         args.num_samples = 16
+    say = _progress_lines(args.parser.prog, args.quiet)
+    say(f"{args.method}: loading {args.model}")
     try:
         model = zoo.load(args.model)
         shape = zoo.sample_shape(args.model)
@@ -886,7 +888,6 @@ def _optimize_with_model(args, ends: dict):
         if "data" in inputs:  # AYS: data samples, or samples the model draws itself
             data = None if args.data is None else _read_samples(args.data, shape)
             given.update(data=data, key=key, shape=shape, num_samples=args.num_samples)
-        say = _progress_lines(args.parser.prog, args.quiet)
         res = optimize(
             model, args.nfe, method=args.method, seed=args.seed, **given,
             **_reporting(args.method, say, given), **_conventions(args, tgt), **ends,

@@ -342,6 +342,11 @@ def run_demo(
     out = Path(out_dir)
     t_all = time.perf_counter()
 
+    log(
+        f"[1/4] reference: exact PF-ODE solution of {num_samples} noises"
+        + (f" and of direct's {n_tr + n_va}" if direct else "")
+        + " (diffrax, cached)"
+    )
     if model is None:
         from .models.zoo import load
 
@@ -349,13 +354,7 @@ def run_demo(
     ns = model.noise
     key = jax.random.key(seed)
     x_T = ns.prior(key, (num_samples, 28, 28, 1))
-
     x_D = ns.prior(jax.random.fold_in(key, 1), (n_tr + n_va, 28, 28, 1))
-    log(
-        f"[1/4] reference: exact PF-ODE solution of {num_samples} noises"
-        + (f" and of direct's {n_tr + n_va}" if direct else "")
-        + " (diffrax, cached)"
-    )
     t0 = time.perf_counter()
 
     def reference(x):

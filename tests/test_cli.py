@@ -542,6 +542,28 @@ def test_python_m_hso_jax_runs_the_cli():
     assert p.returncode == 2 and "argument --rho: must be a number in [0.01, 100]" in p.stderr
 
 
+@pytest.mark.parametrize("argv", [
+    ["demo", "--no-fd", "--out", "{tmp}/demo"],
+    ["optimize", "--model", "mnist", "--method", "direct", "--nfe", "4", "--out", "{tmp}/s.json"],
+], ids=["demo", "optimize"])
+def test_long_commands_report_at_once_and_quiet_silences_them(tmp_path, argv):
+    """A command that runs for minutes says what it is doing within 5 s of its start (on
+    stderr); with --quiet it says nothing while it works."""
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    t0 = time.monotonic()
+    p = _spawn(argv)
+    first = p.stderr.readline()
+    took = time.monotonic() - t0
+    p.kill()
+    p.wait()
+    assert first.strip() and "Traceback" not in first and took < 5.0, (first, took)
+    q = _spawn([*argv, "--quiet"])
+    time.sleep(took + 3.0)  # well past where the first line came
+    assert q.poll() is None  # still working
+    q.kill()
+    assert q.communicate()[1] == ""
+
+
 def test_sigterm_demo_removes_its_output_folder(tmp_path):
     out, cache = tmp_path / "demo", tmp_path / "cache"
     p = _spawn(["demo", "--out", str(out), "--num-samples", "2", "--no-fd"],
