@@ -206,38 +206,44 @@ def _optimise(model, nfe: int, flavours, full, key, log, direct) -> tuple[dict, 
             f"({res.info['stop_reason']}), held-out error {res.objective:.4f}"
         )
     if full is not None:
-        from .models.zoo import load_mnist_digits
-
-        data, _ = load_mnist_digits("train")
-        log(
-            f"      AYS: {AYS_SETTINGS['num_samples']} Monte-Carlo samples per KLUB estimate, "
-            f"rel_tol {AYS_SETTINGS['rel_tol']:g} (benchmarks/bench_ays.py's settings; the "
-            "defaults take far longer)"
-        )
-        t0 = time.perf_counter()
-
-        def sweep(d: dict[str, Any]) -> None:
-            log(f"      AYS: level {d['level']}, sweep {d['sweep']}, KLUB {d['klub']:.1f}, "
-                f"{d['elapsed']:.0f} s")  # fmt: skip
-
-        # Subdivision (10 -> 20 -> 40) keeps the 10-step level's points, and an NFE that
-        # divides 10 interpolates exactly onto them: the levels would change nothing.
-        rounds = 0 if 10 % nfe == 0 else True
-        res = optimize(
-            model, nfe, method="ays", data=jnp.asarray(data[:1024]), key=key, progress=False,
-            callback=sweep, subdivide=rounds, **AYS_SETTINGS,
-        )  # fmt: skip
-        dt = time.perf_counter() - t0
-        optimised["AYS"] = {f: np.asarray(res.t) for f in flavours}
-        timings["AYS"] = {f: dt for f in flavours}
-        log(f"      GITS: teacher solve of {full.shape[0]} noises (100 points), then the search")
-        t0 = time.perf_counter()
-        # DDIM and the multistep solvers buy nfe + 1 points alike: one search serves both
-        res = optimize(model, nfe, method="gits", solver="unipc", x_T=full)
-        dt = time.perf_counter() - t0
-        optimised["GITS"] = {f: np.asarray(res.t) for f in flavours}
-        timings["GITS"] = {f: dt for f in flavours}
+        for name, (by_flavour, seconds) in _ays_and_gits(model, nfe, flavours, full, key, log):
+            optimised[name], timings[name] = by_flavour, seconds
     return optimised, timings
+
+
+def _ays_and_gits(model, nfe: int, flavours, x_gits, key, log) -> Iterator[tuple[str, Any]]:
+    """``--full``: AYS at :data:`AYS_SETTINGS` on 1,024 training digits and GITS on
+    ``x_gits``; yields ``(name, (schedule by flavour, seconds by flavour))``."""
+    from .models.zoo import load_mnist_digits
+    from .optimization import optimize
+
+    data, _ = load_mnist_digits("train")
+    log(
+        f"      AYS: {AYS_SETTINGS['num_samples']} Monte-Carlo samples per KLUB estimate, "
+        f"rel_tol {AYS_SETTINGS['rel_tol']:g} (benchmarks/bench_ays.py's settings; the "
+        "defaults take far longer)"
+    )
+    t0 = time.perf_counter()
+
+    def sweep(d: dict[str, Any]) -> None:
+        log(f"      AYS: level {d['level']}, sweep {d['sweep']}, KLUB {d['klub']:.1f}, "
+            f"{d['elapsed']:.0f} s")  # fmt: skip
+
+    # Subdivision (10 -> 20 -> 40) keeps the 10-step level's points, and an NFE that
+    # divides 10 interpolates exactly onto them: the levels would change nothing.
+    rounds = 0 if 10 % nfe == 0 else True
+    res = optimize(
+        model, nfe, method="ays", data=jnp.asarray(data[:1024]), key=key, progress=False,
+        callback=sweep, subdivide=rounds, **AYS_SETTINGS,
+    )  # fmt: skip
+    dt = time.perf_counter() - t0
+    yield "AYS", ({f: np.asarray(res.t) for f in flavours}, {f: dt for f in flavours})
+    log(f"      GITS: teacher solve of {x_gits.shape[0]} noises (100 points), then the search")
+    t0 = time.perf_counter()
+    # DDIM and the multistep solvers buy nfe + 1 points alike: one search serves both
+    res = optimize(model, nfe, method="gits", solver="unipc", x_T=x_gits)
+    dt = time.perf_counter() - t0
+    yield "GITS", ({f: np.asarray(res.t) for f in flavours}, {f: dt for f in flavours})
 
 
 def _image_grid(rows: list[np.ndarray], labels: list[str], path: Path) -> None:

@@ -103,3 +103,31 @@ def test_unwritable_cache_reads_the_shipped_reference(tmp_path):
         model, x_T, ns.t_max, ns.t_min, solve=no_solve, cache_dir=SHIPPED_REFERENCES, **where
     )
     assert ref.shape == x_T.shape
+
+
+@pytest.mark.parametrize("nfe, rounds", [(5, 0), (4, True)])
+def test_full_runs_ays_at_the_validated_settings_and_gits(monkeypatch, nfe, rounds):
+    """--full's plumbing (the searches themselves take minutes; timed in docs/results.md):
+    AYS gets bench_ays's settings and skips subdivision only where it changes nothing, GITS
+    gets the noises it is given, and both schedules serve every flavour."""
+    import types
+
+    from hso_jax import demo, optimization
+
+    calls = []
+
+    def fake(model, n, method, **kw):
+        calls.append((method, n, kw))
+        return types.SimpleNamespace(t=np.linspace(1.0, 1e-3, n + 1))
+
+    monkeypatch.setattr(optimization, "optimize", fake)
+    x = np.zeros((3, 28, 28, 1), np.float32)
+    out = dict(demo._ays_and_gits("model", nfe, ["ddim", "unipc"], x, "key", lambda *a: None))
+    assert list(out) == ["AYS", "GITS"]
+    for by_flavour, seconds in out.values():
+        assert list(by_flavour) == list(seconds) == ["ddim", "unipc"]
+    (ays, n_a, kw_a), (gits, n_g, kw_g) = calls
+    assert (ays, gits, n_a, n_g) == ("ays", "gits", nfe, nfe)
+    assert {k: kw_a[k] for k in demo.AYS_SETTINGS} == demo.AYS_SETTINGS
+    assert kw_a["subdivide"] == rounds and type(kw_a["subdivide"]) is type(rounds)
+    assert kw_a["data"].shape == (1024, 28, 28, 1) and kw_g["x_T"] is x
