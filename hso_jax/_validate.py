@@ -12,7 +12,18 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["MAX_NFE", "MAX_SEED", "integer", "nfe", "seed", "real", "boolean", "choice", "prng_key"]
+__all__ = [
+    "MAX_NFE",
+    "MAX_SEED",
+    "integer",
+    "nfe",
+    "seed",
+    "real",
+    "in_range",
+    "boolean",
+    "choice",
+    "prng_key",
+]
 
 MAX_NFE = 1000
 """The most network evaluations a schedule may spend: as many as the steps a discrete model
@@ -81,6 +92,19 @@ def real(
         raise ValueError(f"{name} must be {'>' if open_lo else '>='} {lo}, got {value!r}")
     if hi is not None and v > hi:
         raise ValueError(f"{name} must be <= {hi}, got {value!r}")
+    return v
+
+
+def in_range(name: str, value: Any, bounds: tuple[float, float], meaning: str = "") -> float:
+    """``value`` as a ``float`` in the closed interval ``bounds`` (``nan`` / ``inf`` outside)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a real number in [{bounds[0]:g}, {bounds[1]:g}]{meaning}, got "
+            f"{value!r} ({type(value).__name__})"
+        )
+    v = float(value)
+    if not bounds[0] <= v <= bounds[1]:
+        raise ValueError(f"{name} must lie in [{bounds[0]:g}, {bounds[1]:g}]{meaning}, got {v!r}")
     return v
 
 

@@ -31,13 +31,14 @@ import dataclasses
 import functools
 import inspect
 import math
-import numbers
 import types
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from . import _validate
 
 __all__ = [
     "DATA_END",
@@ -505,33 +506,6 @@ MAX_IMAGE_SEQ_LEN = (MAX_FLUX_RESOLUTION // 16) ** 2
 """The most latent tokens of a ``flux-dev`` image: 65536 (4096 x 4096 px; mu = 11.3)."""
 
 
-def _shift(preset_name: str, value) -> float:
-    if isinstance(value, (bool, str, bytes)) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"preset {preset_name!r}: shift must be a real number in [{SHIFT_RANGE[0]:g}, "
-            f"{SHIFT_RANGE[1]:g}], got {value!r} ({type(value).__name__})"
-        )
-    v = float(value)
-    if not SHIFT_RANGE[0] <= v <= SHIFT_RANGE[1]:  # also refuses nan
-        raise ValueError(
-            f"preset {preset_name!r}: shift must lie in [{SHIFT_RANGE[0]:g}, "
-            f"{SHIFT_RANGE[1]:g}], got {v!r}"
-        )
-    return v
-
-
-def _positive_int(preset_name: str, name: str, value, meaning: str, maximum: int) -> int:
-    want = f"an integer in [1, {maximum}] ({meaning})"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"preset {preset_name!r}: {name} must be {want}, got {value!r} "
-            f"({type(value).__name__})"
-        )
-    if not 1 <= value <= maximum:
-        raise ValueError(f"preset {preset_name!r}: {name} must be {want}, got {value}")
-    return int(value)
-
-
 def _flux_seq_len(resolution) -> int:
     """Tokens of a FluxPipeline image: (height // 16) * (width // 16)."""
     size = resolution if isinstance(resolution, (tuple, list)) else (resolution, resolution)
@@ -541,7 +515,10 @@ def _flux_seq_len(resolution) -> int:
             f"{resolution!r}"
         )
     h, w = (
-        _positive_int("flux-dev", "resolution", x, "pixels", MAX_FLUX_RESOLUTION) for x in size
+        _validate.integer(
+            "preset 'flux-dev': resolution", x, 1, maximum=MAX_FLUX_RESOLUTION, meaning=" (pixels)"
+        )
+        for x in size
     )
     if h % _FLUX_PIXELS_PER_TOKEN or w % _FLUX_PIXELS_PER_TOKEN:
         raise ValueError(
@@ -566,8 +543,12 @@ def _flux_dev(*, resolution=None, image_seq_len=None) -> RectifiedFlow:
             f"resolution={resolution!r}, image_seq_len={image_seq_len!r})"
         )
     if image_seq_len is not None:
-        seq = _positive_int(
-            "flux-dev", "image_seq_len", image_seq_len, "latent tokens", MAX_IMAGE_SEQ_LEN
+        seq = _validate.integer(
+            "preset 'flux-dev': image_seq_len",
+            image_seq_len,
+            1,
+            maximum=MAX_IMAGE_SEQ_LEN,
+            meaning=" (latent tokens)",
         )
     else:
         seq = _flux_seq_len(_FLUX_DEFAULT_RESOLUTION if resolution is None else resolution)
@@ -583,14 +564,14 @@ def _flux_schnell() -> RectifiedFlow:
 
 
 def _wan(*, shift=5.0) -> RectifiedFlow:
-    shift = _shift("wan", shift)
+    shift = _validate.in_range("preset 'wan': shift", shift, SHIFT_RANGE)
     return RectifiedFlow(name="wan", shift=shift, spacing="unipc", **_FLOW_RANGE)
 
 
 def _flow(*, shift=None) -> RectifiedFlow:
     if shift is None:
         return RectifiedFlow()
-    shift = _shift("flow", shift)
+    shift = _validate.in_range("preset 'flow': shift", shift, SHIFT_RANGE)
     return RectifiedFlow(name="flow", shift=shift, spacing="euler", **_FLOW_RANGE)
 
 

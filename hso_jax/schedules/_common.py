@@ -88,11 +88,7 @@ C_RANGE = (1e-3, 1e3)
 
 def check_range(name: str, value, bounds: tuple[float, float], meaning: str = "") -> float:
     """A concrete real in the closed interval ``bounds``."""
-    v = check_real(name, value)
-    lo, hi = bounds
-    if not lo <= v <= hi:
-        raise ValueError(f"{name} must lie in [{lo:g}, {hi:g}]{meaning}, got {v:g}")
-    return v
+    return _validate.in_range(name, check_real(name, value), bounds, meaning)
 
 
 def check_concrete(**scalars) -> None:
