@@ -36,7 +36,6 @@ import dataclasses
 import inspect
 import io
 import json
-import math
 import numbers
 import os
 import re
@@ -49,7 +48,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from . import _argtypes, _signals, _validate, _xla_cache, schedules
+from . import _argtypes, _progress, _signals, _validate, _xla_cache, schedules
 from . import io as hio
 from . import noise as hnoise
 from ._files import read_regular
@@ -798,28 +797,6 @@ def _conventions(args, tgt) -> dict:
     return {"solver": args.solver or "unipc", "end": args.end}
 
 
-PROGRESS_EVERY_S = 5.0
-"""Seconds between two progress lines of a long search (its first line comes at once)."""
-
-
-def _progress_lines(prog: str, quiet: bool):
-    """``say(text, every=False)``: a line ``PROG: TEXT`` on stderr; with ``every`` only when
-    :data:`PROGRESS_EVERY_S` have passed since the last one. Plain lines, not a bar, so that a
-    log file or a pipe reads them as well as a terminal."""
-    import time
-
-    last = [-math.inf]
-
-    def say(text: str, every: bool = False) -> None:
-        now = time.monotonic()
-        if quiet or (every and now - last[0] < PROGRESS_EVERY_S):
-            return
-        last[0] = now
-        print(f"{prog}: {text}", file=sys.stderr, flush=True)
-
-    return say
-
-
 def _reporting(name: str, say, given: dict) -> dict:
     """The progress options of a model-based method (its ``callback``, no bar of its own) and
     its first line. A callback's dict is printed field by field, its arrays left out."""
@@ -854,7 +831,7 @@ def _optimize_with_model(args, ends: dict):
     changes, cond_record = _conditions_from_args(args)
     if args.num_samples is None:
         args.num_samples = 16
-    say = _progress_lines(args.parser.prog, args.quiet)
+    say = _progress.lines(f"{args.parser.prog}: ", not args.quiet)
     say(f"{args.method}: loading {args.model}")
     try:
         model = zoo.load(args.model)

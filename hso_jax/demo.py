@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -51,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _validate
+from . import _progress, _validate
 from .models.zoo import MNIST_ID
 
 __all__ = ["run_demo", "DEFAULT_OUT"]
@@ -151,15 +150,13 @@ def _direct(model, nfe: int, noises, steps: int, log) -> Any:
     from .optimization import optimize
 
     x_tr, r_tr, x_va, r_va = noises
-    last = [time.perf_counter()]
 
     def progress(info: dict[str, Any]) -> None:
-        if time.perf_counter() - last[0] >= 5.0 or info["iteration"] == 1:
-            last[0] = time.perf_counter()
-            log(
-                f"      direct: iteration {info['iteration']}/{steps}, training error "
-                f"{info['train']:.4f}, held-out {info['val']:.4f}"
-            )
+        log(
+            f"      direct: iteration {info['iteration']}/{steps}, training error "
+            f"{info['train']:.4f}, held-out {info['val']:.4f}",
+            every=info["iteration"] != 1,
+        )
 
     return optimize(
         model,
@@ -340,11 +337,7 @@ def run_demo(
     )
     direct_steps = _validate.integer("direct_steps", direct_steps, 1)
     show = print if verbose else (lambda *a, **k: None)  # the result, on stdout
-    log = (  # what the run is doing, on stderr
-        (lambda *a: print(*a, file=sys.stderr, flush=True))
-        if verbose and _validate.boolean("progress", progress)
-        else (lambda *a: None)
-    )
+    log = _progress.lines(enabled=verbose and _validate.boolean("progress", progress))
     out = Path(out_dir)
     t_all = time.perf_counter()
 

@@ -344,7 +344,7 @@ def test_optimize_model_based_methods(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(zoo, "sample_shape", lambda name: (2,))
     monkeypatch.setattr(zoo, "is_conditional", lambda name: False)
     np.save(tmp_path / "data.npy", np.asarray(gm.sample(jax.random.key(0), 32)))
-    monkeypatch.setattr(sys.modules["hso_jax.cli"], "PROGRESS_EVERY_S", 0.0)  # every line
+    monkeypatch.setattr(sys.modules["hso_jax._progress"], "EVERY_S", 0.0)  # every line
     progress = {  # what each search reports on stderr while it runs
         "gits": r"gits: solves from 8 noises, then the search",
         "direct": r"direct: iteration \d+, train [\d.]+, val [\d.]+, elapsed",

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hso_jax"
 
 LAYERS = [
     # __init__ holds __version__ and loads the rest lazily
-    ("_startup", "_validate", "_argtypes", "_signals", "_lazy", "_files", "__init__"),
+    ("_startup", "_validate", "_argtypes", "_progress", "_signals", "_lazy", "_files", "__init__"),
     ("noise",),
     ("denoiser",),
     ("batch",),
