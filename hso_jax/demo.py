@@ -331,9 +331,13 @@ def run_demo(
     num_samples = _validate.integer("num_samples", num_samples, 2)
     seed = _validate.seed(seed)
     direct = _validate.boolean("direct", direct)
+    if not isinstance(direct_noises, (tuple, list)) or len(direct_noises) != 2:
+        raise ValueError(
+            "direct_noises must be a pair (training, held-out) of integers >= 1, got "
+            f"{direct_noises!r}"
+        )
     n_tr, n_va = (
-        _validate.integer(name, n, 1)
-        for name, n in zip(("direct_noises[0]", "direct_noises[1]"), direct_noises, strict=True)
+        _validate.integer(f"direct_noises[{i}]", n, 1) for i, n in enumerate(direct_noises)
     )
     direct_steps = _validate.integer("direct_steps", direct_steps, 1)
     show = print if verbose else (lambda *a, **k: None)  # the result, on stdout

@@ -1,6 +1,7 @@
 """The main job, ``hso-jax demo``, end to end on the shipped model with tiny settings."""
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -58,6 +59,17 @@ def test_demo_cli_arguments(capsys):
     assert "argument --num-samples: must be an integer in [2, 65536]" in capsys.readouterr().err
     with pytest.raises(ValueError, match="num_samples must be an integer >= 2, got 1"):
         run_demo("unused", num_samples=1)
+    bad = [
+        (dict(direct="yes"), TypeError, r"direct must be True or False"),
+        (dict(direct_noises=(0, 16)), ValueError, r"direct_noises\[0\] must be an integer >= 1"),
+        (dict(direct_noises=(32,)), ValueError, r"direct_noises must be a pair .*\(32,\)"),
+        (dict(direct_steps=0), ValueError, r"direct_steps must be an integer >= 1"),
+        (dict(progress=1), TypeError, r"progress must be True or False"),
+    ]
+    for kwargs, error, match in bad:  # refused before any work or any file
+        with pytest.raises(error, match=match):
+            run_demo("unused", **kwargs)
+    assert not Path("unused").exists()
 
 
 @pytest.mark.parametrize("batch", ["evaluation", "direct"])
