@@ -45,12 +45,15 @@ counted NFE) and ``quality_mnist_samples.png`` (NFE 5 samples per schedule). ``-
 ``quality_quick.*`` / ``quality_quick_*.png`` instead, so both can live side by side.
 
 ``--trajectory`` adds the trajectory-based optimisers (``quality_trajectory.*``): GITS (one
-schedule per NFE), the model-aware MEP (per HSO flavour) and direct (per solver, warm-started
+schedule per NFE) as the official code configures it (``dev`` metric, 60-step iPNDM teacher on
+a 61-point Karras grid) and as ``variant="exact"`` (L2 error against the exact 100-point
+log-SNR teacher), the model-aware MEP (per HSO flavour) and direct (per solver, warm-started
 from the best of every other schedule on its training batch), for NFE 4-6 and DDIM,
-DPM-Solver++(2M), UniPC-bh2. They see only their own noises (``key(seed + 1)``: a training and
-an equal held-out batch for direct, the teacher batch for GITS / MEP-model), never the
-evaluation noise. MNIST is evaluated there on the demo's 64 noises, whose rtol-1e-5 reference
-ships with the package; the tables add a direct-vs-best-of-the-six summary per model.
+DPM-Solver++(2M), UniPC-bh2 and iPNDM (GITS's official pairing). They see only their own
+noises (``key(seed + 1)``: a training and an equal held-out batch for direct, the teacher batch
+for GITS / MEP-model), never the evaluation noise. MNIST is evaluated there on the demo's 64
+noises, whose rtol-1e-5 reference ships with the package; the tables add a direct-vs-best-of-
+the-six summary per model.
 
 ``--flow`` runs the flow-matching oracle study instead (``quality_flow.{md,json}``; ``--merge``
 keeps the other mixture's rows): ``gm2d`` and ``gm64d`` wrapped as flow-matching networks (exact
@@ -101,7 +104,7 @@ from hso_jax import schedules, solvers
 from hso_jax.evaluation import cached_reference, evaluate_grid, psnr, reference_solve, rmse
 from hso_jax.models.zoo import MNIST_ID
 from hso_jax.noise import preset
-from hso_jax.optimize import optimize
+from hso_jax.optimization import optimize
 from hso_jax.schedules import check_schedule
 
 MODELS = ("gm2d", "gm64d", "mnist")
@@ -109,12 +112,17 @@ NOISE = "ddpm"
 ALL_NFES = (4, 5, 6, 8, 10)
 SAMPLE_GRID_NFE = 5
 SCHEDULES = ("time-uniform", "logSNR", "Karras rho=7", "DMN", "HSO", "AYS")
-TRAJECTORY = ("GITS", "MEP-model", "direct")
+TRAJECTORY = ("GITS", "GITS-exact", "MEP-model", "direct")
 ALL_SCHEDULES = SCHEDULES + TRAJECTORY
 OPTIMISED = {"DMN": "dmn", "HSO": "hso"}
-TRAJ_SOLVERS = ("DDIM", "DPM-Solver++(2M)", "UniPC-bh2")
+TRAJ_SOLVERS = ("DDIM", "DPM-Solver++(2M)", "UniPC-bh2", "iPNDM")
 # solver name -> the factory name optimize(..., method="direct") takes with the same defaults
-DIRECT_SOLVER = {"DDIM": "ddim", "DPM-Solver++(2M)": "dpm-solver-pp", "UniPC-bh2": "unipc"}
+DIRECT_SOLVER = {
+    "DDIM": "ddim",
+    "DPM-Solver++(2M)": "dpm-solver-pp",
+    "UniPC-bh2": "unipc",
+    "iPNDM": "ipndm",
+}
 
 # solver name -> (factory, HSO / DMN flavour)
 SOLVERS: dict[str, tuple[Callable[[], Any], str]] = {
@@ -358,19 +366,28 @@ def optimise_trajectory(spec, nfes, solver_names, cfg, args, baselines) -> tuple
     train = ModelSpec(name, model, x_all, f"{spec.key_id}-train-seed{args.seed + 1}")
     _log(f"[{name}] references of {2 * n_tr} training / held-out noises (cached)")
     ref_all, ref_s = _timed(lambda: reference(train, tol, args.cache_dir))
-    _log(f"[{name}] teacher trajectories of {n_teach} noises (100 points)")
+    _log(f"[{name}] teacher trajectories of {n_teach} noises (exact 100 points, iPNDM 61)")
     teacher, teach_s = _timed(lambda: teacher_trajectories(model, x_all[:n_teach]))
+    official, official_s = _timed(
+        lambda: teacher_trajectories(
+            model, x_all[:n_teach], num_points=61, grid="karras", solver="ipndm"
+        )
+    )
     out, timings = {}, []
     flavours = sorted({SOLVERS[s][1] for s in solver_names})
     direct_opts = cfg["direct"]["gm" if spec.gm is not None else "mnist"]
-    jobs = [("GITS", "any", n) for n in nfes]
+    jobs = [(label, "any", n) for label in ("GITS", "GITS-exact") for n in nfes]
     jobs += [("MEP-model", fl, n) for fl in flavours for n in nfes]
     jobs += [("direct", sv, n) for sv in solver_names for n in nfes]
     bar = _progress(len(jobs), f"trajectory optimisers {name}")
     for label, which, nfe in jobs:
         bar.set_postfix_str(f"{label} {which} NFE {nfe}")
         if label == "GITS":
-            run = functools.partial(optimize, model, nfe, method="gits", teacher=teacher)
+            run = functools.partial(optimize, model, nfe, method="gits", teacher=official)
+        elif label == "GITS-exact":
+            run = functools.partial(
+                optimize, model, nfe, method="gits", variant="exact", teacher=teacher
+            )
         elif label == "MEP-model":
             run = functools.partial(
                 optimize, model, nfe, method="mep-model", solver=which, teacher=teacher
@@ -379,6 +396,7 @@ def optimise_trajectory(spec, nfes, solver_names, cfg, args, baselines) -> tuple
             fl = SOLVERS[which][1]
             init = dict(baselines(nfe, fl))
             init["GITS"] = out[("GITS", "any", nfe)]
+            init["GITS-exact"] = out[("GITS-exact", "any", nfe)]
             init["MEP-model"] = out[("MEP-model", fl, nfe)]
             run = functools.partial(
                 optimize,
@@ -423,10 +441,13 @@ def optimise_trajectory(spec, nfes, solver_names, cfg, args, baselines) -> tuple
             model=name,
             flavour="-",
             nfe=0,
-            cold_s=teach_s + ref_s,
+            cold_s=teach_s + official_s + ref_s,
             warm_s=None,
             t_end=float("nan"),
-            warnings=[f"teacher {teach_s:.1f} s, training references {ref_s:.1f} s"],
+            warnings=[
+                f"exact teacher {teach_s:.1f} s, iPNDM teacher {official_s:.1f} s, training "
+                f"references {ref_s:.1f} s"
+            ],
         )
     )
     return out, timings
@@ -460,6 +481,7 @@ def schedules_for(
         out["AYS"] = ays_schedule(noise, ays, nfe)
     if traj:
         out["GITS"] = traj[("GITS", "any", nfe)]
+        out["GITS-exact"] = traj[("GITS-exact", "any", nfe)]
         out["MEP-model"] = traj[("MEP-model", flavour, nfe)]
     return out
 
@@ -988,7 +1010,10 @@ def flow_schedules(closed, open_, model, x_teach, x_direct, data, nfe, cache, ti
         timings.append(dict(model=tag, method="AYS", nfe=max(FLOW_NFES), seconds=secs))
     out["AYS"] = ays_schedule(open_, cache[("AYS", tag)][0], m)
     teacher = dict(x_T=x_teach, **FLOW_OPT["teacher"])
-    out["GITS"] = timed("GITS", lambda: optimize(model_open, m, method="gits", **teacher))
+    # the exact variant: the configuration the committed flow study was run with
+    out["GITS"] = timed(
+        "GITS", lambda: optimize(model_open, m, method="gits", variant="exact", **teacher)
+    )
     out["MEP-model"] = timed(
         "MEP-model", lambda: optimize(model_open, m, method="mep-model", **teacher)
     )
@@ -1143,8 +1168,8 @@ def parse_args(argv=None):
     ap.add_argument(
         "--trajectory",
         action="store_true",
-        help="the trajectory-based optimisers (direct, GITS, MEP-model) against all others, "
-        "NFE 4-6, DDIM / DPM-Solver++(2M) / UniPC-bh2",
+        help="the trajectory-based optimisers (direct, GITS official and exact, MEP-model) "
+        "against all others, NFE 4-6, DDIM / DPM-Solver++(2M) / UniPC-bh2 / iPNDM",
     )
     ap.add_argument(
         "--flow",

@@ -587,8 +587,8 @@ def _conditions_from_args(args) -> tuple[dict, dict]:
         )
     if rows:
         n = rows.pop()
-        if args.num_samples is None:
-            args.num_samples = n * -(-16 // n)  # at least 16 noises, the same number per prompt
+        if args.num_samples is None:  # at least the default, the same number per prompt
+            args.num_samples = n * -(-_default_noises(args.method) // n)
         if args.num_samples % n:
             raise _UsageError(
                 f"arguments --cond / --uncond have {n} rows (prompts) but --num-samples is "
@@ -664,8 +664,8 @@ def _add_optimize_parser(sub) -> None:
         "--num-samples",
         type=_argtypes.integer(1, MAX_SAMPLES),
         help="model-based methods: initial noises (direct: half trains, half is held out; "
-        "default 16, or the smallest multiple of the --cond rows "
-        "above it, each prompt repeated over its share of the noises)",
+        "default 16, gits 256 as its official code, or the smallest multiple of the --cond "
+        "rows above it, each prompt repeated over its share of the noises)",
     )
     p.add_argument(
         "--cond",
@@ -822,6 +822,13 @@ def _reporting(name: str, say, given: dict) -> dict:
     return out
 
 
+def _default_noises(method: str) -> int:
+    """``--num-samples`` when not given: GITS's official 256 warm-up noises, else 16."""
+    from .optimizers.gits import OFFICIAL_WARMUP
+
+    return OFFICIAL_WARMUP if method == "gits" else 16
+
+
 def _optimize_with_model(args, ends: dict):
     """Model-based methods: load the model, draw the noises, optimise in float32 (the model's
     precision); the export that follows runs in float64 again."""
@@ -830,7 +837,7 @@ def _optimize_with_model(args, ends: dict):
 
     changes, cond_record = _conditions_from_args(args)
     if args.num_samples is None:
-        args.num_samples = 16
+        args.num_samples = _default_noises(args.method)
     say = _progress.lines(f"{args.parser.prog}: ", not args.quiet)
     say(f"{args.method}: loading {args.model}")
     try:

@@ -310,9 +310,9 @@ def test_cli_cond_uncond_guidance(capsys, monkeypatch, tmp_path):
     out, err = capsys.readouterr()
     assert rc == 0, err
     rec = json.loads(out)
-    # 16 noises: the 8 labels (prompts) repeated, each prompt with the same number of noises
-    assert rec["options"]["num_samples"] == 16 and seen["x_T"].shape == (16, 2)
-    np.testing.assert_array_equal(seen["model"].cond, np.tile(LABELS, 2))
+    # GITS's official 256 noises: the 8 labels (prompts) repeated, the same number per prompt
+    assert rec["options"]["num_samples"] == 256 and seen["x_T"].shape == (256, 2)
+    np.testing.assert_array_equal(seen["model"].cond, np.tile(LABELS, 32))
     assert seen["model"].uncond.tolist() == [NULL_CLASS] and seen["model"].guidance_scale == 2.5
     assert rec["options"]["guidance"] == 2.5 and rec["options"]["cond"].endswith("labels.npy")
     bad = [

@@ -54,13 +54,16 @@ def test_options_are_the_functions_keywords(fn, options, skip):
     assert fields == params
 
 
-def test_gits_options_are_coeff_and_the_teachers():
+def test_gits_options_are_its_keywords_and_the_teachers():
     from hso_jax.optimizers.model_inputs import TEACHER_OPTIONS
 
     names = [f.name for f in dataclasses.fields(REGISTRY["gits"].options)]
-    assert names == ["coeff", *TEACHER_OPTIONS]
-    coeff = inspect.signature(optimize_gits).parameters["coeff"].default
-    assert REGISTRY["gits"].options().coeff == coeff
+    assert names == ["coeff", "variant", "metric", *TEACHER_OPTIONS]
+    params = inspect.signature(optimize_gits).parameters
+    opts = REGISTRY["gits"].options()
+    assert (opts.coeff, opts.variant) == (params["coeff"].default, params["variant"].default)
+    # the options a variant sets are None (= the variant's) until given
+    assert opts.metric is opts.teacher_points is opts.teacher_grid is opts.teacher_solver is None
 
 
 def test_unknown_and_bad_options():

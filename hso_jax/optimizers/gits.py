@@ -7,16 +7,26 @@ the ``n`` sampling steps among the points ``t_0 > t_1 > ... > t_{K-1}`` of a fin
 1. **Teacher.** Exact PF-ODE states ``x_k`` and data predictions ``x0_k = D(x_k, t_k)`` on the
    grid for a batch of initial noises (:func:`hso_jax.evaluation.teacher_trajectories`).
 2. **Cost matrix.** In EDM's frame ``y = x / alpha`` with noise level
-   ``s = sigma_edm = sigma / alpha`` the PF-ODE reads ``dy/ds = (y - D(y, s)) / s``. The cost
-   of jumping from grid point ``i`` to ``j > i`` is the error of *one* Euler (= DDIM) step
-   from the teacher state, re-using the cached prediction ``x0_i``:
+   ``s = sigma_edm = sigma / alpha`` the PF-ODE reads ``dy/ds = (y - D(y, s)) / s``. A jump
+   from grid point ``i`` to ``j > i`` is *one* Euler (= DDIM) step from the teacher state,
+   re-using the cached prediction ``x0_i``:
+   ``\hat y_j = y_i + (s_j - s_i)(y_i - x0_i) / s_i``. Its cost ``C_ij`` (``inf`` for
+   ``j <= i``) is, by ``metric``,
 
-   .. math::
+   * ``"dev"`` (the official default): how much further the step lands from the straight line
+     through the trajectory's end points than the teacher does,
 
-       \hat y_j = y_i + (s_j - s_i)\,\frac{y_i - x0_i}{s_i}, \qquad
-       C_{ij} = \frac{1}{B} \sum_b \big\| \hat y_j^{(b)} - y_j^{(b)} \big\|_2 ,
+     .. math::
 
-   and ``C_ij = inf`` for ``j <= i``.
+         C_{ij} = \frac{1}{B} \sum_b \big[\mathrm{dev}_b(\hat y_j^{(b)})
+                  - \mathrm{dev}_b(y_j^{(b)})\big], \qquad
+         \mathrm{dev}_b(z) = \big\| (I - u_b u_b^\top)(y_{K-1}^{(b)} - z) \big\|_2,
+
+     with ``u_b`` the unit vector from ``y_0^{(b)}`` to ``y_{K-1}^{(b)}``: sampling
+     trajectories are nearly straight (the paper's regularity), and a step that leaves the
+     line more than the teacher does is the one that errs. It may be negative;
+   * ``"l2"`` / ``"l1"``: the batch mean of ``|| \hat y_j - y_j ||`` (the local error).
+
 3. **Dynamic programming.** The schedule is the path ``0 = i_0 < i_1 < ... < i_n = K - 1``
    minimising ``sum_m coeff**m C[i_m, i_{m+1}]`` (``m = 0`` is the step from the noisiest
    point). With ``V_k(j)`` the best weighted cost of reaching ``K - 1`` from ``j`` in ``k``
@@ -25,16 +35,21 @@ the ``n`` sampling steps among the points ``t_0 > t_1 > ... > t_{K-1}`` of a fin
    minimum-sum path (the paper's definition); ``coeff > 1`` weights the later, low-noise steps
    more and so spends more of the budget near the data.
 
-Cost in network calls: only the teacher (about ``6 (K - 1) + K`` calls per teacher sample,
-see :mod:`hso_jax.evaluation.teacher`); the cost matrix re-uses the cached predictions and the
-DP is pure NumPy. The cost measures first-order steps whichever ``solver`` the schedule is for
-(the official code does the same; ``solver`` only fixes how many points an NFE buys).
+The cost measures first-order steps whichever ``solver`` the schedule is for (so does the
+official code): ``solver`` only fixes how many points an NFE buys, and every solver of one call
+per step (iPNDM, the official pairing, UniPC, DPM-Solver++, DDIM to ``t = 0``) gets the same
+schedule.
 
-Differences to the official implementation, on purpose: the teacher states are exact (a tight
-adaptive solve landing on every grid point) rather than those of a 60-step iPNDM run; the
-default grid is uniform in log-SNR rather than Karras ``rho = 7`` (``teacher_grid="karras"``
-gives the latter); the metric is the L2 distance (the official ``--metric=l2``; its default
-``"dev"`` scores the deviation from the straight line through the end points instead).
+**Variants.** ``variant="official"`` (default) is the configuration of the official code's
+command line and launch script: the ``"dev"`` metric, ``coeff = 1.15``, and a teacher of a
+60-step iPNDM run on a 61-point Karras (``rho = 7``) grid (``teacher_solver="ipndm"``,
+``teacher_points=61``, ``teacher_grid="karras"``; it draws 256 warm-up noises, the command
+line's default here too). ``variant="exact"`` scores the local error against exact
+trajectories instead: ``"l2"`` on a 100-point log-SNR grid solved by a tight adaptive solver
+(about ten times the teacher's network calls). Any of these options given explicitly overrides
+the variant's. Where the official code differs and is not followed: its cost matrix keeps only
+the last of its batch rounds (then divides by their number), whereas here every teacher
+sample counts.
 
 Reference: Chen, Zhou, Wang, Shen, Lyu, "On the Trajectory Regularity of ODE-based Diffusion
 Sampling", ICML 2024 (arXiv 2405.11326), Sec. 4 (dynamic-programming time schedule).
@@ -71,7 +86,15 @@ from .model_inputs import (
 )
 from .result import OptimizeResult
 
-__all__ = ["gits_cost_matrix", "gits_dp", "optimize_gits", "DEFAULT_COEFF", "OPTIONS"]
+__all__ = [
+    "gits_cost_matrix",
+    "gits_dp",
+    "optimize_gits",
+    "DEFAULT_COEFF",
+    "METRICS",
+    "OPTIONS",
+    "VARIANTS",
+]
 
 Array = Any
 
@@ -79,7 +102,30 @@ DEFAULT_COEFF = 1.15
 """The official GITS default of ``coeff`` (its CLI default and every recommended setting except
 Stable Diffusion, which uses 1.20)."""
 
-OPTIONS = tuple(sorted(TEACHER_OPTIONS + ("coeff",)))
+METRICS = ("dev", "l2", "l1")
+"""Costs of a jump: the official deviation from the end-point line, or the L2 / L1 error."""
+
+VARIANTS = {
+    "official": {
+        "metric": "dev",
+        "teacher_solver": "ipndm",
+        "teacher_points": 61,
+        "teacher_grid": "karras",
+    },
+    "exact": {
+        "metric": "l2",
+        "teacher_solver": "exact",
+        "teacher_points": 100,
+        "teacher_grid": None,  # log-SNR (uniform time where lam is infinite)
+    },
+}
+"""What ``variant=`` sets: the official code's defaults, or the L2 error on exact
+trajectories (see the module docstring)."""
+
+OFFICIAL_WARMUP = 256
+"""Warm-up noises (teacher trajectories) of the official code (``--num_warmup``)."""
+
+OPTIONS = tuple(sorted(TEACHER_OPTIONS + ("coeff", "metric", "variant")))
 """Option names :func:`optimize_gits` accepts besides ``solver``."""
 
 # Elements of one float64 (pairs, B, ...) block of the cost computation (~64 MiB each).
@@ -91,33 +137,50 @@ _BLOCK_ELEMENTS = 2**23
 # --------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size",))
-def _pair_costs(x, x0, alpha, s, ii, jj, batch_size: int):
-    """Mean per-sample L2 error of one Euler step ``i -> j`` in EDM's frame, per pair."""
+@functools.partial(jax.jit, static_argnames=("batch_size", "metric"))
+def _pair_costs(x, x0, alpha, s, ii, jj, batch_size: int, metric: str):
+    """The cost of one Euler step ``i -> j`` in EDM's frame, per pair (batch means)."""
+    b = x.shape[1]
+
+    def frame(k):  # teacher state k in EDM's frame, (B, D) float64
+        return (x[k].astype(jnp.float64) / alpha[k]).reshape(b, -1)
+
+    end = frame(-1)
+    u = end - frame(0)
+    u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
+
+    def deviation(z):  # per sample: distance of z from the line through y_0 and y_{K-1}
+        d = end - z
+        return jnp.linalg.norm(d - jnp.sum(d * u, axis=-1, keepdims=True) * u, axis=-1)
 
     def one(pair):
         i, j = pair
-        y_i = x[i].astype(jnp.float64) / alpha[i]
-        y_j = x[j].astype(jnp.float64) / alpha[j]
-        x0_i = x0[i].astype(jnp.float64)
+        y_i, y_j = frame(i), frame(j)
+        x0_i = x0[i].astype(jnp.float64).reshape(b, -1)
         y_hat = y_i + (s[j] - s[i]) * (y_i - x0_i) / s[i]
-        err = (y_hat - y_j).reshape(y_i.shape[0], -1)
-        return jnp.mean(jnp.sqrt(jnp.sum(err * err, axis=1)))
+        if metric == "dev":
+            return jnp.mean(deviation(y_hat) - deviation(y_j))
+        err = y_hat - y_j
+        if metric == "l1":
+            return jnp.mean(jnp.sum(jnp.abs(err), axis=-1))
+        return jnp.mean(jnp.sqrt(jnp.sum(err * err, axis=-1)))
 
     return jax.lax.map(one, (ii, jj), batch_size=batch_size)
 
 
-def gits_cost_matrix(teacher: Teacher, noise: NoiseSchedule) -> np.ndarray:
+def gits_cost_matrix(teacher: Teacher, noise: NoiseSchedule, metric: str = "dev") -> np.ndarray:
     r"""The GITS cost of every single-step jump between points of a teacher grid.
 
-    For ``i < j``, ``C[i, j]`` is the batch mean of the per-sample L2 norm (over all non-batch
-    dimensions) of ``y_hat_j - y_j`` in EDM's frame ``y = x / alpha``, where
+    For ``i < j``, one first-order step (DDIM, i.e. Euler in ``s``) from the teacher state at
+    ``t_i`` with the cached prediction ``x0_i``, in EDM's frame ``y = x / alpha``,
 
     .. math:: \hat y_j = y_i + (s_j - s_i) (y_i - x0_i) / s_i, \qquad s = \sigma / \alpha,
 
-    is one first-order step (DDIM, i.e. Euler in ``s``) from the teacher state at ``t_i`` with
-    the cached prediction ``x0_i`` and ``y_j`` is the teacher state at ``t_j``. ``C[i, j] = inf``
-    for ``j <= i``.
+    is compared with the teacher state ``y_j`` at ``t_j`` by ``metric`` (norms over all
+    non-batch dimensions, then the batch mean): ``"dev"``, the increase of the distance from
+    the line through the sample's end points ``y_0``, ``y_{K-1}`` (the official default; see
+    the module docstring), or the ``"l2"`` / ``"l1"`` norm of ``\hat y_j - y_j``.
+    ``C[i, j] = inf`` for ``j <= i``.
 
     Why EDM's frame: GITS measures distances in EDM's ``x`` (there ``alpha = 1``). The ODE
     trajectory in ``y`` is the same curve however the process is written (VP, VE, rectified
@@ -132,12 +195,14 @@ def gits_cost_matrix(teacher: Teacher, noise: NoiseSchedule) -> np.ndarray:
     Args:
       teacher: a :class:`~hso_jax.evaluation.Teacher` with ``K >= 2`` points.
       noise: the noise process the teacher was computed under (``model.noise``).
+      metric: ``"dev"`` (default, as the official code), ``"l2"`` or ``"l1"``.
 
     Returns:
       ``(K, K)`` float64 NumPy array, finite on the strict upper triangle, ``inf`` elsewhere.
 
     Raises:
-      TypeError for a wrong teacher or noise type; ValueError for inconsistent shapes.
+      TypeError for a wrong teacher or noise type; ValueError for inconsistent shapes or an
+      unknown metric.
     """
     if not isinstance(teacher, Teacher):
         raise TypeError(
@@ -146,6 +211,7 @@ def gits_cost_matrix(teacher: Teacher, noise: NoiseSchedule) -> np.ndarray:
         )
     if not isinstance(noise, NoiseSchedule):
         raise TypeError(f"noise must be a hso_jax.noise.NoiseSchedule, got {type(noise).__name__}")
+    metric = _validate.choice("metric", metric, METRICS)
     t = np.asarray(teacher.t, np.float64)
     if t.ndim != 1 or t.shape[0] < 2:
         raise ValueError(f"teacher.t must be 1-D with at least 2 points, got shape {t.shape}")
@@ -171,6 +237,7 @@ def gits_cost_matrix(teacher: Teacher, noise: NoiseSchedule) -> np.ndarray:
             jnp.asarray(ii),
             jnp.asarray(jj),
             batch_size,
+            metric,
         )
         vals = np.asarray(vals, np.float64)
     cost = np.full((k, k), np.inf)
@@ -262,8 +329,8 @@ def _planned_points(opts: dict) -> int | None:
         return int(np.shape(teacher.t)[0])
     if teacher is not None:
         return None
-    grid = opts.get("teacher_grid", "logsnr")
-    if not isinstance(grid, str):
+    grid = opts.get("teacher_grid")
+    if grid is not None and not isinstance(grid, str):
         return int(np.shape(grid)[0]) if np.ndim(grid) == 1 else None
     points = opts.get("teacher_points", 100)
     if isinstance(points, (int, np.integer)) and not isinstance(points, bool):
@@ -295,6 +362,8 @@ def optimize_gits(
     *,
     solver: Any = "unipc",
     coeff: float = DEFAULT_COEFF,
+    variant: str = "official",
+    metric: str | None = None,
     end: str | None = None,
     grid: str = "continuous",
     **teacher_options: Any,
@@ -306,11 +375,13 @@ def optimize_gits(
     weighted cost (:func:`gits_dp`). The schedule is a subset of the grid: it starts at the
     grid's first time and ends at its last.
 
-    ``coeff`` defaults to 1.15, the official GITS default (its command-line default and the
-    recommended setting of its launch script; 1.20 for Stable Diffusion; it also records the
-    paths for 0.8, 0.85, ..., 1.2). Note the official default metric is the deviation from
-    the straight line (``"dev"``), with which 1.15 was tuned; here the metric is the L2 error
-    (the official ``"l2"``). ``coeff = 1`` gives the plain minimum-sum path of the paper.
+    By default everything is as the official code runs it (``variant="official"``: the
+    ``"dev"`` metric, a 60-step iPNDM teacher on a 61-point Karras grid, ``coeff = 1.15``;
+    pass the official 256 noises as ``x_T``); ``variant="exact"`` scores the L2 error against
+    exact trajectories on a 100-point log-SNR grid (see the module docstring). ``coeff``
+    defaults to 1.15, the official default (its command-line default and the recommended
+    setting of its launch script; 1.20 for Stable Diffusion; ``coeff = 1`` gives the plain
+    minimum-sum path of the paper).
 
     Args:
       model: the :class:`~hso_jax.Denoiser` (evaluated only for the teacher).
@@ -319,6 +390,9 @@ def optimize_gits(
       solver: a solver name (``"unipc"``, ``"ddim"``, ``"heun"``, ...) or object; it fixes how
         many points ``nfe`` buys (the cost itself measures first-order steps).
       coeff: weight ratio of consecutive steps in the DP, > 0 (default 1.15).
+      variant: ``"official"`` (default) or ``"exact"``: the defaults of ``metric`` and of the
+        teacher options ``teacher_solver``, ``teacher_points``, ``teacher_grid``.
+      metric: cost of a jump, ``"dev"`` | ``"l2"`` | ``"l1"`` (default: the variant's).
       end: ``"t_min"`` (default: the grid's last point) or ``"zero"``: the last point is
         moved to the data end ``t = 0`` (a runtime's final sigma of 0; a warning says that the
         DP scored the step to ``t_min``).
@@ -326,10 +400,11 @@ def optimize_gits(
         teacher grid is made of training steps (the default grid rounded to steps, duplicates
         dropped), so the schedule, a subset of it, lies on them.
       **teacher_options: ``x_T`` ((B, ...) initial noise at the grid start) or ``teacher`` (a
-        ready :class:`~hso_jax.evaluation.Teacher`), ``teacher_points`` (K, 100),
-        ``teacher_grid`` (``"logsnr"`` | ``"karras"`` | ``"time"`` | an array of times),
-        ``teacher_rtol`` / ``teacher_atol`` (1e-4), ``teacher_batch_size`` (samples per
-        teacher solve, default all), ``mesh`` (``None``, ``"auto"`` or a Mesh: the teacher
+        ready :class:`~hso_jax.evaluation.Teacher`), ``teacher_solver`` (``"ipndm"`` |
+        ``"exact"``), ``teacher_points`` (K), ``teacher_grid`` (``"logsnr"`` | ``"karras"`` |
+        ``"time"`` | an array of times), ``teacher_rtol`` / ``teacher_atol`` (1e-4, of the
+        exact teacher), ``teacher_batch_size`` (samples per teacher solve, default all),
+        ``mesh`` (``None``, ``"auto"`` or a Mesh: the teacher
         solve's samples split over the devices). Per-sample conditions of the model
         (:mod:`hso_jax.batch`) go with their rows of ``x_T``: the cost averages over the
         whole batch of conditions, one schedule for all of them.
@@ -342,8 +417,8 @@ def optimize_gits(
 
     Raises:
       TypeError for a non-Denoiser model or a wrong teacher type; ValueError for an unknown
-      option, ``coeff <= 0``, a missing ``x_T`` / ``teacher``, an invalid ``nfe`` or an
-      ``nfe`` that needs more steps than the grid has.
+      option, variant or metric, ``coeff <= 0``, a missing ``x_T`` / ``teacher``, an invalid
+      ``nfe`` or an ``nfe`` that needs more steps than the grid has.
     """
     t_start = time.perf_counter()
     unknown = sorted(set(teacher_options) - set(TEACHER_OPTIONS))
@@ -353,6 +428,12 @@ def optimize_gits(
         )
     model = check_model(model, "gits")
     coeff = _check_coeff(coeff)
+    defaults = VARIANTS[_validate.choice("variant", variant, tuple(VARIANTS))]
+    metric = _validate.choice("metric", defaults["metric"] if metric is None else metric, METRICS)
+    teacher_options = {
+        **{k: v for k, v in defaults.items() if k != "metric"},
+        **{k: v for k, v in teacher_options.items() if v is not None},
+    }
     nfe = _validate.nfe(nfe)
     solver_obj, solver_name = resolve_solver(solver)
     end = fixed_end(end, "gits")
@@ -377,7 +458,7 @@ def optimize_gits(
     jax.block_until_ready(teacher.x0)
     t_teacher = time.perf_counter()
 
-    cost = gits_cost_matrix(teacher, model.noise)
+    cost = gits_cost_matrix(teacher, model.noise, metric)
     t_cost = time.perf_counter()
     indices, value = gits_dp(cost, n, coeff)
     t_dp = time.perf_counter()
@@ -386,6 +467,8 @@ def optimize_gits(
     finite = cost[np.isfinite(cost)]
     info = dict(
         teacher_info,
+        variant=variant,
+        metric=metric,
         steps=n,
         cost_min=float(finite.min()),
         cost_max=float(finite.max()),
@@ -397,7 +480,7 @@ def optimize_gits(
         ),
     )
     options = {name: _describe(v) for name, v in teacher_options.items()}
-    options["coeff"] = coeff
+    options.update(coeff=coeff, variant=variant, metric=metric)
     t, warnings = grid[indices], ()
     if end == "zero":
         t, note = to_data_end(t, "GITS")
@@ -432,21 +515,31 @@ def _steps_grid(noise, opts: dict) -> dict:
                 "with teacher_grid=<times on steps> or let GITS build it (pass x_T)"
             )
         return opts
-    base = opts.get("teacher_grid", "logsnr")
+    base = opts.get("teacher_grid") or "logsnr"
     if isinstance(base, str):
         with jax.enable_x64(True):
-            base = schedules.baseline(base, noise, int(opts.get("teacher_points", 100)) - 1)
+            base = schedules.baseline(base, noise, int(opts["teacher_points"]) - 1)
     k = np.unique(noise.index_from_t(np.asarray(base, np.float64)))[::-1]
     return {**opts, "teacher_grid": (k + 1.0) / noise.num_steps}
 
 
+# the teacher options a variant sets default to None (= the variant's)
+_BY_VARIANT = ("teacher_points", "teacher_grid", "teacher_solver")
 GITSOptions = dataclasses.make_dataclass(
     "GITSOptions",
-    [("coeff", float, dataclasses.field(default=DEFAULT_COEFF)), *TEACHER_FIELDS],
+    [
+        ("coeff", float, dataclasses.field(default=DEFAULT_COEFF)),
+        ("variant", str, dataclasses.field(default="official")),
+        ("metric", Any, dataclasses.field(default=None)),
+        *(
+            (n, Any, dataclasses.field(default=None)) if n in _BY_VARIANT else (n, t, f)
+            for n, t, f in TEACHER_FIELDS
+        ),
+    ],
     frozen=True,
 )
-GITSOptions.__doc__ = """The options of ``method="gits"``: ``coeff`` and the teacher's (see
-:func:`optimize_gits`)."""
+GITSOptions.__doc__ = """The options of ``method="gits"``: ``coeff``, ``variant``, ``metric``
+and the teacher's (see :func:`optimize_gits`)."""
 
 
 def _run(problem, nfe: int, solver, options, seed: int) -> OptimizeResult:

@@ -8,7 +8,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from .. import solvers
+from .. import _validate, solvers
 from ..denoiser import Denoiser, check_denoiser
 from ._ends import lam_is_finite
 
@@ -33,6 +33,7 @@ TEACHER_FIELDS = (
     ("teacher_rtol", float, dataclasses.field(default=1e-4)),
     ("teacher_atol", float, dataclasses.field(default=1e-4)),
     ("teacher_batch_size", Any, dataclasses.field(default=None)),
+    ("teacher_solver", str, dataclasses.field(default="exact")),  # or "ipndm"
     ("mesh", Any, dataclasses.field(default=None)),
 )
 TEACHER_OPTIONS = tuple(name for name, _, _ in TEACHER_FIELDS)
@@ -88,7 +89,7 @@ def teacher_from_options(model: Denoiser, method: str, opts: dict) -> tuple[Any,
     and a description for ``info``."""
     # imported here: the reference solve brings diffrax (about a second), which the
     # model-free searches that share this module's options never need
-    from ..reference.teacher import Teacher, teacher_trajectories
+    from ..reference.teacher import SOLVERS, Teacher, teacher_trajectories
 
     teacher = opts.get("teacher")
     if teacher is not None:
@@ -111,6 +112,7 @@ def teacher_from_options(model: Denoiser, method: str, opts: dict) -> tuple[Any,
     rtol = opts.get("teacher_rtol", 1e-4)
     atol = opts.get("teacher_atol", 1e-4)
     size, mesh = opts.get("teacher_batch_size"), opts.get("mesh")
+    solver = _validate.choice("teacher_solver", opts.get("teacher_solver", "exact"), SOLVERS)
     teacher = teacher_trajectories(
         model,
         x_T,
@@ -120,16 +122,18 @@ def teacher_from_options(model: Denoiser, method: str, opts: dict) -> tuple[Any,
         atol=atol,
         batch_size=size,
         mesh=mesh,
+        solver=solver,
     )
     info = {
         "teacher": "computed",
+        "teacher_solver": solver,
         "teacher_points": int(teacher.t.shape[0]),
         "teacher_grid": grid if isinstance(grid, str) else "user",
         "teacher_batch": int(x_T.shape[0]),
-        "teacher_rtol": rtol,
-        "teacher_atol": atol,
         "teacher_batch_size": size,
     }
+    if solver == "exact":
+        info.update(teacher_rtol=rtol, teacher_atol=atol)
     return teacher, info
 
 
