@@ -1,8 +1,10 @@
 """Progress lines of the commands: plain lines on stderr (not a bar, so that a log file or a
-pipe reads them as a terminal does), the frequent ones at most one every :data:`EVERY_S`."""
+pipe reads them as a terminal does), the frequent ones at most one every :data:`EVERY_S`; and
+the progress of compiled solves, reported from inside them (:func:`solve_step`)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -25,3 +27,55 @@ def lines(prefix: str = "", enabled: bool = True) -> Callable[..., None]:
         print(f"{prefix}{text}", file=sys.stderr, flush=True)
 
     return say
+
+
+# --------------------------------------------------------------------------------------
+# Progress of compiled solves (reference solves, teacher runs)
+# --------------------------------------------------------------------------------------
+
+_listener: list = [None]  # f(fraction) of the solves now running, or None
+
+
+def solve_step(fraction) -> None:
+    """Called from inside compiled solves (diffrax's progress meter of the reference solves,
+    the scan of a teacher run) with the fraction of the current solve done, 0 to 1; passes it
+    on to whoever listens (:func:`listening`), else does nothing. A module-level function, so
+    the compiled programs are the same whether anyone listens or not."""
+    f = _listener[0]
+    if f is not None:
+        f(min(1.0, max(0.0, float(fraction))))
+
+
+@contextlib.contextmanager
+def listening(report: Callable[[float], None] | None):
+    """Within: the progress of the solves, as a fraction of all of them, goes to
+    ``report(fraction)`` (``None``: to whoever listened before)."""
+    outer = _listener[0]
+    if report is not None:
+        _listener[0] = report
+    try:
+        yield
+    finally:
+        _listener[0] = outer
+
+
+@contextlib.contextmanager
+def part(lo: float, hi: float):
+    """Within: a solve's fraction ``f`` reaches the listener as ``lo + (hi - lo) f`` (one
+    chunk of samples out of several)."""
+    outer = _listener[0]
+    if outer is not None:
+        _listener[0] = lambda f: outer(lo + (hi - lo) * f)
+    try:
+        yield
+    finally:
+        _listener[0] = outer
+
+
+def as_fraction_callback(callback, key: str, t0: float | None = None):
+    """``report(fraction)`` that calls ``callback({key: fraction, "elapsed": seconds})``, or
+    ``None`` without a callback."""
+    if callback is None:
+        return None
+    start = time.perf_counter() if t0 is None else t0
+    return lambda f: callback({key: f, "elapsed": time.perf_counter() - start})

@@ -702,7 +702,8 @@ def _add_optimize_parser(sub) -> None:
         "--quiet",
         action="store_true",
         help="model-based methods: no progress lines on stderr (by default one every few "
-        "seconds: the phase, then direct's iterations or AYS's sweeps)",
+        "seconds: the phase, the teacher or reference solves, then direct's iterations or "
+        "AYS's sweeps)",
     )
     _add_export_options(p)
     p.set_defaults(func=_cmd_optimize, parser=p)
@@ -797,6 +798,9 @@ def _conventions(args, tgt) -> dict:
     return {"solver": args.solver or "unipc", "end": args.end}
 
 
+_SOLVED = ("teacher", "reference", "reference_val")  # callback keys of a solve's progress
+
+
 def _reporting(name: str, say, given: dict) -> dict:
     """The progress options of a model-based method (its ``callback``, no bar of its own) and
     its first line. A callback's dict is printed field by field, its arrays left out."""
@@ -812,7 +816,11 @@ def _reporting(name: str, say, given: dict) -> dict:
 
         def report(d: dict) -> None:
             fields = [
-                f"{k} {v}" if isinstance(v, numbers.Integral) else f"{k} {float(v):.4g}"
+                f"{k} {v}"
+                if isinstance(v, numbers.Integral)
+                else f"{k} {100 * v:.0f} %"  # the fraction of a teacher / reference solve
+                if k in _SOLVED
+                else f"{k} {float(v):.4g}"
                 for k, v in d.items()
                 if isinstance(v, numbers.Real) and not isinstance(v, bool)
             ]
@@ -1019,6 +1027,9 @@ def _add_convert_parser(sub) -> None:
         help="layout the converted model takes (default NCHW, as diffusers, for a UNet2DModel; "
         "NHWC latents for a UNet2DConditionModel)",
     )
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress lines on stderr (reading, converting)"
+    )
     p.set_defaults(func=_cmd_convert, parser=p, x64=False)
 
 
@@ -1028,7 +1039,8 @@ def _cmd_convert(args) -> int:
     _check_out_dir(args.out)
     try:
         with _undo_on_interrupt(args.out):
-            out = convert(args.diffusers, args.out, data_format=args.data_format)
+            say = _progress.lines(f"{args.parser.prog}: ", not args.quiet)
+            out = convert(args.diffusers, args.out, data_format=args.data_format, progress=say)
     except FileNotFoundError as e:  # a file the diffusers folder must have is missing
         raise _UsageError(f"argument --diffusers: {e}") from None
     print(out)

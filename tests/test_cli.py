@@ -346,8 +346,9 @@ def test_optimize_model_based_methods(capsys, monkeypatch, tmp_path):
     np.save(tmp_path / "data.npy", np.asarray(gm.sample(jax.random.key(0), 32)))
     monkeypatch.setattr(sys.modules["hso_jax._progress"], "EVERY_S", 0.0)  # every line
     progress = {  # what each search reports on stderr while it runs
-        "gits": r"gits: solves from 8 noises, then the search",
-        "direct": r"direct: iteration \d+, train [\d.]+, val [\d.]+, elapsed",
+        "gits": r"gits: solves from 8 noises, then the search\n.*gits: teacher \d+ %, elapsed",
+        "direct": r"direct: reference \d+ %, elapsed [\d.]+\n(?:.*\n)*?"
+        r".*direct: iteration \d+, train [\d.]+, val [\d.]+, elapsed",
         "ays": r"ays: level 10, sweep 1, klub [\d.]+, elapsed",
     }
     for method, pattern in progress.items():

@@ -103,7 +103,7 @@ def test_mnist_architecture_matches_diffusers():
     assert np.max(np.abs(np.asarray(out) - _torch_out(model, x, t))) < 1e-4
 
 
-def test_convert_folder_and_load(tmp_path):
+def test_convert_folder_and_load(tmp_path, capsys):
     pytest.importorskip("safetensors")
     diffusers = pytest.importorskip("diffusers")
     model = _torch_model(CONFIG_ATTN, seed=2)
@@ -119,6 +119,11 @@ def test_convert_folder_and_load(tmp_path):
     sched.save_pretrained(src)
     out = tmp_path / "flax"
     assert main(["convert", "--diffusers", str(src), "--out", str(out)]) == 0  # the CLI
+    err = capsys.readouterr().err.splitlines()  # progress on stderr, one line per phase
+    assert err[0].startswith("hso-jax convert: reading ") and err[0].endswith(".safetensors")
+    assert err[1].startswith("hso-jax convert: converting ") and len(err) == 2
+    quiet = ["convert", "--diffusers", str(src), "--out", str(tmp_path / "q"), "--quiet"]
+    assert main(quiet) == 0 and capsys.readouterr().err == ""
     den = load(out)
     assert den.prediction == "v"
     np.testing.assert_allclose(

@@ -242,6 +242,25 @@ def test_ipndm_teacher_is_one_ipndm_run_through_the_grid(gm):
     np.testing.assert_allclose(te.x0, want_x0, rtol=1e-10, atol=1e-12)
 
 
+def test_teacher_progress(gm):
+    """Both teachers report the fraction solved from inside their runs, chunk after chunk;
+    GITS passes its ``callback`` on and does not record it."""
+    model, x_T, _, _ = gm
+    for solver in ("ipndm", "exact"):
+        seen = []
+        teacher_trajectories(model, x_T, num_points=K, solver=solver, batch_size=4,
+                             callback=seen.append)  # fmt: skip
+        f = [d["teacher"] for d in seen]
+        assert f[-1] == pytest.approx(1.0) and np.all(np.diff(f) >= -1e-12), solver
+        if solver == "ipndm":  # every grid step of both chunks
+            assert len(f) == 2 * (K - 1) and f[K - 2] == pytest.approx(0.5)
+    seen = []
+    res = optimize_gits(model, 4, x_T=x_T, teacher_points=K, callback=seen.append)
+    assert seen and seen[-1]["teacher"] == pytest.approx(1.0)
+    assert "callback" not in res.options
+    res.to_dict()
+
+
 def test_reproduces_the_official_code():
     """The official code's schedules for NFE 3..10 under both metrics, on the problem
     ``benchmarks/gits_official.py`` gave it (gm64d of benchmarks/common.py under EDM, 256

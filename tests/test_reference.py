@@ -145,6 +145,28 @@ def test_trajectory_endpoints_equal_reference_solve(sd15_setup):
     np.testing.assert_allclose(xs[-1], x, rtol=1e-8, atol=1e-9)
 
 
+def test_progress_callback_reports_from_inside_the_solve(sd15_setup):
+    """callback: the fraction of the solve done, increasing to 1, while it runs; over chunks
+    of samples the fraction of all of them; the result is the same with or without."""
+    ns, model, x_T = sd15_setup
+    x = reference_solve(model, x_T, 0.9, 0.01)
+    seen = []
+    np.testing.assert_array_equal(reference_solve(model, x_T, 0.9, 0.01, callback=seen.append), x)
+    f = [d["solved"] for d in seen]
+    assert len(f) >= 10 and f[-1] == 1.0 and np.all(np.diff(f) >= 0)
+    assert all(d["elapsed"] >= 0 for d in seen)
+    seen.clear()
+    reference_trajectory(model, x_T, jnp.asarray([0.9, 0.3, 0.01]), batch_size=2,
+                         callback=seen.append)  # fmt: skip
+    f = [d["solved"] for d in seen]
+    assert f[-1] == 1.0 and np.all(np.diff(f) >= 0)
+    assert 0.45 <= max(v for v in f if v <= 0.5) <= 0.5  # the first of two chunks ends at 1/2
+    reference_solve(model, x_T, 0.9, 0.01)  # nobody listens any more: nothing is called
+    assert seen[-1]["solved"] == 1.0 and len(seen) == len(f)
+    with pytest.raises(TypeError, match="callback must be callable"):
+        reference_solve(model, x_T, 0.9, 0.01, callback=1)
+
+
 # --- jit / vmap / precision ----------------------------------------------------------------
 
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -195,9 +195,11 @@ def _find_dirs(src: Path) -> tuple[Path, Path | None]:
 
 
 def load_diffusers_folder(
-    src: str | os.PathLike,
+    src: str | os.PathLike, progress: Callable[[str], None] | None = None
 ) -> tuple[dict, dict[str, np.ndarray], dict | None]:
-    """Read ``(config, state_dict, scheduler_config or None)`` from a diffusers folder."""
+    """Read ``(config, state_dict, scheduler_config or None)`` from a diffusers folder
+    (``progress(line)`` before each weight file)."""
+    say = progress or (lambda line: None)
     src = Path(src)
     if not src.is_dir():
         raise FileNotFoundError(
@@ -218,15 +220,18 @@ def load_diffusers_folder(
 
         shards = sorted(set(json.loads(weights.read_text())["weight_map"].values()))
         state_dict = {}
-        for shard in shards:
+        for i, shard in enumerate(shards, 1):
+            say(f"reading {unet_dir / shard} ({i} of {len(shards)} files)")
             state_dict.update(load_file(str(unet_dir / shard)))
     elif weights.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
+        say(f"reading {weights}")
         state_dict = load_file(str(weights))
     else:
         import torch
 
+        say(f"reading {weights}")
         state_dict = torch.load(str(weights), map_location="cpu", weights_only=True)
     sched = json.loads(sched_path.read_text()) if sched_path is not None else None
     return config, state_dict, sched
@@ -290,6 +295,7 @@ def convert(
     out: str | os.PathLike,
     data_format: str | None = None,
     scheduler_config: Mapping[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Convert a diffusers UNet folder into a model directory for :func:`load`.
 
@@ -300,13 +306,17 @@ def convert(
         UNet2DModel, NHWC for a UNet2DConditionModel).
       scheduler_config: overrides the folder's scheduler config (needed when it has none and
         the defaults, see :func:`convert_state_dict`, are wrong).
+      progress: ``progress(line)`` is called with what is being done (reading each weight
+        file, converting, writing), e.g. ``print``.
 
     Returns:
       The output directory.
     """
-    config, state_dict, sched = load_diffusers_folder(src)
+    say = progress or (lambda line: None)
+    config, state_dict, sched = load_diffusers_folder(src, say)
     if scheduler_config is not None:
         sched = dict(scheduler_config)
+    say(f"converting {len(state_dict)} tensors, then writing {out}")
     return convert_state_dict(
         state_dict, config, out, sched, data_format=data_format, source=str(Path(src).resolve())
     )

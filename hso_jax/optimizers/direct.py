@@ -234,10 +234,13 @@ def _split(model, x_T, reference, x_T_val, reference_val, val_fraction, cond_val
     )
 
 
-def _reference(name, ref, model, x, rtol, atol, batch_size, mesh):
+def _reference(name, ref, model, x, rtol, atol, batch_size, mesh, callback):
     noise = model.noise
     if ref is None:
         from ..reference.solve import reference_solve  # diffrax, imported on use
+
+        def report(d):  # the fraction of this batch's references solved
+            callback({name: d["solved"], "elapsed": d["elapsed"]})
 
         return reference_solve(
             model,
@@ -248,6 +251,7 @@ def _reference(name, ref, model, x, rtol, atol, batch_size, mesh):
             atol=atol,
             batch_size=batch_size,
             mesh=mesh,
+            callback=None if callback is None else report,
         ).astype(x.dtype)
     ref = jnp.asarray(ref)
     if ref.shape != x.shape:
@@ -329,7 +333,8 @@ def optimize_direct(
         axis: the training and held-out noises, references and condition rows are split over
         its devices (batch sizes divisible by their number), as is each reference solve.
       callback: called after every iteration with a dict ``iteration``, ``train``, ``val``,
-        ``t`` (the iterate's schedule, NumPy), ``elapsed``.
+        ``t`` (the iterate's schedule, NumPy), ``elapsed``; before, while the references are
+        solved, with ``reference`` (or ``reference_val``): the fraction solved, ``elapsed``.
       end: ``"t_min"`` (default: the last step lands on ``t_min``) or ``"zero"``: it lands on
         the data end ``t = 0`` (a runtime's final sigma of 0) and returns the data prediction,
         in the loss as in the result; the target is then the reference passed through the
@@ -403,8 +408,8 @@ def optimize_direct(
 
     t_ref = time.perf_counter()
     tols = (reference_rtol, reference_atol, batch_size, mesh)
-    r_tr = _reference("reference", r_tr, m_tr, x_tr, *tols)
-    r_va = _reference("reference_val", r_va, m_va, x_va, *tols)
+    r_tr = _reference("reference", r_tr, m_tr, x_tr, *tols, callback)
+    r_va = _reference("reference_val", r_va, m_va, x_va, *tols, callback)
     if end == "zero" and noise.t_min > 0:
         # the target of a last step into the data: the same step on the reference
         r_tr, r_va = _DENOISE(m_tr, r_tr, noise.t_min), _DENOISE(m_va, r_va, noise.t_min)

@@ -403,8 +403,9 @@ def optimize_gits(
         ready :class:`~hso_jax.evaluation.Teacher`), ``teacher_solver`` (``"ipndm"`` |
         ``"exact"``), ``teacher_points`` (K), ``teacher_grid`` (``"logsnr"`` | ``"karras"`` |
         ``"time"`` | an array of times), ``teacher_rtol`` / ``teacher_atol`` (1e-4, of the
-        exact teacher), ``teacher_batch_size`` (samples per teacher solve, default all),
-        ``mesh`` (``None``, ``"auto"`` or a Mesh: the teacher
+        exact teacher), ``callback`` (the teacher's progress, see
+        :func:`~hso_jax.evaluation.teacher_trajectories`), ``teacher_batch_size`` (samples per
+        teacher solve, default all), ``mesh`` (``None``, ``"auto"`` or a Mesh: the teacher
         solve's samples split over the devices). Per-sample conditions of the model
         (:mod:`hso_jax.batch`) go with their rows of ``x_T``: the cost averages over the
         whole batch of conditions, one schedule for all of them.
@@ -479,7 +480,7 @@ def optimize_gits(
             total_s=time.perf_counter() - t_start,
         ),
     )
-    options = {name: _describe(v) for name, v in teacher_options.items()}
+    options = {k: _describe(v) for k, v in teacher_options.items() if k != "callback"}
     options.update(coeff=coeff, variant=variant, metric=metric)
     t, warnings = grid[indices], ()
     if end == "zero":

@@ -35,6 +35,7 @@ TEACHER_FIELDS = (
     ("teacher_batch_size", Any, dataclasses.field(default=None)),
     ("teacher_solver", str, dataclasses.field(default="exact")),  # or "ipndm"
     ("mesh", Any, dataclasses.field(default=None)),
+    ("callback", Any, dataclasses.field(default=None)),  # the teacher's progress
 )
 TEACHER_OPTIONS = tuple(name for name, _, _ in TEACHER_FIELDS)
 
@@ -123,6 +124,7 @@ def teacher_from_options(model: Denoiser, method: str, opts: dict) -> tuple[Any,
         batch_size=size,
         mesh=mesh,
         solver=solver,
+        callback=opts.get("callback"),
     )
     info = {
         "teacher": "computed",

@@ -60,6 +60,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import diffrax
@@ -67,6 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _progress
 from ..batch import (
     check_chunk,
     check_conditions,
@@ -185,6 +187,27 @@ def _check_time(name: str, t, noise) -> Array:
 LAM_END = 40.0
 
 
+class _Meter(diffrax.TextProgressMeter):
+    """diffrax's progress meter (a report at every 1 % of the solve) with its lines replaced
+    by :func:`hso_jax._progress.solve_step`: silent unless someone listens."""
+
+    @staticmethod
+    def _init_bar() -> list[float]:
+        return [0.0]
+
+    @staticmethod
+    def _step_bar(bar: list[float], progress) -> None:
+        bar[0] = float(np.asarray(progress))
+        _progress.solve_step(bar[0])
+
+    @staticmethod
+    def _close_bar(bar: list[float]) -> None:
+        _progress.solve_step(1.0)
+
+
+_METER = _Meter(minimum_increase=0.01)
+
+
 @functools.partial(jax.jit, static_argnames=("solver", "rtol", "atol", "max_steps"))
 def _integrate(model, x_T, ts, solver, rtol, atol, max_steps):
     """States at every time of ``ts`` (decreasing), integrating y = x / sigma in lam."""
@@ -216,6 +239,7 @@ def _integrate(model, x_T, ts, solver, rtol, atol, max_steps):
         stepsize_controller=controller,
         max_steps=max_steps,
         throw=False,
+        progress_meter=_METER,
     )
     ok = sol.result == diffrax.RESULTS.successful
     sig = sigmas.reshape(sigmas.shape + (1,) * x_T.ndim)
@@ -266,12 +290,21 @@ def _solve_batched(model, x_T, ts, solver, rtol, atol, max_steps, batch_size, me
         m, x = take_conditions(model, rows), x_T[rows]
         if mesh is not None:
             m, x = shard_model(m, mesh), shard_batch(x, mesh)
-        xs, st = _solve(m, x, ts, solver, rtol, atol, max_steps)
+        with _progress.part(start / b, rows.stop / b):  # progress over all the chunks
+            xs, st = _solve(m, x, ts, solver, rtol, atol, max_steps)
+            if not isinstance(xs, jax.core.Tracer):
+                jax.block_until_ready(xs)
         outs.append(xs)
         stats.append(st)
     merged = {k: sum(st[k] for st in stats) for k in stats[0] if k != "successful"}
     merged["successful"] = jnp.all(jnp.stack([st["successful"] for st in stats]))
     return jnp.concatenate(outs, axis=1), merged
+
+
+def _callable(callback):
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {callback!r}")
+    return callback
 
 
 def _finish(xs, stats, what, max_steps, rtol, atol):
@@ -299,6 +332,7 @@ def reference_trajectory(
     return_stats: bool = False,
     batch_size: int | None = None,
     mesh: Any = None,
+    callback: Callable[[dict[str, float]], None] | None = None,
 ) -> Array | tuple[Array, dict]:
     r"""Exact probability-flow ODE states at every time of a schedule ``ts``.
 
@@ -320,7 +354,7 @@ def reference_trajectory(
       max_steps: limit on attempted steps; exceeding it raises ``RuntimeError`` (eager) or
         returns NaN (under ``jit`` / ``vmap``).
       return_stats: also return the solver statistics.
-      batch_size, mesh: see :func:`reference_solve`.
+      batch_size, mesh, callback: see :func:`reference_solve`.
 
     Returns:
       ``xs`` of shape ``(len(ts), *x_T.shape)`` with ``xs[0] = x_T`` and ``xs[k]`` the ODE state
@@ -338,8 +372,9 @@ def reference_trajectory(
     dtype = _compute_dtype(x_T)
     rtol, atol = _tolerances(rtol, atol, dtype)
     opts = (rtol, atol, int(max_steps), batch_size, mesh)
-    xs, stats = _solve_batched(model, jnp.asarray(x_T, dtype), ts, _make_solver(solver), *opts)
-    stats = _finish(xs, stats, "reference_trajectory", max_steps, rtol, atol)
+    with _progress.listening(_progress.as_fraction_callback(_callable(callback), "solved")):
+        xs, stats = _solve_batched(model, jnp.asarray(x_T, dtype), ts, _make_solver(solver), *opts)
+        stats = _finish(xs, stats, "reference_trajectory", max_steps, rtol, atol)
     return (xs, stats) if return_stats else xs
 
 
@@ -356,6 +391,7 @@ def reference_solve(
     return_stats: bool = False,
     batch_size: int | None = None,
     mesh: Any = None,
+    callback: Callable[[dict[str, float]], None] | None = None,
 ) -> Array | tuple[Array, dict]:
     r"""Tight adaptive solution of the probability-flow ODE from ``t_start`` to ``t_end``.
 
@@ -394,6 +430,9 @@ def reference_solve(
         the tolerances (not bit for bit: the step sequences differ). Stats are summed.
       mesh: ``None``, ``"auto"`` or a Mesh with a ``"batch"`` axis: each chunk (its samples and
         condition rows) is split over the devices (chunk size divisible by their number).
+      callback: progress while the solve runs: called with ``{"solved": f, "elapsed": s}``,
+        ``f`` the fraction done (of the log-SNR range, over all chunks), at about every 1 %,
+        from inside the compiled solve (eager calls only).
 
     Returns:
       The state at ``t_end``, shape of ``x_T``, float64 when ``jax_enable_x64`` is on (else
@@ -422,6 +461,7 @@ def reference_solve(
     rtol, atol = _tolerances(rtol, atol, dtype)
     ts = jnp.stack([jnp.asarray(t_start, dtype), jnp.asarray(t_end, dtype)])
     opts = (rtol, atol, int(max_steps), batch_size, mesh)
-    xs, stats = _solve_batched(model, jnp.asarray(x_T, dtype), ts, _make_solver(solver), *opts)
-    stats = _finish(xs, stats, "reference_solve", max_steps, rtol, atol)
+    with _progress.listening(_progress.as_fraction_callback(_callable(callback), "solved")):
+        xs, stats = _solve_batched(model, jnp.asarray(x_T, dtype), ts, _make_solver(solver), *opts)
+        stats = _finish(xs, stats, "reference_solve", max_steps, rtol, atol)
     return (xs[-1], stats) if return_stats else xs[-1]

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _validate, schedules
+from .. import _progress, _validate, schedules
 from ..batch import check_chunk, check_conditions, resolve_mesh, shard_model, take_conditions
 from ..denoiser import Denoiser, check_denoiser
 
@@ -82,6 +82,7 @@ def teacher_trajectories(
     batch_size: int | None = None,
     mesh: Any = None,
     solver: str = "exact",
+    callback: Any = None,
 ) -> Teacher:
     """Exact (or iPNDM) states and data predictions of the PF-ODE from ``x_T`` on a fine grid.
 
@@ -105,6 +106,9 @@ def teacher_trajectories(
       solver: ``"exact"`` (default) or ``"ipndm"``: the states of one iPNDM run stepping
         through every grid point and the predictions it made (the official GITS teacher;
         ``rtol`` / ``atol`` / ``chunk`` do not apply).
+      callback: progress while the teacher runs: ``{"teacher": f, "elapsed": s}`` with ``f``
+        the fraction of the solves done (over all chunks), at about every 1 % (the exact
+        solve) or every grid step (iPNDM), from inside the compiled solves.
 
     Returns:
       A :class:`Teacher`: ``x`` and ``x0`` in the dtype of the solve, ``t`` and ``lam`` in
@@ -137,20 +141,26 @@ def teacher_trajectories(
         ts = np.asarray(schedules.check_schedule(grid, noise, name="grid"), np.float64)
         if ts.shape[0] < 3:
             raise ValueError(f"grid must have at least 3 points, got {ts.shape[0]}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {callback!r}")
     b = int(jnp.shape(x_T)[0])
     size = b if batch_size is None else batch_size
     xs, x0 = [], []
-    for start in range(0, b, size):
-        rows = slice(start, min(start + size, b))
-        m = take_conditions(model, rows)
-        if solver == "ipndm":
-            x, p = _ipndm_run(m, x_T[rows], ts, mesh)
-            xs.append(x)
-            x0.append(p)
-            continue
-        x = solve.reference_trajectory(m, x_T[rows], ts, rtol=rtol, atol=atol, mesh=mesh)
-        xs.append(x)
-        x0.append(_predictions(shard_model(m, mesh), x, jnp.asarray(ts, x.dtype), int(chunk)))
+    with _progress.listening(_progress.as_fraction_callback(callback, "teacher")):
+        for start in range(0, b, size):
+            rows = slice(start, min(start + size, b))
+            m = take_conditions(model, rows)
+            with _progress.part(start / b, rows.stop / b):
+                if solver == "ipndm":
+                    x, p = _ipndm_run(m, x_T[rows], ts, mesh)
+                else:
+                    x = solve.reference_trajectory(
+                        m, x_T[rows], ts, rtol=rtol, atol=atol, mesh=mesh
+                    )
+                    t = jnp.asarray(ts, x.dtype)
+                    p = _predictions(shard_model(m, mesh), x, t, int(chunk))
+                xs.append(jax.block_until_ready(x))
+                x0.append(p)
     xs, x0 = jnp.concatenate(xs, axis=1), jnp.concatenate(x0, axis=1)
     with jax.enable_x64(True):
         lam = np.asarray(noise.lam(jnp.asarray(ts, jnp.float64)), np.float64)
@@ -160,12 +170,13 @@ def teacher_trajectories(
 def _ipndm_run(model, x_T, ts, mesh):
     """States of one iPNDM run through every grid point and its predictions there."""
     from ..batch import shard_batch
-    from ..solvers import ipndm, sample_trajectory
+    from ..solvers import driver, ipndm
 
     if mesh is not None:
         model, x_T = shard_model(model, mesh), shard_batch(x_T, mesh)
     t = jnp.asarray(ts, jnp.result_type(x_T))
-    traj = sample_trajectory(model, x_T, t, ipndm(), denoise_final=True)
+    traj = driver._run(model, x_T, t, ipndm(), None, True, True, report=True)
+    driver._check_finite(traj, "the iPNDM teacher", lambda: traj)
     return traj.x, jnp.concatenate([traj.x0, traj.final[None]])
 
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _progress
 from ..batch import check_conditions
 from ..denoiser import Denoiser, OutputShapeError, as_denoiser, check_denoiser
 from ..noise import DATA_END
@@ -114,8 +115,10 @@ def _check_unroll(unroll) -> int | bool:
     raise ValueError(f"unroll must be a bool or an integer >= 1, got {unroll!r}")
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "denoise_final", "keep", "unroll", "remat"))
-def _run(model, x_T, ts, solver, key, denoise_final, keep, unroll=1, remat=False):
+@functools.partial(
+    jax.jit, static_argnames=("solver", "denoise_final", "keep", "unroll", "remat", "report")
+)
+def _run(model, x_T, ts, solver, key, denoise_final, keep, unroll=1, remat=False, report=False):
     ts = ts.astype(x_T.dtype)
     n = ts.shape[0] - 1
     keys = None if key is None else jax.random.split(key, n)
@@ -125,6 +128,9 @@ def _run(model, x_T, ts, solver, key, denoise_final, keep, unroll=1, remat=False
         x, state = carry
         i, t_cur, t_next, k = inp
         x_next, state, x0 = solver.step(model, x, state, t_cur, t_next, i, n, k)
+        if report:  # the fraction of steps done, to hso_jax._progress's listener
+            # (x_next's first entry as an argument: the call waits for the step)
+            jax.debug.callback(lambda f, _: _progress.solve_step(f), (i + 1) / n, x_next.ravel()[0])
         return (x_next, state), ((x_next, x0) if keep else None)
 
     if remat:
