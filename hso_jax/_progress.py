@@ -46,6 +46,11 @@ def solve_step(fraction) -> None:
         f(min(1.0, max(0.0, float(fraction))))
 
 
+def listened() -> bool:
+    """Whether someone listens to the solves' progress (a host loop then reports its steps)."""
+    return _listener[0] is not None
+
+
 @contextlib.contextmanager
 def listening(report: Callable[[float], None] | None):
     """Within: the progress of the solves, as a fraction of all of them, goes to

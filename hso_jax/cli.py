@@ -798,7 +798,8 @@ def _conventions(args, tgt) -> dict:
     return {"solver": args.solver or "unipc", "end": args.end}
 
 
-_SOLVED = ("teacher", "reference", "reference_val")  # callback keys of a solve's progress
+# callback keys of a fraction done (a teacher / reference solve, AYS's scoring in a sweep)
+_SOLVED = ("teacher", "reference", "reference_val", "scored")
 
 
 def _reporting(name: str, say, given: dict) -> dict:
@@ -818,7 +819,7 @@ def _reporting(name: str, say, given: dict) -> dict:
             fields = [
                 f"{k} {v}"
                 if isinstance(v, numbers.Integral)
-                else f"{k} {100 * v:.0f} %"  # the fraction of a teacher / reference solve
+                else f"{k} {100 * v:.0f} %"
                 if k in _SOLVED
                 else f"{k} {float(v):.4g}"
                 for k, v in d.items()

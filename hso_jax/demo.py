@@ -226,8 +226,11 @@ def _ays_and_gits(model, nfe: int, flavours, x_gits, key, log) -> Iterator[tuple
     t0 = time.perf_counter()
 
     def sweep(d: dict[str, Any]) -> None:
-        log(f"      AYS: level {d['level']}, sweep {d['sweep']}, KLUB {d['klub']:.1f}, "
-            f"{d['elapsed']:.0f} s")  # fmt: skip
+        where = f"      AYS: level {d['level']}, sweep {d['sweep']}"
+        if "klub" in d:
+            log(f"{where}, KLUB {d['klub']:.1f}, {d['elapsed']:.0f} s")
+        else:  # within the sweep
+            log(f"{where}, {100 * d['scored']:.0f} % scored, {d['elapsed']:.0f} s", every=True)
 
     # Subdivision (10 -> 20 -> 40) keeps the 10-step level's points, and an NFE that
     # divides 10 interpolates exactly onto them: the levels would change nothing.

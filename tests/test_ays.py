@@ -118,8 +118,15 @@ def test_pipeline_subdivision_and_interpolation(ring):
         np.testing.assert_allclose(np.asarray(on_40), np.asarray(on_10), rtol=1e-12)
         np.testing.assert_allclose(np.asarray(on_10), s10[:: 10 // nfe], rtol=1e-12)
     assert res.info["network_evaluations"] > 0 and res.info["candidate_evaluations"] > 0
-    assert {"level", "sweep", "klub", "elapsed", "t", "sigmas"} <= set(seen[0])
-    assert [d["level"] for d in seen].count(10) == res.info["sweeps"]
+    sweeps = [d for d in seen if "klub" in d]
+    assert {"level", "sweep", "klub", "elapsed", "t", "sigmas"} <= set(sweeps[0])
+    assert [d["level"] for d in sweeps].count(10) == res.info["sweeps"]
+    # within each sweep / pass: the fraction of its candidate scoring done, rising to 1
+    scoring = [d for d in seen if "klub" not in d]
+    assert scoring and set(scoring[0]) == {"level", "sweep", "scored", "elapsed"}
+    for key in {(d["level"], d["sweep"]) for d in sweeps}:
+        f = [d["scored"] for d in scoring if (d["level"], d["sweep"]) == key]
+        assert f[-1] == pytest.approx(1.0) and np.all(np.diff(f) > 0), (key, f)
     assert np.isfinite(res.objective) and res.objective > 0
     assert res.params["init"] == "karras-rho7" and res.options["num_samples"] == 64
 

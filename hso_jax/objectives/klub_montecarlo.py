@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _progress
 from ..batch import condition_batch, shard_batch, take_conditions, vmap_samples
 from ..denoiser import Denoiser
 from .klub_importance import is_sample_sigmas
@@ -203,12 +204,15 @@ def group_samples(
     size = max(1, batch_size // 2)
     if mesh is not None:
         size = -(-size // mesh.shape["batch"]) * mesh.shape["batch"]
-    out = []
+    out, report = [], not traced and _progress.listened()
     for start in range(0, total, size):
         pairs = _gather(data, idx, e1, e2, s, r, u, slot_of_group, np.int32(start), size=size)
         if mesh is not None:
             pairs = [shard_batch(v, mesh) for v in pairs]
         out.append(_pair_sq_diff(model, *pairs))
+        if report:  # the fraction of the network batches done (once this one is)
+            jax.block_until_ready(out[-1])
+            _progress.solve_step(min(total, start + size) / total)
     if traced:
         sq = jnp.concatenate(out)[:total].reshape(n_groups, num)
         return sq * factor[:n_groups]

@@ -64,6 +64,7 @@ Models", ICML 2024 (arXiv 2404.14507), Sec. 3 (Algorithm 1, subdivision, interpo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -73,7 +74,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _validate, schedules, solvers
+from .. import _progress, _validate, schedules, solvers
 from ..denoiser import Denoiser, check_denoiser
 from ..noise import NoiseSchedule
 from ..objectives.klub import KLUB, klub
@@ -171,7 +172,9 @@ def optimize_ays(
     schedule for the whole batch of conditions.
       progress: show a tqdm progress bar (sweep, KLUB, elapsed time).
       callback: called after every sweep / pass with a dict: ``level`` (steps), ``sweep``,
-        ``klub``, ``elapsed`` (s), ``t`` (current schedule), ``sigmas``.
+        ``klub``, ``elapsed`` (s), ``t`` (current schedule), ``sigmas``; and while a sweep
+        scores its candidates, after every batch of network calls, with ``level``, ``sweep``,
+        ``scored`` (the fraction of the sweep's candidate scoring done) and ``elapsed``.
       end: ``"t_min"`` (default; the paper's schedules end there) or ``"zero"``: the last
         point is moved to the data end ``t = 0`` after the search (a runtime's final sigma of
         0, as ComfyUI's AYS node does; a warning says so).
@@ -391,6 +394,18 @@ class _Run:
         self.candidate_evals += search.candidate_evals
         self.network_evals += search.network_evals
 
+    def scoring(self, level: int, sweep: int):
+        """Within: the candidate scoring of one sweep reports its progress to the callback
+        (``scored``: the fraction of its network batches done)."""
+        if self.callback is None:
+            return contextlib.nullcontext()
+
+        def scored(fraction: float) -> None:
+            elapsed = time.perf_counter() - self.t_begin
+            self.callback(dict(level=level, sweep=sweep, scored=fraction, elapsed=elapsed))
+
+        return _progress.listening(scored)
+
     def report(self, level: int, sweep: int, value: float, sig: np.ndarray) -> None:
         """After every sweep / pass: advance the progress bar and call the callback."""
         elapsed = time.perf_counter() - self.t_begin
@@ -476,8 +491,10 @@ def _coordinate_level(
     since_best = 0  # sweeps without validation improvement
     stop_reason, sweep = "max_sweeps", 0
     for sweep in range(1, opts.max_sweeps + 1):
-        for pts in parities:
-            search.update(pts)
+        with run.scoring(n0, sweep):
+            for i, pts in enumerate(parities):  # each pass one share of the sweep's progress
+                with _progress.part(i / len(parities), (i + 1) / len(parities)):
+                    search.update(pts)
         k_now = run.klub(search.sig)
         k_hist.append(k_now)
         run.report(n0, sweep, k_now, search.sig)
@@ -550,7 +567,8 @@ def _subdivision_level(run: _Run, sig: np.ndarray, key: Array, opts: _Settings) 
     done = False
     for p in range(1, opts.refine_sweeps + 1):
         # each interval touches exactly one new point: the sum is the whole KLUB
-        k_now = float(np.sum(search.update(new)))
+        with run.scoring(n, p):
+            k_now = float(np.sum(search.update(new)))
         run.report(n, p, k_now, search.sig)
         if search.converged(new):
             done = True
