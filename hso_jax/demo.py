@@ -247,7 +247,10 @@ def _ays_and_gits(model, nfe: int, flavours, x_gits, key, log) -> Iterator[tuple
     )
     t0 = time.perf_counter()
     # DDIM and the multistep solvers buy nfe + 1 points alike: one search serves both
-    res = optimize(model, nfe, method="gits", solver="unipc", x_T=x_gits)
+    def teacher(d: dict[str, Any]) -> None:
+        log(f"      GITS: teacher {100 * d['teacher']:.0f} %, {d['elapsed']:.0f} s", every=True)
+
+    res = optimize(model, nfe, method="gits", solver="unipc", x_T=x_gits, callback=teacher)
     dt = time.perf_counter() - t0
     yield "GITS", ({f: np.asarray(res.t) for f in flavours}, {f: dt for f in flavours})
 

@@ -172,11 +172,14 @@ def optimize(
           ``learning_rate``, ``patience``, ``remat``, ``batch_size``, ``mesh``, ...
           (``optimize_direct``);
         * ``"gits"``, ``"mep-model"``: the teacher, ``x_T`` (required unless ``teacher``, a
-          :class:`~hso_jax.evaluation.Teacher`, is given), ``teacher_points`` (100),
-          ``teacher_grid`` (``"logsnr"``), ``teacher_rtol`` / ``teacher_atol`` (1e-4),
-          ``teacher_batch_size`` (samples per teacher solve), ``mesh`` (devices);
-          ``"gits"``: ``coeff``; ``"mep-model"``: the options of ``"hso"`` except ``p`` and
-          ``frame``.
+          :class:`~hso_jax.evaluation.Teacher`, is given), ``teacher_solver`` (``"exact"``
+          or ``"ipndm"``), ``teacher_points`` (100), ``teacher_grid`` (``"logsnr"``),
+          ``teacher_rtol`` / ``teacher_atol`` (1e-4), ``teacher_batch_size`` (samples per
+          teacher solve), ``mesh`` (devices), ``callback`` (the teacher's progress);
+          ``"gits"``: ``coeff``, ``metric`` and ``variant`` (``"official"``, the default: the
+          ``"dev"`` metric and an iPNDM teacher on 61 Karras points; ``"exact"``: L2 against
+          the exact teacher above); ``"mep-model"``: the options of ``"hso"`` except ``p``
+          and ``frame``.
 
     Returns:
       :class:`~hso_jax.optimizers.OptimizeResult` with ``t`` (decreasing model times),

@@ -143,4 +143,4 @@ def test_full_runs_ays_at_the_validated_settings_and_gits(monkeypatch, nfe, roun
     assert {k: kw_a[k] for k in demo.AYS_SETTINGS} == demo.AYS_SETTINGS
     assert kw_a["subdivide"] == rounds and type(kw_a["subdivide"]) is type(rounds)
     assert kw_a["data"].shape == (1024, 28, 28, 1) and kw_g["x_T"] is x
-    assert "variant" not in kw_g  # the official configuration: the default
+    assert "variant" not in kw_g and callable(kw_g["callback"])  # official; its progress
