@@ -18,7 +18,11 @@ UNet and of ``vp-linear`` for the mixture):
     separate ``sample`` calls;
 (c) gradients: ``jax.jit(jax.grad(err))`` w.r.t. the schedule, ``err = mean((sample(ts) -
     x_ref)^2)`` (``x_ref``: a DPM-Solver++(3M) solve with twice the steps), relative to
-    ``jax.jit(err)``.
+    ``jax.jit(err)``: the plain call (``unroll=None``, unrolled under differentiation) and the
+    rolled scan (``unroll=1``, the plain call before), with XLA's temporary memory of each
+    compiled gradient and the largest difference between the two. ``--grad-only`` runs (c)
+    alone, on the two models and the shipped MNIST UNet at batch 8
+    (``bench_solvers_grad.{md,json}``).
 
 Every timing separates the first call (compile + run) from the warm median over repeats
 (``block_until_ready`` everywhere). Results go to ``benchmarks/results/bench_solvers.{md,json}``.
@@ -120,6 +124,13 @@ def _unet_problem():
     return "unet", model, x_T
 
 
+def _mnist_problem():
+    from hso_jax.models.zoo import load
+
+    model = load("mnist")
+    return "mnist", model, model.noise.prior(jax.random.key(0), (8, 28, 28, 1))
+
+
 def _schedule(model, num_points: int) -> jax.Array:
     ns = model.noise
     lam = jnp.linspace(ns.lam_min, ns.lam_max, num_points)
@@ -187,27 +198,41 @@ def bench_vmap(model, x_T, solver, repeats, num_schedules=256):
     }
 
 
+def _temp_bytes(jitted, *args) -> int | None:
+    """XLA's temporary memory of the compiled ``jitted(*args)`` (None where not reported)."""
+    stats = jitted.lower(*args).compile().memory_analysis()
+    return None if stats is None else int(stats.temp_size_in_bytes)
+
+
 def bench_grad(model, x_T, solver, repeats):
+    """The plain call's gradient (``unroll=None``: unrolled under differentiation) against the
+    rolled scan's (``unroll=1``, the plain call before), each relative to the forward pass."""
     ts = _schedule(model, solver.num_points(NFE))
     # Any fixed target serves for timing: a solve with twice the steps.
     x_ref = hj.sample(model, x_T, _schedule(model, 2 * NFE + 1), S.dpm_solver_pp(3))
 
-    def err(ts):
-        return jnp.mean((hj.sample(model, x_T, ts, solver) - x_ref) ** 2)
+    def err(ts, unroll=None):
+        return jnp.mean((hj.sample(model, x_T, ts, solver, unroll=unroll) - x_ref) ** 2)
 
     f = jax.jit(err)
-    g = jax.jit(jax.grad(err))
     fwd = _time(lambda: f(ts), repeats)
-    bwd = _time(lambda: g(ts), repeats)
-    grad = np.asarray(g(ts))
-    return {
-        "solver": type(solver).__name__,
-        "forward": fwd,
-        "grad": bwd,
-        "grad_over_forward_warm": bwd["warm_median_s"] / fwd["warm_median_s"],
-        "grad_over_forward_compile": bwd["first_s"] / fwd["first_s"],
-        "grad_finite": bool(np.all(np.isfinite(grad))),
-    }
+    out = {"solver": type(solver).__name__, "forward": fwd, "x_shape": list(x_T.shape)}
+    grads = {}
+    for label, unroll in (("rolled", 1), ("plain", None)):
+        g = jax.jit(jax.grad(lambda t, u=unroll: err(t, u)))
+        bwd = _time(lambda g=g: g(ts), repeats)
+        grads[label] = np.asarray(g(ts), np.float64)
+        out[label] = {
+            "grad": bwd,
+            "grad_over_forward_warm": bwd["warm_median_s"] / fwd["warm_median_s"],
+            "grad_over_forward_compile": bwd["first_s"] / fwd["first_s"],
+            "temp_bytes": _temp_bytes(g, ts),
+            "grad_finite": bool(np.all(np.isfinite(grads[label]))),
+        }
+    diff = np.max(np.abs(grads["plain"] - grads["rolled"])) / np.max(np.abs(grads["rolled"]))
+    out["max_rel_diff"] = float(diff)
+    out["forward_temp_bytes"] = _temp_bytes(f, ts)
+    return out
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -215,6 +240,33 @@ def bench_grad(model, x_T, solver, repeats):
 
 def _ms(x):
     return f"{1e3 * x:.2f}"
+
+
+def _mib(b) -> str:
+    return "-" if b is None else f"{b / 2**20:.1f}"
+
+
+def _grad_lines(g) -> list[str]:
+    f = g["forward"]
+    lines = [
+        f"Gradient w.r.t. ts ({g['solver']}, x {tuple(g['x_shape'])}): forward "
+        f"{_ms(f['first_s'])} / {_ms(f['warm_median_s'])} ms, XLA temp "
+        f"{_mib(g['forward_temp_bytes'])} MiB. The plain call (`unroll=None`, unrolled under "
+        "differentiation) against the rolled scan (`unroll=1`, the plain call before); the "
+        f"two gradients differ by {g['max_rel_diff']:.1e} (max, relative).",
+        "",
+        "| scan | grad first | grad warm | grad / forward warm | grad / forward first "
+        "| XLA temp MiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label in ("rolled", "plain"):
+        r = g[label]
+        lines.append(
+            f"| {label} | {_ms(r['grad']['first_s'])} | {_ms(r['grad']['warm_median_s'])} | "
+            f"{r['grad_over_forward_warm']:.2f} | {r['grad_over_forward_compile']:.2f} | "
+            f"{_mib(r['temp_bytes'])} |"
+        )
+    return lines
 
 
 def _markdown(res) -> str:
@@ -244,16 +296,7 @@ def _markdown(res) -> str:
                 f"| {name} | {_ms(r['sample']['first_s'])} | {_ms(r['sample']['warm_median_s'])} "
                 f"| {_ms(r['bare_loop']['warm_median_s'])} | {r['overhead_ratio']:.2f} |"
             )
-        g = p["grad"]
-        lines += [
-            "",
-            f"Gradient w.r.t. ts ({g['solver']}): forward {_ms(g['forward']['first_s'])} / "
-            f"{_ms(g['forward']['warm_median_s'])} ms, grad {_ms(g['grad']['first_s'])} / "
-            f"{_ms(g['grad']['warm_median_s'])} ms; grad / forward = "
-            f"{g['grad_over_forward_warm']:.2f} (warm), {g['grad_over_forward_compile']:.2f} "
-            f"(first call); finite: {g['grad_finite']}.",
-            "",
-        ]
+        lines += ["", *_grad_lines(p["grad"]), ""]
         if "vmap" in p:
             v = p["vmap"]
             lines += [
@@ -274,7 +317,15 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer repeats and solvers")
     parser.add_argument("--repeats", type=int, default=None, help="warm repeats per timing")
     parser.add_argument("--out", type=Path, default=RESULTS, help="output directory")
+    parser.add_argument(
+        "--grad-only",
+        action="store_true",
+        help="only (c), on the mixture, the tiny UNet and the shipped MNIST UNet at batch 8 "
+        "(bench_solvers_grad.{md,json})",
+    )
     args = parser.parse_args(argv)
+    if args.grad_only:
+        return grad_only(args)
     repeats = args.repeats or (5 if args.quick else 20)
     solvers = _solvers(args.quick)
     res = {
@@ -304,6 +355,33 @@ def main(argv=None):
         res["problems"][name] = p
     md = _markdown(res)
     common.write_results(args.out, "bench_solvers", res, md)
+    print(md)
+
+
+def grad_only(args) -> None:
+    """(c) alone: the plain call's gradient against the rolled scan's, three models."""
+    repeats = args.repeats or 5
+    res = {"machine": common.machine_info(), "repeats": repeats, "nfe": NFE, "problems": {}}
+    lines = [
+        "# Solver benchmark: gradients through the sampler",
+        "",
+        f"{common.machine_line(res['machine'])} float32; NFE = {NFE}; warm repeats {repeats}. "
+        "Times in ms: first call (compile + run) / warm median. Command: "
+        "`python benchmarks/bench_solvers.py --grad-only`.",
+        "",
+    ]
+    for make, desc in (
+        (_gmm_problem, "4-component 2-D Gaussian mixture (exact denoiser), 1024 points"),
+        (_unet_problem, "tiny Flax UNet (16/32 channels, attention), 28x28x1, batch 64"),
+        (_mnist_problem, "the shipped MNIST UNet (mnist-v2), batch 8"),
+    ):
+        name, model, x_T = make()
+        print(f"[{name}] grad ...", flush=True)
+        g = bench_grad(model, x_T, S.dpm_solver_pp(2), repeats)
+        res["problems"][name] = {"description": desc, "grad": g}
+        lines += [f"## {name}: {desc}", "", *_grad_lines(g), ""]
+    md = "\n".join(lines)
+    common.write_results(args.out, "bench_solvers_grad", res, md)
     print(md)
 
 

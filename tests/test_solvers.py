@@ -13,6 +13,8 @@ structure, so no extra compilation.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -175,8 +177,43 @@ def test_unrolled_scan_gives_the_same_samples_and_gradients():
         atol=1e-12,
     )
     for bad in (0, -1, 1.5, "yes"):
-        with pytest.raises(ValueError, match=r"unroll must be a bool or an integer >= 1, got"):
+        with pytest.raises(ValueError, match=r"unroll must be None, a bool or an integer >= 1"):
             hj.sample(MODEL, X_T, ts, solver, unroll=bad)
+
+
+def test_the_plain_call_is_rolled_when_evaluated_and_unrolled_when_differentiated(monkeypatch):
+    """``unroll=None`` (the default): the evaluated call keeps the step loop, every derivative
+    (reverse, forward, second order, under vmap) goes through the unrolled one and equals the
+    rolled scan's to round-off; beyond AUTO_UNROLL_MAX steps the loop stays."""
+    from hso_jax.solvers import driver
+
+    solver = SOLVERS["dpm_2m"]
+    ts = TS_BATCH[1]
+
+    def loss(ts, unroll=None, x=X_T):
+        return jnp.sum(jnp.sin(hj.sample(MODEL, x, ts, solver, unroll=unroll)))
+
+    def loops(f, *args):  # scans of the program that stay loops (unroll=1), of how many
+        found = re.findall(r"unroll=(\d+)", str(jax.make_jaxpr(f)(*args)))
+        return sum(u == "1" for u in found), len(found)
+
+    assert loops(loss, ts) == (1, 1) and loops(jax.grad(loss), ts) == (0, 2)
+    assert loops(jax.grad(lambda t: loss(t, 1)), ts) == (2, 2)
+    ref = jax.grad(loss)(ts, 1)
+    np.testing.assert_allclose(jax.grad(loss)(ts), ref, rtol=1e-10, atol=1e-12)
+    tangent = jnp.linspace(-1.0, 1.0, ts.shape[0]) * 1e-3
+    _, fwd = jax.jvp(loss, (ts,), (tangent,))
+    _, fwd_ref = jax.jvp(lambda t: loss(t, 1), (ts,), (tangent,))
+    assert float(fwd) == pytest.approx(float(fwd_ref), rel=1e-10)
+    assert float(fwd) == pytest.approx(float(ref @ tangent), rel=1e-10)
+    hess = jax.hessian(loss)(ts)
+    np.testing.assert_allclose(hess, jax.hessian(lambda t: loss(t, 1))(ts), rtol=1e-8, atol=1e-10)
+    per_x = jax.vmap(jax.grad(loss, argnums=2), in_axes=(None, None, 0))(ts, None, X_T[:, None])
+    assert per_x.shape == (X_T.shape[0], 1, *X_T.shape[1:])
+    traj = jax.grad(lambda t: jnp.sum(hj.sample_trajectory(MODEL, X_T, t, solver).x ** 2))
+    assert loops(traj, ts) == (0, 2) and np.all(np.isfinite(traj(ts)))
+    monkeypatch.setattr(driver, "AUTO_UNROLL_MAX", ts.shape[0] - 2)  # one step too many
+    assert loops(jax.grad(loss), ts) == (2, 2)
 
 
 # --------------------------------------------------------------------------------------------

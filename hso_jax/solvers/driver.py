@@ -107,12 +107,44 @@ def check_model_input(model: Denoiser, x: Array, t: Array, name: str = "x_T") ->
         )
 
 
-def _check_unroll(unroll) -> int | bool:
-    if isinstance(unroll, bool):
+def _check_unroll(unroll) -> int | bool | None:
+    if unroll is None or isinstance(unroll, bool):
         return unroll
     if isinstance(unroll, (int, np.integer)) and unroll >= 1:
         return int(unroll)
-    raise ValueError(f"unroll must be a bool or an integer >= 1, got {unroll!r}")
+    raise ValueError(f"unroll must be None, a bool or an integer >= 1, got {unroll!r}")
+
+
+AUTO_UNROLL_MAX = 64
+"""``unroll=None`` differentiates schedules of up to this many steps through the unrolled
+scan (longer ones through the rolled one: compile time grows with every unrolled step)."""
+
+
+def _run_auto(model, x_T, ts, solver, key, denoise_final, keep, remat=False, report=False):
+    """``_run`` rolled when evaluated, fully unrolled when differentiated (any mode, up to
+    :data:`AUTO_UNROLL_MAX` steps).
+
+    On CPU, reverse mode through the rolled scan costs about 10x the forward pass, through
+    the unrolled one under 3x (``benchmarks/bench_solvers.py``); the unrolled forward pass only
+    compiles longer. The switch is a ``custom_jvp`` whose rule is the JVP of the unrolled run,
+    so forward and reverse mode, ``vmap`` and higher derivatives all see the same function.
+    """
+    if ts.shape[0] - 1 > AUTO_UNROLL_MAX:
+        return _run(model, x_T, ts, solver, key, denoise_final, keep, 1, remat, report)
+    return _rolled_or_unrolled(model, x_T, ts, key, solver, denoise_final, keep, remat, report)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _rolled_or_unrolled(model, x_T, ts, key, solver, denoise_final, keep, remat, report):
+    return _run(model, x_T, ts, solver, key, denoise_final, keep, 1, remat, report)
+
+
+@_rolled_or_unrolled.defjvp
+def _unrolled_jvp(solver, denoise_final, keep, remat, report, primals, tangents):
+    def unrolled(model, x_T, ts, key):
+        return _run(model, x_T, ts, solver, key, denoise_final, keep, True, remat, report)
+
+    return jax.jvp(unrolled, primals, tangents)
 
 
 @functools.partial(
@@ -203,7 +235,7 @@ def sample(
     nfe: int | None = None,
     denoise_final: bool = False,
     check_finite: bool = True,
-    unroll: int | bool = 1,
+    unroll: int | bool | None = None,
     remat: bool = False,
     noise: Any = None,
     prediction: str | None = None,
@@ -228,10 +260,13 @@ def sample(
         (found by re-running the schedule with :func:`sample_trajectory`, on failure only).
         The check costs one host copy of the result (about 10 us for 64 x 28 x 28 floats);
         ``False`` returns non-finite results as they are.
-      unroll: unrolling of the ``lax.scan`` over the steps (``True``: fully unrolled). The
-        result is the same; unrolling costs compile time (one copy of the step per step) and
-        can make reverse-mode gradients w.r.t. ``ts`` several times faster (measured in
-        ``benchmarks/bench_direct.py``; :func:`~hso_jax.optimizers.direct_loss` unrolls).
+      unroll: unrolling of the ``lax.scan`` over the steps. ``None`` (default): rolled when
+        the call is evaluated, fully unrolled when it is differentiated (w.r.t. ``ts``,
+        ``x_T`` or the model; schedules of up to :data:`AUTO_UNROLL_MAX` steps): a gradient
+        then costs under 3x the forward pass instead of about 10x (MNIST UNet, CPU;
+        ``benchmarks/bench_solvers.py``), for more compile time (one copy of the step per
+        step). An integer or ``True`` fixes the unrolling whatever happens. The result is the
+        same either way.
       remat: rematerialise each step under reverse-mode differentiation (``jax.checkpoint``
         of the step): a gradient w.r.t. ``ts`` then stores one state per step instead of every
         network activation of every step, and recomputes one step's forward pass on the way
@@ -259,7 +294,10 @@ def sample(
     if not isinstance(remat, bool):
         raise TypeError(f"remat must be a bool, got {remat!r}")
     try:
-        out = _run(model, x_T, ts, solver, key, bool(denoise_final), False, unroll, remat)
+        if unroll is None:
+            out = _run_auto(model, x_T, ts, solver, key, bool(denoise_final), False, remat)
+        else:
+            out = _run(model, x_T, ts, solver, key, bool(denoise_final), False, unroll, remat)
     except (TypeError, ValueError) as e:
         check_model_input(model, x_T, ts[0])  # names x_T if its shape is what failed
         raise e
@@ -296,7 +334,7 @@ def sample_trajectory(
     )
     ts = _validate(model, x_T, ts, solver, key, None, denoise_final)
     try:
-        out = _run(model, x_T, ts, solver, key, bool(denoise_final), True)
+        out = _run_auto(model, x_T, ts, solver, key, bool(denoise_final), True)
     except (TypeError, ValueError) as e:
         check_model_input(model, x_T, ts[0])
         raise e
