@@ -62,10 +62,13 @@ def test_resume_is_bit_identical(runs):
     np.testing.assert_array_equal(log_a[:, :3], log_b[:, :3])  # step, loss, lr (not wall time)
 
 
-def test_different_seed_differs(runs, tmp_path):
+def test_different_seed_differs(runs, tmp_path, capsys):
     d, *_ = runs
     other = dataclasses.replace(RECIPE, seed=1)
-    train(tmp_path / "seed1", recipe=other, config=TINY, progress=False, max_steps=3)
+    # progress into a pipe (not a terminal): plain lines on stderr, the last at the end
+    train(tmp_path / "seed1", recipe=other, config=TINY, max_steps=3, log_every=1)
+    err = capsys.readouterr().err.splitlines()
+    assert err and err[-1].startswith("train: step 3 of ") and "loss" in err[-1]
     s1, _ = load_run(tmp_path / "seed1")
     s0, _ = load_run(d / "split.step3")
     assert int(s1.step) == int(s0.step) == 3

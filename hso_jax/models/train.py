@@ -44,7 +44,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .. import _argtypes, _signals, _validate
+from .. import _argtypes, _progress, _signals, _validate
 from .._files import atomic_write, read_regular, sha256_bytes
 from .convert import DEFAULT_SCHEDULER
 
@@ -529,7 +529,12 @@ def train(
             first = step_fn(state) if start < end else None  # compiles
             if first is not None:
                 first[1].block_until_ready()
-        bar = tqdm(total=recipe.steps, initial=start, disable=not progress, mininterval=2.0)
+        # a bar on a terminal; plain lines every few seconds in a log file or pipe
+        tty = sys.stderr.isatty()
+        bar = tqdm(
+            total=recipe.steps, initial=start, disable=not (progress and tty), mininterval=2.0
+        )
+        say = _progress.lines("train: ", progress and not tty)
         with open(log_path, "a") as log:
             i = start
             while i < end:
@@ -543,6 +548,8 @@ def train(
                     log.write(f"{i},{np.mean(window):.6f},{float(sched(i - 1)):.3e},{el:.1f}\n")
                     log.flush()
                     bar.set_postfix(loss=f"{np.mean(window):.4f}")
+                    say(f"step {i} of {recipe.steps}, loss {np.mean(window):.4f}, {el:.0f} s",
+                        every=i != end)  # fmt: skip
                     window = []
                 if sig.signum is not None:
                     stop = signal.Signals(sig.signum).name
@@ -891,7 +898,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=_argtypes.integer(0, _validate.MAX_SEED))
     p.add_argument("--checkpoint-minutes", type=_MINUTES, default=5.0)
     p.add_argument("--max-minutes", type=_MINUTES, help="save the state and stop after this long")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--no-progress",
+        "--quiet",
+        action="store_true",
+        help="no progress (a bar on a terminal, else a line every few seconds on stderr)",
+    )
     p.add_argument("--evaluate", metavar="MODEL_DIR", help="measure sample quality instead")
     p.add_argument("--eval-samples", type=_argtypes.integer(1, 65536), default=1000)
     p.add_argument("--eval-steps", type=_argtypes.integer(1, _validate.MAX_NFE), default=100)
