@@ -467,9 +467,15 @@ class _Lines:
         return [line for _, line in self.lines]
 
 
+def _default_signals():  # in the child: SIGINT / SIGTERM not ignored (a background job's are)
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def _spawn(argv, **env):
     return subprocess.Popen(_cli() + argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
+                            preexec_fn=_default_signals)
 
 
 def _stop(p, signum, timeout=6.0):

@@ -374,6 +374,14 @@ def _lines_until(p, pattern, timeout=120):
     raise AssertionError(f"no line matching {pattern!r}")
 
 
+def _default_signals():
+    """In the child: SIGINT / SIGTERM at their defaults, whatever the test runner inherited (a
+    shell's background job starts with SIGINT ignored, and the package keeps an ignored
+    signal ignored while it starts)."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def _stopped(p, signum, prog, timeout=5.0):
     t0 = time.monotonic()
     p.send_signal(signum)
@@ -399,7 +407,7 @@ def test_signal_while_the_command_starts(signum):
         pytest.skip("the hso-jax console script is not installed")
     p = subprocess.Popen([sys.executable, "-X", "importtime", str(exe), *SCHED],
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
     _lines_until(p, r"\| +hso_jax\._lazy$")  # imported right after the handlers are set
     _stopped(p, signum, "hso-jax")
 
@@ -420,7 +428,8 @@ def test_training_signalled_while_importing(tmp_path):
     callback (which let training run to the end)."""
     run = tmp_path / "run"
     p = subprocess.Popen(_train_cmd(run, "-X", "importtime"), stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=_default_signals)
     _lines_until(p, r"\| +jax\.")
     _stopped(p, signal.SIGINT, "python -m hso_jax.models.train")
     assert not run.exists()
@@ -431,7 +440,7 @@ def test_training_signalled_during_its_first_compilation(tmp_path):
     second, one line, no segfault, and the new run folder is gone."""
     run = tmp_path / "run"
     p = subprocess.Popen(_train_cmd(run), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
     deadline = time.monotonic() + 180
     while not (run / "loss_log.csv").exists():  # the state is initialised; the step compiles
         assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
