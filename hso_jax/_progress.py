@@ -77,6 +77,13 @@ def part(lo: float, hi: float):
         _listener[0] = outer
 
 
+def to_listener(key: str = "solved"):
+    """``callback(d)`` that passes ``d[key]`` to the listener of now (``None`` when nobody
+    listens): a nested call's progress, reported where the caller's goes."""
+    f = _listener[0]
+    return None if f is None else (lambda d: f(d[key]))
+
+
 def as_fraction_callback(callback, key: str, t0: float | None = None):
     """``report(fraction)`` that calls ``callback({key: fraction, "elapsed": seconds})``, or
     ``None`` without a callback."""

@@ -7,7 +7,6 @@ import signal
 import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _signals import assert_stopped, spawn, stop
 
 import hso_jax as hj
 from hso_jax import io as hio
@@ -450,52 +450,16 @@ def _cli():
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "hso_jax.cli"]
 
 
-class _Lines:
-    """Collect a pipe's lines with their arrival time, in a thread."""
-
-    def __init__(self, pipe):
-        self.lines = []
-        self._t = threading.Thread(target=self._read, args=(pipe,), daemon=True)
-        self._t.start()
-
-    def _read(self, pipe):
-        for line in pipe:
-            self.lines.append((time.monotonic(), line.rstrip("\n")))
-
-    def join(self):
-        self._t.join(timeout=10)
-        return [line for _, line in self.lines]
-
-
-def _default_signals():  # in the child: SIGINT / SIGTERM not ignored (a background job's are)
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_DFL)
-
-
 def _spawn(argv, **env):
-    return subprocess.Popen(_cli() + argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
-                            preexec_fn=_default_signals)
-
-
-def _stop(p, signum, timeout=6.0):
-    """Send ``signum``; return (exit status, seconds until the process ended)."""
-    t0 = time.monotonic()
-    p.send_signal(signum)
-    try:
-        rc = p.wait(timeout=60)
-    finally:
-        p.kill()
-    return rc, time.monotonic() - t0
+    return spawn(_cli() + argv, **env)
 
 
 def test_sigint_during_compilation_stops_at_once(tmp_path):
     """A real run, signalled while XLA compiles (seen in JAX's compile log): exit 130 within
     about a second (not at the end of the compilation), one line, no traceback, no file."""
     out = tmp_path / "s.json"
-    p = _spawn(["optimize", "--noise", "sd21", "--nfe", "8", "--out", str(out)],
-               JAX_LOG_COMPILES="1", HSO_JAX_COMPILE_CACHE="0")  # a cold search to interrupt
-    err = _Lines(p.stderr)
+    p, err = _spawn(["optimize", "--noise", "sd21", "--nfe", "8", "--out", str(out)],
+                    JAX_LOG_COMPILES="1", HSO_JAX_COMPILE_CACHE="0")  # a cold search to interrupt
     pending, deadline = {}, time.monotonic() + 240
     while time.monotonic() < deadline and p.poll() is None:
         for _, line in err.lines[len(pending.get("seen", [])):]:
@@ -513,7 +477,7 @@ def test_sigint_during_compilation_stops_at_once(tmp_path):
     else:
         p.kill()
         pytest.skip("the run ended before any compilation took 0.3 s")
-    rc, took = _stop(p, signal.SIGINT)
+    rc, took = stop(p, signal.SIGINT)
     lines = err.join()
     assert rc == 130, lines[-5:]
     assert took < 5.0  # grace 1 s; an XLA compilation is not waited for
@@ -526,19 +490,11 @@ def test_sigint_during_compilation_stops_at_once(tmp_path):
 def test_sigint_while_importing_stops_at_once():
     """Signalled while Python imports JAX (seen in ``-X importtime``'s log): the same one line
     and exit status as later, no traceback (``python -m hso_jax`` is what ``hso-jax`` runs)."""
-    p = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "hso_jax", "optimize",
-                          "--noise", "sd21", "--nfe", "8"], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    err = _Lines(p.stderr)
-    deadline = time.monotonic() + 60
-    while not any(re.search(r"\| +jax\.", line) for _, line in err.lines):
-        assert p.poll() is None and time.monotonic() < deadline
-        time.sleep(0.005)
+    p, err = spawn([sys.executable, "-X", "importtime", "-m", "hso_jax", "optimize",
+                    "--noise", "sd21", "--nfe", "8"])
+    err.until(p, r"\| +jax\.", timeout=60)
     assert not any(re.search(r"\| +hso_jax\.cli$", line) for _, line in err.lines)
-    rc, took = _stop(p, signal.SIGINT)
-    lines = [line for line in err.join() if not line.startswith("import time:")]
-    assert rc == 130 and took < 5.0, lines
-    assert lines == ["hso-jax: interrupted by SIGINT, stopped"]
+    assert_stopped(p, err, signal.SIGINT, "hso-jax")
     assert p.stdout.read() == ""
 
 
@@ -558,30 +514,28 @@ def test_long_commands_report_at_once_and_quiet_silences_them(tmp_path, argv):
     stderr); with --quiet it says nothing while it works."""
     argv = [a.format(tmp=tmp_path) for a in argv]
     t0 = time.monotonic()
-    p = _spawn(argv)
-    first = p.stderr.readline()
-    took = time.monotonic() - t0
+    p, err = _spawn(argv)
+    err.until(p, r"\S", timeout=60)
+    took = err.lines[0][0] - t0
     p.kill()
     p.wait()
-    assert first.strip() and "Traceback" not in first and took < 5.0, (first, took)
-    q = _spawn([*argv, "--quiet"])
+    first = err.lines[0][1]
+    assert "Traceback" not in first and took < 5.0, (first, took)
+    q, quiet = _spawn([*argv, "--quiet"])
     time.sleep(took + 3.0)  # well past where the first line came
     assert q.poll() is None  # still working
     q.kill()
-    assert q.communicate()[1] == ""
+    q.wait()
+    assert quiet.join() == []
 
 
 def test_sigterm_demo_removes_its_output_folder(tmp_path):
     out, cache = tmp_path / "demo", tmp_path / "cache"
-    p = _spawn(["demo", "--out", str(out), "--num-samples", "2", "--no-fd"],
-               HSO_JAX_CACHE=str(cache), PYTHONUNBUFFERED="1")
-    lines = _Lines(p.stderr)  # the demo's progress lines
-    deadline = time.monotonic() + 240
-    while not any(line.startswith("[1/4]") for _, line in lines.lines):
-        assert p.poll() is None and time.monotonic() < deadline, lines.lines[-5:]
-        time.sleep(0.05)
+    p, lines = _spawn(["demo", "--out", str(out), "--num-samples", "2", "--no-fd"],
+                      HSO_JAX_CACHE=str(cache), PYTHONUNBUFFERED="1")  # progress on stderr
+    lines.until(p, r"^\[1/4\]", timeout=240)
     time.sleep(0.5)  # inside the reference solve (the folder is made when results land)
-    rc, took = _stop(p, signal.SIGTERM)
+    rc, took = stop(p, signal.SIGTERM)
     err = "\n".join(lines.join())
     assert rc == 143 and took < 5.0, err
     assert "Traceback" not in err and "Exception ignored" not in err

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _signals import assert_stopped, spawn
 
 import hso_jax as hj
 from hso_jax import _validate, cli, demo
@@ -362,42 +363,6 @@ def test_training_config_file_must_be_regular(capsys, tmp_path):
 # ------------------------------------------------------------------------------- early signals
 
 
-def _lines_until(p, pattern, timeout=120):
-    """stderr lines of ``p`` up to the first matching ``pattern``."""
-    lines, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = p.stderr.readline()
-        assert line, (p.poll(), lines[-5:])
-        lines.append(line.rstrip("\n"))
-        if re.search(pattern, lines[-1]):
-            return lines
-    raise AssertionError(f"no line matching {pattern!r}")
-
-
-def _default_signals():
-    """In the child: SIGINT / SIGTERM at their defaults, whatever the test runner inherited (a
-    shell's background job starts with SIGINT ignored, and the package keeps an ignored
-    signal ignored while it starts)."""
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_DFL)
-
-
-def _stopped(p, signum, prog, timeout=5.0):
-    t0 = time.monotonic()
-    p.send_signal(signum)
-    try:  # reading stderr while waiting: -X importtime's lines would fill the pipe, and a
-        # child blocked writing to it never gets to its signal handler
-        _, err = p.communicate(timeout=60)
-    finally:
-        p.kill()
-    took = time.monotonic() - t0
-    rest = [ln for ln in err.splitlines() if not ln.startswith("import time:")]
-    name = signal.Signals(signum).name
-    assert p.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum], rest
-    assert rest == [f"{prog}: interrupted by {name}, stopped"], rest
-    assert took < timeout, took
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_while_the_command_starts(signum):
     """Signalled while the package itself is imported, before the command line is loaded
@@ -405,11 +370,9 @@ def test_signal_while_the_command_starts(signum):
     exe = Path(sys.executable).with_name("hso-jax")
     if not exe.exists():
         pytest.skip("the hso-jax console script is not installed")
-    p = subprocess.Popen([sys.executable, "-X", "importtime", str(exe), *SCHED],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
-    _lines_until(p, r"\| +hso_jax\._lazy$")  # imported right after the handlers are set
-    _stopped(p, signum, "hso-jax")
+    p, err = spawn([sys.executable, "-X", "importtime", str(exe), *SCHED])
+    err.until(p, r"\| +hso_jax\._lazy$")  # imported right after the handlers are set
+    assert_stopped(p, err, signum, "hso-jax")
 
 
 def _train_cmd(run, *extra):
@@ -427,11 +390,9 @@ def test_training_signalled_while_importing(tmp_path):
     """While JAX loads: one line and 130, not a traceback nor a signal swallowed by JAX's gc
     callback (which let training run to the end)."""
     run = tmp_path / "run"
-    p = subprocess.Popen(_train_cmd(run, "-X", "importtime"), stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=_default_signals)
-    _lines_until(p, r"\| +jax\.")
-    _stopped(p, signal.SIGINT, "python -m hso_jax.models.train")
+    p, err = spawn(_train_cmd(run, "-X", "importtime"))
+    err.until(p, r"\| +jax\.")
+    assert_stopped(p, err, signal.SIGINT, "python -m hso_jax.models.train")
     assert not run.exists()
 
 
@@ -439,14 +400,13 @@ def test_training_signalled_during_its_first_compilation(tmp_path):
     """While the first step compiles (nothing to save yet): exit 143 within the grace
     second, one line, no segfault, and the new run folder is gone."""
     run = tmp_path / "run"
-    p = subprocess.Popen(_train_cmd(run), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
+    p, err = spawn(_train_cmd(run))
     deadline = time.monotonic() + 180
     while not (run / "loss_log.csv").exists():  # the state is initialised; the step compiles
-        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
+        assert p.poll() is None and time.monotonic() < deadline, err.lines[-5:]
         time.sleep(0.01)
     if len((run / "loss_log.csv").read_text().splitlines()) > 1:
         p.kill()
         pytest.skip("the first step finished before the signal")
-    _stopped(p, signal.SIGTERM, "python -m hso_jax.models.train")
+    assert_stopped(p, err, signal.SIGTERM, "python -m hso_jax.models.train")
     assert not run.exists()

@@ -117,6 +117,21 @@ def test_denoise_final_costs_one_more_call():
     np.testing.assert_allclose(out, MODEL.x0(x, TS[-1]), rtol=1e-10, atol=1e-12)
 
 
+def test_callback_reports_every_step_and_changes_nothing():
+    """``callback`` hears the fraction of steps done after every step, from inside the
+    compiled run, for ``sample`` and ``sample_trajectory``; the result is the same."""
+    solver = SOLVERS["dpm_2m"]
+    seen = []
+    out = hj.sample(MODEL, X_T, TS, solver, callback=seen.append)
+    np.testing.assert_array_equal(out, _sample(MODEL, TS, solver))
+    assert [d["solved"] for d in seen] == pytest.approx(np.arange(1, N_STEPS + 1) / N_STEPS)
+    assert all(d["elapsed"] >= 0 for d in seen)
+    seen.clear()
+    traj = hj.sample_trajectory(MODEL, X_T, TS, solver, callback=seen.append)
+    np.testing.assert_array_equal(traj.final, out)
+    assert len(seen) == N_STEPS and seen[-1]["solved"] == 1.0
+
+
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_no_retrace_on_second_call(name):
     solver = SOLVERS[name]

@@ -170,13 +170,14 @@ def teacher_trajectories(
 def _ipndm_run(model, x_T, ts, mesh):
     """States of one iPNDM run through every grid point and its predictions there."""
     from ..batch import shard_batch
-    from ..solvers import driver, ipndm
+    from ..solvers import ipndm, sample_trajectory
 
     if mesh is not None:
         model, x_T = shard_model(model, mesh), shard_batch(x_T, mesh)
     t = jnp.asarray(ts, jnp.result_type(x_T))
-    traj = driver._run(model, x_T, t, ipndm(), None, True, True, report=True)
-    driver._check_finite(traj, "the iPNDM teacher", lambda: traj)
+    traj = sample_trajectory(
+        model, x_T, t, ipndm(), denoise_final=True, callback=_progress.to_listener()
+    )
     return traj.x, jnp.concatenate([traj.x0, traj.final[None]])
 
 

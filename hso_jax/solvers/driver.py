@@ -237,6 +237,7 @@ def sample(
     check_finite: bool = True,
     unroll: int | bool | None = None,
     remat: bool = False,
+    callback: Callable[[dict], None] | None = None,
     noise: Any = None,
     prediction: str | None = None,
     time_input: str | Callable | None = None,
@@ -271,6 +272,9 @@ def sample(
         of the step): a gradient w.r.t. ``ts`` then stores one state per step instead of every
         network activation of every step, and recomputes one step's forward pass on the way
         back (about one more network call per step). The result is the same.
+      callback: ``callback({"solved": fraction of the steps done, "elapsed": seconds})``,
+        called from inside the compiled run after every step while this call runs (eager
+        calls; it waits for each step, and the program carries one host callback per step).
       noise: only with a callable ``model`` (required then): the noise process it was trained
         under, a preset name (:func:`hso_jax.noise.preset`) or a NoiseSchedule.
       prediction: only with a callable ``model``: what it returns, ``"eps"`` (default), ``"x0"``,
@@ -293,11 +297,17 @@ def sample(
     unroll = _check_unroll(unroll)
     if not isinstance(remat, bool):
         raise TypeError(f"remat must be a bool, got {remat!r}")
+    report = callback is not None
     try:
-        if unroll is None:
-            out = _run_auto(model, x_T, ts, solver, key, bool(denoise_final), False, remat)
-        else:
-            out = _run(model, x_T, ts, solver, key, bool(denoise_final), False, unroll, remat)
+        with _progress.listening(_progress.as_fraction_callback(callback, "solved")):
+            if unroll is None:
+                out = _run_auto(
+                    model, x_T, ts, solver, key, bool(denoise_final), False, remat, report
+                )
+            else:
+                out = _run(
+                    model, x_T, ts, solver, key, bool(denoise_final), False, unroll, remat, report
+                )
     except (TypeError, ValueError) as e:
         check_model_input(model, x_T, ts[0])  # names x_T if its shape is what failed
         raise e
@@ -319,12 +329,14 @@ def sample_trajectory(
     *,
     denoise_final: bool = False,
     check_finite: bool = True,
+    callback: Callable[[dict], None] | None = None,
     noise: Any = None,
     prediction: str | None = None,
     time_input: str | Callable | None = None,
 ) -> Trajectory:
     """Like :func:`sample` but returns every intermediate state and data prediction (a callable
-    ``model`` takes ``noise=``, ``prediction=``, ``time_input=`` as there)."""
+    ``model`` takes ``noise=``, ``prediction=``, ``time_input=``, and ``callback`` reports the
+    steps, as there)."""
     model = as_denoiser(
         model,
         noise=noise,
@@ -334,7 +346,9 @@ def sample_trajectory(
     )
     ts = _validate(model, x_T, ts, solver, key, None, denoise_final)
     try:
-        out = _run_auto(model, x_T, ts, solver, key, bool(denoise_final), True)
+        with _progress.listening(_progress.as_fraction_callback(callback, "solved")):
+            report = callback is not None
+            out = _run_auto(model, x_T, ts, solver, key, bool(denoise_final), True, False, report)
     except (TypeError, ValueError) as e:
         check_model_input(model, x_T, ts[0])
         raise e
