@@ -6,8 +6,8 @@ Three parts:
    process, exact denoiser): wall time of the full pipeline (10-step coordinate search with
    early stopping, subdivision 10 -> 20 -> 40, interpolation), cold (with XLA compilation) and
    warm (same shapes again), candidate evaluations per second (one candidate = the two KLUB
-   interval estimates next to one point, ``2 J`` sample pairs) and network evaluations per
-   second.
+   interval estimates next to one point: ``3 J`` network evaluations, plus ``J`` per point
+   for the anchor its candidates share) and network evaluations per second.
 2. **Quality on the ring**: samples from the same initial noise with stochastic DDIM
    (``eta = 1``) and DPM-Solver++(2M) at 6, 8 and 10 steps, for the AYS schedule (the 40-step
    result interpolated log-linearly, exactly what ``optimize_ays(model, nfe)`` returns for
@@ -194,7 +194,8 @@ def write(results, quick: bool):
     lines += [
         "",
         "One candidate evaluation = the two KLUB interval estimates next to one point "
-        "(2 J sample pairs, 4 J network evaluations). Cold includes XLA compilation.",
+        "(3 J network evaluations, plus J per point for the anchor D(x_hi, hi) that its "
+        "candidates share). Cold includes XLA compilation.",
         "",
         "## Quality on the ring: NLL (lower = more mass on the modes) and sliced W2 to exact "
         "samples (lower = closer distribution)",

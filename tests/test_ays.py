@@ -79,7 +79,14 @@ def test_ring_beats_baselines_at_10_steps(ring):
     gm, model, data = ring
     res = optimize_ays(model, 10, key=jax.random.key(0), data=data, num_samples=512,
                        subdivide=False, progress=False)
-    assert res.info["stop_reason"] == "rel_tol"
+    # the search stops at the first sweep that lowers the KLUB by under rel_tol = 1 %
+    h = np.asarray(res.info["klub_history"])
+    drop = -np.diff(h) / h[:-1]
+    assert np.all(drop[:-1] >= 0.01), drop
+    if res.info["stop_reason"] == "rel_tol":
+        assert drop[-1] < 0.01
+    else:
+        assert res.info["stop_reason"] == "max_sweeps" and len(drop) == 20 and drop[-1] >= 0.01
     x_T = EDM.prior(jax.random.key(5), (4096, 2), jnp.float32)
     solver = hj.solvers.dpm_solver_pp(order=2)
 

@@ -1,11 +1,14 @@
-r"""Monte-Carlo machinery of the KLUB: random-number slots, sample pairs, batched network calls.
+r"""Monte-Carlo machinery of the KLUB: random-number slots, anchors, batched network calls.
 
 An interval ``[lo, u]`` of the KLUB (:mod:`hso_jax.objectives.klub`) is estimated from ``J``
 samples ``j``: a data row ``x0``, a noise level ``s_j`` drawn by importance sampling
-(:func:`hso_jax.objectives.klub_importance.is_sample_sigmas`), ``x_s = x0 + s_j eps_1`` and
-``x_u = x_s + sqrt(u^2 - s_j^2) eps_2`` (the forward process continued upwards), and the
-contribution ``y_j = Z_u ||D(x_s, s_j) - D(x_u, u)||^2 / (1/(s_j^2 + c^2) - 1/(u^2 + c^2))``;
-the term is ``mean_j y_j``.
+(:func:`hso_jax.objectives.klub_importance.is_sample_sigmas`), the *anchor* ``x_u = x0 + u eps_2``
+and ``x_s = x0 + (s_j^2 / u) eps_2 + (s_j r_j / u) eps_1`` with ``r_j = sqrt(u^2 - s_j^2)`` (the
+Brownian bridge from ``x0`` to ``x_u``: the joint law of ``x_s = x0 + s_j eps`` and the forward
+process continued upwards to ``u``), and the contribution
+``y_j = Z_u ||D(x_s, s_j) - D(x_u, u)||^2 / (1/(s_j^2 + c^2) - 1/(u^2 + c^2))``; the term is
+``mean_j y_j``. Drawing ``x_s`` given the anchor lets intervals with one slot and one upper end
+(the candidates of a point, for the interval above it) share the anchor's network call.
 
 Variance reduction: the quantiles are stratified (``q_j = (j + U_j) / J``), and all estimates
 that share a *slot* (a PRNG key) use common random numbers: the same data subset, noises
@@ -15,7 +18,7 @@ so their differences are much less noisy than the estimates themselves.
 Computation: any number of intervals (e.g. all 11 candidates of all even or odd points) is
 scored by one batched evaluation (:func:`group_samples`): one jitted call draws the random
 numbers and the sigma samples of every interval, then a jitted network kernel of fixed batch
-shape runs over all sample pairs. The kernel is compiled once per network and batch size,
+shape runs over all samples. The kernel is compiled once per network and batch size,
 whatever the number of points, candidates or subdivision level, which matters for real
 networks, whose compilation takes seconds to minutes on CPU.
 
@@ -95,30 +98,53 @@ def _prepare(data, key, slot_ids, slot_of_group, lo, u, c, *, num, include_norma
 
 
 @functools.partial(jax.jit, static_argnames=("size",))
-def _gather(data, idx, e1, e2, s, r, u, slot_of_group, start, *, size):
-    """Network inputs of samples ``start .. start + size - 1`` (flat index g * J + j); indices
-    past the end fall on padded groups and their results are dropped."""
-    num_groups, num = s.shape
-    k = jnp.minimum(start + jnp.arange(size), num_groups * num - 1)
-    g, j = k // num, k % num
+def _gather_anchors(data, idx, e2, u, slot_of_group, first, start, *, size):
+    """Network inputs ``(x_u, u, rows)`` of the anchor samples ``start .. start + size - 1``
+    (flat index a * J + j of anchor a, i.e. group ``first[a]``'s end ``u``): ``x_u = x0 + u
+    eps_2``. Indices past the end repeat the last sample; their results are never read."""
+    num = e2.shape[1]
+    k = jnp.minimum(start + jnp.arange(size), first.shape[0] * num - 1)
+    g, j = first[k // num], k % num
     sl = slot_of_group[g]
-    s_k = s[g, j]
     expand = (slice(None),) + (None,) * (data.ndim - 1)
     rows = idx[sl, j]
-    x_s = data[rows] + s_k[expand] * e1[sl, j]
-    x_u = x_s + r[g, j][expand] * e2[sl, j]
-    return x_s, s_k, x_u, u[g], rows
+    return data[rows] + u[g][expand] * e2[sl, j], u[g], rows
+
+
+@functools.partial(jax.jit, static_argnames=("size",))
+def _gather_points(data, idx, e1, e2, s, r, u, slot_of_group, groups, anchor, start, *, size):
+    """Network inputs ``(x_s, s, rows)`` of samples ``start .. start + size - 1`` of the groups
+    ``groups`` (flat index i * J + j of group ``groups[i]``), and the flat index of each one's
+    anchor sample in the anchor buffer (``anchor[g] * J + j``).
+
+    ``x_s`` is drawn given the anchor ``x_u = x0 + u eps_2`` (the Brownian bridge from ``x0``):
+    ``x_s = x0 + (s^2 / u) eps_2 + (s r / u) eps_1`` with ``r = sqrt(u^2 - s^2)``, so that
+    ``x_s ~ N(x0, s^2)`` and ``x_u - x_s ~ N(0, u^2 - s^2)`` independent of it, exactly as when
+    the forward process is continued upwards from ``x_s``."""
+    num = e1.shape[1]
+    k = jnp.minimum(start + jnp.arange(size), groups.shape[0] * num - 1)
+    g, j = groups[k // num], k % num
+    sl = slot_of_group[g]
+    s_k, r_k, u_k = s[g, j], r[g, j], u[g]
+    expand = (slice(None),) + (None,) * (data.ndim - 1)
+    rows = idx[sl, j]
+    bridge = (s_k * s_k / u_k)[expand] * e2[sl, j] + (s_k * r_k / u_k)[expand] * e1[sl, j]
+    x_s = data[rows] + bridge
+    return x_s, s_k, rows, anchor[g] * num + j
 
 
 @jax.jit
-def _pair_sq_diff(model, x_s, s, x_u, u, rows):
-    """||D(x_s, s) - D(x_u, u)||^2 per sample: one network call on the stacked batch. ``rows``:
-    the data rows of the samples, whose per-sample conditions go with them."""
-    model = take_conditions(model, jnp.concatenate([rows, rows]))
-    den = vmap_samples(lambda m, x, sig: _edm_denoiser(m)(x, sig))
-    d = den(model, jnp.concatenate([x_s, x_u]), jnp.concatenate([s, u]))
-    n = x_s.shape[0]
-    return jnp.sum(jnp.square(d[:n] - d[n:]).reshape(n, -1), axis=-1)
+def _denoise(model, x, sigma, rows):
+    """``D(x_i, sigma_i)`` of a batch, one network call; ``rows``: the data rows of the samples,
+    whose per-sample conditions go with them."""
+    model = take_conditions(model, rows)
+    return vmap_samples(lambda m, x, sig: _edm_denoiser(m)(x, sig))(model, x, sigma)
+
+
+@jax.jit
+def _sq_dist(d, buffer, at):
+    """``||d_i - buffer[at_i]||^2`` per sample."""
+    return jnp.sum(jnp.square(d - buffer[at]).reshape(d.shape[0], -1), axis=-1)
 
 
 def _bucket(n: int, minimum: int) -> int:
@@ -135,6 +161,32 @@ def is_traced(*xs) -> bool:
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(xs))
 
 
+ANCHOR_BUFFER_FLOATS = 2**25
+"""Most anchor outputs (floats) held at once; more anchors are evaluated chunk by chunk."""
+
+
+def _anchors(anchor_of_group, slot_of_group, u) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, anchor)``: anchor ids made dense (``0 .. A - 1``) and each one's first group.
+    Groups that share an anchor must share its slot and upper end (checked where concrete)."""
+    n = slot_of_group.shape[0]
+    if anchor_of_group is None:
+        return np.arange(n), np.arange(n)
+    ids = np.asarray(anchor_of_group)
+    if ids.shape != (n,):
+        raise ValueError(f"anchor_of_group must have shape ({n},), got {ids.shape}")
+    _, first, anchor = np.unique(ids, return_index=True, return_inverse=True)
+    shared = first[anchor]
+    if not np.array_equal(slot_of_group[shared], slot_of_group) or (
+        not is_traced(u) and not np.array_equal(np.asarray(u)[shared], np.asarray(u))
+    ):
+        raise ValueError("groups that share an anchor must share its slot and upper end u")
+    return first, anchor.reshape(-1)
+
+
+def _padded(a: np.ndarray, minimum: int = 1) -> np.ndarray:
+    return np.pad(a, (0, _bucket(a.shape[0], minimum) - a.shape[0]), mode="edge")
+
+
 def group_samples(
     model: Denoiser,
     data: Array,
@@ -149,6 +201,7 @@ def group_samples(
     batch_size: int,
     include_normaliser: bool,
     mesh: Any = None,
+    anchor_of_group: np.ndarray | None = None,
 ) -> Array:
     r"""Per-sample KLUB contributions ``y[g, j]`` of many intervals (groups) in one evaluation.
 
@@ -160,14 +213,21 @@ def group_samples(
         y_{gj} = Z_u \, \frac{\| D(x_{s_j}, s_j) - D(x_u, u) \|^2}
             {1/(s_j^2 + c^2) - 1/(u^2 + c^2)},
 
-    so the interval term of group ``g`` is ``mean_j y[g, j]``. All groups are prepared by one
-    jitted call; the network then runs on fixed-shape batches of ``batch_size // 2`` sample
-    pairs (a jitted kernel compiled once per network and batch size, whatever the number of
-    points, candidates or levels; the last batch is padded), split over the devices of ``mesh``
-    (then ``batch_size // 2`` is rounded up to a multiple of their number). Slots and groups are
-    padded to a few bucket sizes, so the preparation compiles once per bucket, not once per
-    pass shape. Concrete inputs are assembled with NumPy (no eager XLA compiles); traced ones
-    with jnp.
+    so the interval term of group ``g`` is ``mean_j y[g, j]``. The upper sample ``x_u = x0 + u
+    eps_2`` is the *anchor* and ``x_s`` is drawn given it (the Brownian bridge from ``x0``, the
+    same joint law as the forward process continued upwards from ``x_s``). Groups with one
+    slot and one upper end ``u`` (all candidates of a point, for the interval above it) have the
+    same anchor, whose network call ``D(x_u, u)`` is then made once for all of them:
+    ``anchor_of_group`` names each group's anchor (default: one per group).
+
+    All groups are prepared by one jitted call; the network then runs on fixed-shape batches of
+    ``batch_size`` samples (anchors first, then the samples of their groups; a jitted kernel
+    compiled once per network and batch size, whatever the number of points, candidates or
+    levels; the last batch is padded), split over the devices of ``mesh`` (then
+    ``batch_size`` is rounded up to a multiple of their number). At most
+    :data:`ANCHOR_BUFFER_FLOATS` anchor outputs are held at once. Slots and groups are padded to
+    a few bucket sizes, so the preparation compiles once per bucket, not once per pass shape.
+    Concrete inputs are assembled with NumPy (no eager XLA compiles); traced ones with jnp.
 
     Args:
       model: the Denoiser (per-sample conditions follow their data rows).
@@ -181,6 +241,7 @@ def group_samples(
       batch_size: network evaluations per call.
       include_normaliser: multiply by ``Z_u`` (always, except in tests that show it matters).
       mesh: ``None`` or a Mesh with a ``"batch"`` axis.
+      anchor_of_group: ``(G,)`` anchor id of each group (equal ids: equal slot and ``u``).
 
     Returns:
       ``(G, J)`` contributions: a NumPy array for concrete inputs, a jnp array when traced.
@@ -190,6 +251,7 @@ def group_samples(
     dtype = data.dtype
     slot_ids = np.asarray(slot_ids)
     slot_of_group = np.asarray(slot_of_group)
+    first, anchor = _anchors(anchor_of_group, slot_of_group, u)
     n_slots, n_groups = slot_ids.shape[0], slot_of_group.shape[0]
     pad_s, pad_g = _bucket(n_slots, 16) - n_slots, _bucket(n_groups, 128) - n_groups
     slot_ids = np.pad(slot_ids, (0, pad_s), mode="edge")
@@ -200,24 +262,73 @@ def group_samples(
     idx, e1, e2, s, r, factor = _prepare(
         data, key, slot_ids, slot_of_group, lo, u, c, num=num, include_normaliser=include_normaliser
     )
-    total = n_groups * num
-    size = max(1, batch_size // 2)
+    size = max(1, batch_size)
     if mesh is not None:
         size = -(-size // mesh.shape["batch"]) * mesh.shape["batch"]
-    out, report = [], not traced and _progress.listened()
-    for start in range(0, total, size):
-        pairs = _gather(data, idx, e1, e2, s, r, u, slot_of_group, np.int32(start), size=size)
+
+    def net(x, sigma, rows):
         if mesh is not None:
-            pairs = [shard_batch(v, mesh) for v in pairs]
-        out.append(_pair_sq_diff(model, *pairs))
+            x, sigma, rows = (shard_batch(v, mesh) for v in (x, sigma, rows))
+        return _denoise(model, x, sigma, rows)
+
+    # anchors in chunks of at most ANCHOR_BUFFER_FLOATS outputs, each followed by its groups
+    per_chunk = max(1, ANCHOR_BUFFER_FLOATS // (num * math.prod(data.shape[1:])))
+    order = np.argsort(anchor, kind="stable")
+    cuts = np.searchsorted(anchor[order], np.arange(0, first.shape[0], per_chunk))
+    cuts = np.append(cuts, n_groups)
+    chunks = [
+        (a0, min(a0 + per_chunk, first.shape[0]), order[cuts[i] : cuts[i + 1]])
+        for i, a0 in enumerate(range(0, first.shape[0], per_chunk))
+    ]
+    batches = sum(_ceil((a1 - a0) * num, size) + _ceil(len(g) * num, size) for a0, a1, g in chunks)
+    done, report, out = 0, not traced and _progress.listened(), []
+
+    def step(v):
+        nonlocal done
+        done += 1
         if report:  # the fraction of the network batches done (once this one is)
-            jax.block_until_ready(out[-1])
-            _progress.solve_step(min(total, start + size) / total)
+            jax.block_until_ready(v)
+            _progress.solve_step(done / batches)
+        return v
+
+    for a0, a1, groups in chunks:
+        heads = _padded(first[a0:a1])
+        buffer = [
+            step(net(*_gather_anchors(data, idx, e2, u, slot_of_group, heads, np.int32(k),
+                                      size=size)))  # fmt: skip
+            for k in range(0, (a1 - a0) * num, size)
+        ]
+        buffer = jnp.concatenate(buffer + [jnp.zeros_like(buffer[0])] * (
+            _bucket(len(buffer), 1) - len(buffer)))  # fmt: skip
+        local = np.pad(anchor - a0, (0, pad_g))
+        for k in range(0, groups.shape[0] * num, size):
+            x_s, s_k, rows, at = _gather_points(
+                data, idx, e1, e2, s, r, u, slot_of_group, _padded(groups), local, np.int32(k),
+                size=size,
+            )
+            out.append(step(_sq_dist(net(x_s, s_k, rows), buffer, at)))
+    back = np.argsort(order)  # rows were computed in the order of `order`
+    sizes = [g.shape[0] * num for _, _, g in chunks]
     if traced:
-        sq = jnp.concatenate(out)[:total].reshape(n_groups, num)
-        return sq * factor[:n_groups]
-    sq = np.concatenate([np.asarray(o) for o in out])[:total].reshape(n_groups, num)
-    return sq * np.asarray(factor)[:n_groups]
+        flat = jnp.concatenate(out)
+        sq = jnp.concatenate(_chunk_rows(flat, sizes, size))
+        return sq.reshape(n_groups, num)[back] * factor[:n_groups]
+    flat = np.concatenate([np.asarray(o) for o in out])
+    sq = np.concatenate(_chunk_rows(flat, sizes, size))
+    return sq.reshape(n_groups, num)[back] * np.asarray(factor)[:n_groups]
+
+
+def _ceil(n: int, size: int) -> int:
+    return -(-n // size)
+
+
+def _chunk_rows(flat, sizes, size):
+    """The first ``sizes[i]`` values of each chunk's batches (the rest is padding)."""
+    rows, at = [], 0
+    for n in sizes:
+        rows.append(flat[at : at + n])
+        at += _ceil(n, size) * size
+    return rows
 
 
 def model_samples(

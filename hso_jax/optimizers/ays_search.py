@@ -120,7 +120,7 @@ class CoordinateSearch:
         # so the grid is refined; a winner on the edge may lie beyond it, so it widens
         r[pts] = np.where(outer, np.minimum(1.0, 2.0 * r[pts]), 0.5 * r[pts])
         self.candidate_evals += cand.size
-        self.network_evals += 4 * cand.size * self.obj.num_samples
+        self.network_evals += self.obj.neighbourhood_cost(*cand.shape)
         return vals[np.arange(len(pts)), best]
 
     def converged(self, pts: np.ndarray) -> bool:
