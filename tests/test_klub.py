@@ -147,6 +147,9 @@ def test_candidates_share_the_anchor_above_them(monkeypatch):
                         lambda m, x, *a: calls.append(x.shape[0]) or kernel(m, x, *a))  # fmt: skip
     terms = np.asarray(obj.neighbourhood(lo, cand, hi, np.array([1]), key))
     assert sum(calls) == obj.neighbourhood_cost(1, 3) == (3 * 3 + 1) * 64
+    monkeypatch.setattr(klub_montecarlo, "ANCHOR_BUFFER_FLOATS", 64 * 4)  # one anchor at a time
+    chunked = np.asarray(obj.neighbourhood(lo, cand, hi, np.array([1]), key))
+    np.testing.assert_allclose(chunked, terms, rtol=1e-6)
     calls.clear()
     g_lo = np.concatenate([np.repeat(lo, 3), cand[0]])
     g_u = np.concatenate([cand[0], np.repeat(hi, 3)])
