@@ -49,6 +49,7 @@ import numpy as np
 import hso_jax as hj
 from hso_jax import solvers as S
 from hso_jax.models import unet as unet_mod
+from hso_jax.models.zoo import MNIST_ID
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NFE = 10
@@ -373,7 +374,7 @@ def grad_only(args) -> None:
     for make, desc in (
         (_gmm_problem, "4-component 2-D Gaussian mixture (exact denoiser), 1024 points"),
         (_unet_problem, "tiny Flax UNet (16/32 channels, attention), 28x28x1, batch 64"),
-        (_mnist_problem, "the shipped MNIST UNet (mnist-v2), batch 8"),
+        (_mnist_problem, f"the shipped MNIST UNet ({MNIST_ID}), batch 8"),
     ):
         name, model, x_T = make()
         print(f"[{name}] grad ...", flush=True)

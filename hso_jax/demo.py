@@ -17,16 +17,16 @@ on top) and ``schedules.png`` (sigma vs step, log scale) to the output folder it
 Cost. The shipped UNet costs about 2-3 ms per image and network call on a 2-core CPU, and the
 reference needs about 1,500 calls per sample at ``rtol = atol = 1e-5``. So that the default
 run takes under three minutes, not six, the references for the default batches (64 noises,
-seed 0, and ``direct``'s 48) ship with the package (``models/zoo/mnist-v2/demo_reference/``,
+seed 0, and ``direct``'s 48) ship with the package (``models/zoo/mnist-v3/demo_reference/``,
 written by this same code); each is copied into the reference cache and checked like any cache
 entry (checksum, problem description). Any other ``num_samples`` / ``seed`` / tolerance
 computes its references once and caches them.
 
 The model-aware optimiser. ``direct`` descends the sample error of UniPC on the model itself,
 on its own noises (32 for training, 16 held out; drawn from another key than the evaluation
-noises, so the table scores it on noise it never saw), for 50 Adam iterations: about 95 s with
-its compilation, and 6 % below the best baseline on this model (150 iterations gain a little
-more in twice the time). Its DPM-Solver++ row reuses the UniPC schedule. After the table, one
+noises, so the table scores it on noise it never saw), for 50 Adam iterations: about 80 s with
+its compilation, and 7 % below the best baseline on this model. Its DPM-Solver++ row reuses
+the UniPC schedule. After the table, one
 line per solver says which schedule to use and by how much it beats the best baseline.
 
 Solver flavours. HSO and DM-NonUniform optimise two schedules each: the DDIM flavour (NFE

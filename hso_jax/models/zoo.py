@@ -66,8 +66,8 @@ __all__ = [
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 # Shipped models by name; "mnist" is the current default MNIST model. A model's id (its
 # directory name) keys every cache computed with it, so a new model never meets old entries.
-ZOO_ALIASES = {"mnist": "mnist-v2"}
-ZOO_MODELS = ("mnist", "mnist-v2")
+ZOO_ALIASES = {"mnist": "mnist-v3"}
+ZOO_MODELS = ("mnist", "mnist-v3")
 MNIST_ID = ZOO_ALIASES["mnist"]
 MODEL_FORMAT = "hso_jax-unet"
 PARAMS_SUBDIR = "params"
