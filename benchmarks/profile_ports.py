@@ -15,7 +15,10 @@ of an unprofiled call and the ratio JAX / PyTorch. Configurations:
 
 * ``mnist``: the shipped model's architecture (``UNet2DModel``, 687 k parameters), batch 64;
 * ``sd15``: Stable Diffusion 1.5's ``UNet2DConditionModel`` (860 M parameters), batch 1,
-  64 x 64 x 4 latents, a 77-token prompt embedding.
+  64 x 64 x 4 latents, a 77-token prompt embedding;
+* ``sd15-plain-attention``: the same with every attention in the plain form (the full score
+  matrix materialised, as before the blockwise attention of long sequences), against the
+  same PyTorch profile.
 
 Writes ``<out>/profile_ports.{md,json}``. Run alone on an idle machine (the profile of a
 shared machine measures the other jobs too)::
@@ -29,6 +32,7 @@ import argparse
 import collections
 import gzip
 import json
+import math
 import re
 import tempfile
 import time
@@ -40,6 +44,7 @@ import jax
 import numpy as np
 from bench_unet_cond import SD15_CONFIG, TOKENS
 
+from hso_jax.models import layers
 from hso_jax.models.convert import state_dict_to_params
 from hso_jax.models.train import MNIST_CONFIG
 from hso_jax.models.unet import unet_fn
@@ -49,17 +54,24 @@ CATEGORIES = ("convolution", "attention", "linear", "normalisation", "elementwis
 TOP = 12
 
 
+_ATTENTION = re.compile(r"attn\d*|attentions?(_\d+)?")
+_SUBMODULE = re.compile(r"to_|proj|norm|group_norm|transformer|ff")
+
+
 def _category(op: str, where: str) -> str:
-    """Category of an operation ``op`` (HLO or aten name) in module ``where`` (path or '')."""
-    op, where = op.lower(), where.lower()
+    """Category of an operation ``op`` (HLO or aten name) made by module ``where`` (its path in
+    the network, JAX only). Attention: the ops of an attention module itself (scores, softmax,
+    weighted sum, also inside its blockwise loops), not those of its projections or norms."""
+    op, parts = op.lower(), where.lower().split("/")
     if "conv" in op:
         return "convolution"
-    if any(k in op for k in ("dot", "bmm", "matmul", "scaled_dot_product", "softmax", "_mm")):
-        return "attention" if re.search(r"attn|attention", where) or "bmm" in op or (
-            "scaled_dot" in op) or "softmax" in op else "linear"  # fmt: skip
-    if op in ("aten::mm", "aten::addmm", "aten::linear"):
+    at = [i for i, p in enumerate(parts) if _ATTENTION.fullmatch(p)]
+    inside = at and not _SUBMODULE.match(parts[at[-1] + 1] if at[-1] + 1 < len(parts) else "")
+    if inside or any(k in op for k in ("bmm", "scaled_dot_product", "softmax")):
+        return "attention"
+    if any(k in op for k in ("dot", "matmul", "mm", "linear")):
         return "linear"
-    if "norm" in op or re.search(r"(^|/)norm\w*(/|$)", where):
+    if "norm" in op or "norm" in parts[-1]:
         return "normalisation"
     return "elementwise / other"
 
@@ -68,24 +80,44 @@ def _category(op: str, where: str) -> str:
 # JAX
 # --------------------------------------------------------------------------------------------
 
-_INSTR = re.compile(r"^\s*%?([\w.\-]+) = (\S+?)(?:\{[^}]*\})? (\w[\w-]*)\(.*?op_name=\"([^\"]+)\"")
+_INSTR = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+?)(?:\{[^}]*\})? (\w[\w-]*)\(")
+_OP_NAME = re.compile(r'op_name="([^"]+)"')
+_NESTING = ("while", "call", "conditional")
 
 
 def _hlo_index(hlo: str) -> dict[str, tuple[str, str, str]]:
-    """HLO instruction name -> (operation, output shape, module path of its origin)."""
-    index = {}
+    """HLO instruction name -> (operation, output shape, module path of its origin). An
+    instruction without metadata (e.g. a fusion inside a loop body) takes the module path most
+    common among the instructions of its computation."""
+    index, members = {}, collections.defaultdict(list)
+    computation = ""
     for line in hlo.splitlines():
+        if line.endswith("{") and not line.startswith(" "):
+            computation = line.split(" (", 1)[0]
+            continue
         m = _INSTR.match(line)
-        if m:
-            name, shape, opcode, op_name = m.groups()
-            path, _, op = op_name.rpartition("/")
-            index[name] = (op if opcode == "fusion" else opcode, shape, path)
+        if not m:
+            continue
+        name, shape, opcode = m.groups()
+        meta = _OP_NAME.search(line)
+        path, _, op = meta.group(1).rpartition("/") if meta else ("", "", opcode)
+        index[name] = (op if opcode == "fusion" and meta else opcode, shape, path)
+        members[computation].append(name)
+    for names in members.values():
+        paths = collections.Counter(index[n][2] for n in names if index[n][2])
+        if paths:
+            common = paths.most_common(1)[0][0]
+            for n in names:
+                if not index[n][2]:
+                    index[n] = (index[n][0], index[n][1], common)
     return index
 
 
 def jax_profile(fn, args, repeats: int) -> dict[str, Any]:
-    """Wall time of an unprofiled call and the per-thunk profile of ``repeats`` calls."""
-    compiled = jax.jit(fn).lower(*args).compile()
+    """Wall time of an unprofiled call and the per-thunk profile of ``repeats`` calls of
+    ``fn(*args)`` (the parameters among ``args``, as in use: not folded in as constants)."""
+    jax.clear_caches()  # traced afresh: a setting of the layers may have changed since
+    compiled = jax.jit(lambda *a: fn(*a)).lower(*args).compile()
     index = _hlo_index(compiled.as_text())
     jax.block_until_ready(compiled(*args))
     wall = []
@@ -103,7 +135,8 @@ def jax_profile(fn, args, repeats: int) -> dict[str, Any]:
     events = events["traceEvents"] if isinstance(events, dict) else events
     per_op: dict[str, float] = collections.Counter()
     for e in events:
-        if e.get("ph") == "X" and e["name"] in index:
+        # loops and calls are left out: the thunks of their bodies are counted themselves
+        if e.get("ph") == "X" and e["name"] in index and index[e["name"]][0] not in _NESTING:
             per_op[e["name"]] += e.get("dur", 0) / 1e3 / repeats  # ms per call
     ops = []
     for name, ms in per_op.items():
@@ -164,9 +197,8 @@ def _mnist(rng):
     x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
     t = np.full((64,), 500.0, np.float32)
     params = state_dict_to_params(net.state_dict(), config)
-    fn = unet_fn(config)
     return (net, (torch.from_numpy(x), torch.from_numpy(t)),
-            lambda x, t: fn(params, x, t), (x.transpose(0, 2, 3, 1), t))  # fmt: skip
+            unet_fn(config), (params, x.transpose(0, 2, 3, 1), t))  # fmt: skip
 
 
 def _sd15(rng):
@@ -181,21 +213,35 @@ def _sd15(rng):
     ctx = rng.standard_normal((1, TOKENS, config["cross_attention_dim"])).astype(np.float32)
     t = np.array([500.0], np.float32)
     params = state_dict_to_params(net.state_dict(), config)
-    fn = unet_fn(config)
     return (net, tuple(torch.from_numpy(v) for v in (x, t, ctx)),
-            lambda x, t, c: fn(params, x, t, c), (x.transpose(0, 2, 3, 1), t, ctx))  # fmt: skip
+            unet_fn(config), (params, x.transpose(0, 2, 3, 1), t, ctx))  # fmt: skip
 
 
-CONFIGS = {"mnist": (_mnist, "UNet2DModel, shipped architecture, batch 64"),
-           "sd15": (_sd15, "SD 1.5 UNet2DConditionModel, batch 1, 64x64x4")}  # fmt: skip
+CONFIGS = {
+    "mnist": (_mnist, "UNet2DModel, shipped architecture, batch 64", {}),
+    "sd15": (_sd15, "SD 1.5 UNet2DConditionModel, batch 1, 64x64x4", {}),
+    # the same with every attention in the plain form (the score matrix materialised): what
+    # the blockwise attention of long sequences gains
+    "sd15-plain-attention": (_sd15, "SD 1.5, plain attention", {"BLOCKWISE_MIN_SCORES": math.inf}),
+}
+_TORCH: dict[Any, dict[str, Any]] = {}  # PyTorch profile per network, measured once a run
 
 
 def run(name: str, repeats: int) -> dict[str, Any]:
-    make, what = CONFIGS[name]
+    make, what, layer_settings = CONFIGS[name]
     net, t_in, fn, j_in = make(np.random.default_rng(0))
-    torch_res = torch_profile(net, t_in, repeats)
+    if make not in _TORCH:
+        _TORCH[make] = torch_profile(net, t_in, repeats)
+    torch_res = _TORCH[make]
     del net
-    jax_res = jax_profile(fn, j_in, repeats)
+    saved = {k: getattr(layers, k) for k in layer_settings}
+    try:
+        for k, v in layer_settings.items():
+            setattr(layers, k, v)
+        jax_res = jax_profile(fn, j_in, repeats)
+    finally:
+        for k, v in saved.items():
+            setattr(layers, k, v)
     return dict(config=name, what=what, jax=jax_res, torch=torch_res,
                 ratio=jax_res["wall_ms"] / torch_res["wall_ms"])  # fmt: skip
 
@@ -220,7 +266,7 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], repeats: int) -> 
         md.append(f"| {r['config']} | {j['wall_ms']:.1f} | {t['wall_ms']:.1f} | "
                   f"{r['ratio']:.2f} | {cats} |")  # fmt: skip
     for r in rows:
-        for side in ("jax", "torch"):
+        for side in ("jax", "torch") if r["config"] != "sd15-plain-attention" else ("jax",):
             md += ["", f"## {r['config']} ({r['what']}): top {TOP} operations, {side}", "",
                    "| ms | category | operation | shape | module |",
                    "|---:|---|---|---|---|"]  # fmt: skip

@@ -321,3 +321,33 @@ def test_bad_conditions_raise():
         shape_of({**cond, "time_ids": np.zeros((2, 5), np.float32)})
     with pytest.raises(ValueError, match="known"):
         tiny_config("sd3")
+
+
+def test_blockwise_attention_equals_torch_and_the_plain_form():
+    """The online-softmax attention of long sequences equals torch's scaled_dot_product_attention
+    and the plain form (lengths that are not multiples of the block: padded queries, masked
+    keys), in value and in gradient."""
+    torch = pytest.importorskip("torch")
+    from hso_jax.models.layers import multi_head_attention
+
+    rng = np.random.default_rng(0)
+    heads, d = 4, 8
+    q, k, v = (rng.standard_normal((2, n, heads * d)).astype(np.float32) for n in (70, 45, 45))
+    block = multi_head_attention(q, k, v, heads, block=16)
+
+    def th(x):  # (B, L, heads * d) -> (B, heads, L, d)
+        return torch.from_numpy(x).reshape(2, -1, heads, d).transpose(1, 2)
+
+    ref = torch.nn.functional.scaled_dot_product_attention(th(q), th(k), th(v))
+    ref = ref.transpose(1, 2).reshape(2, 70, heads * d).numpy()
+    np.testing.assert_allclose(block, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(block, multi_head_attention(q, k, v, heads), rtol=1e-5, atol=1e-6)
+    w = rng.standard_normal(block.shape).astype(np.float32)
+
+    def loss(blk):
+        return lambda q, k, v: jnp.sum(w * multi_head_attention(q, k, v, heads, block=blk))
+
+    g_block = jax.grad(loss(16), argnums=(0, 1, 2))(q, k, v)
+    g_plain = jax.grad(loss(None), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(g_block, g_plain, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -9,8 +9,9 @@ inputs. Dropout is ignored (inference ports).
   ``TimestepEmbedding`` of diffusers' ``embeddings.py``.
 * :class:`GroupNorm` - group normalisation, faster than ``flax.linen.GroupNorm`` on CPU.
 * :class:`ResnetBlock2D`, :class:`Downsample2D`, :class:`Upsample2D` - ``resnet.py``.
-* :func:`multi_head_attention`, :class:`AttentionBlock` - scaled dot-product attention and the
-  spatial self-attention of ``UNet2DModel``'s attention blocks.
+* :func:`multi_head_attention`, :class:`AttentionBlock` - scaled dot-product attention (blockwise,
+  with an online softmax, for long sequences) and the spatial self-attention of
+  ``UNet2DModel``'s attention blocks.
 * :class:`DownBlock`, :class:`UpBlock`, :class:`MidBlock` - the ResNet (+ attention) stacks of
   ``unet_2d_blocks.py``; the attention layer is a factory, so the same stack serves
   ``AttnDownBlock2D`` (self-attention) and ``CrossAttnDownBlock2D`` (a transformer that also
@@ -180,24 +181,82 @@ class ResnetBlock2D(nn.Module):
         return (x + h) / self.output_scale_factor
 
 
-def multi_head_attention(q: Array, k: Array, v: Array, heads: int) -> Array:
+BLOCKWISE_MIN_SCORES = 2**20
+"""Query length x key length from which :func:`multi_head_attention` runs blockwise."""
+
+ATTENTION_BLOCK = 512
+"""Query and key block length of the blockwise attention (the fastest on a 2-core CPU at SD
+1.5's 4096 x 4096 self-attention: 185 ms a layer against 869 ms for the plain form)."""
+
+
+def multi_head_attention(
+    q: Array, k: Array, v: Array, heads: int, *, block: int | None = None
+) -> Array:
     """softmax(q k^T / sqrt(d)) v per head, the softmax in float32 (``upcast_softmax``).
+
+    From ``Lq * Lk >= BLOCKWISE_MIN_SCORES`` (or with ``block``) the softmax is computed block
+    by block with a running maximum and sum (the online softmax of FlashAttention, Dao et al.
+    2022): the (Lq, Lk) score matrix is never materialised, and the result equals the plain
+    form to float32 round-off.
 
     Args:
       q: queries (B, Lq, heads * d); k, v: keys and values (B, Lk, heads * d).
       heads: number of heads.
+      block: force the blockwise form with this block length (default: by size, blocks of
+        :data:`ATTENTION_BLOCK`).
 
     Returns:
       (B, Lq, heads * d), heads concatenated as torch's ``reshape`` orders them.
     """
     b, lq, inner = q.shape
     d = inner // heads
+    if block is not None or lq * k.shape[1] >= BLOCKWISE_MIN_SCORES:
+        return _blockwise_attention(q, k, v, heads, block or ATTENTION_BLOCK)
     q = q.reshape(b, lq, heads, d)
     k = k.reshape(b, k.shape[1], heads, d)
     v = v.reshape(b, v.shape[1], heads, d)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d)
     w = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, lq, inner)
+
+
+def _blockwise_attention(q: Array, k: Array, v: Array, heads: int, block: int) -> Array:
+    """:func:`multi_head_attention` over query blocks (``lax.map``), each a scan over key
+    blocks that keeps the running row maximum ``m``, sum ``l`` and output ``acc`` (float32):
+    ``m' = max(m, max_k s)``, ``l' = l e^(m - m') + sum_k e^(s - m')``, ``acc' = acc e^(m - m')
+    + e^(s - m') v``, and the result ``acc / l``. Padded keys get ``s = -inf``."""
+    b, lq, inner = q.shape
+    lk, d = k.shape[1], inner // heads
+    nq, nk = -(-lq // block), -(-lk // block)
+
+    def split(x, n):  # (B, L, heads * d) -> (n, B, heads, block, d), zero-padded
+        x = jnp.pad(x, ((0, 0), (0, n * block - x.shape[1]), (0, 0)))
+        return x.reshape(b, n, block, heads, d).transpose(1, 0, 3, 2, 4)
+
+    ks, vs = split(k, nk), split(v, nk)
+    bias = jnp.where(jnp.arange(nk * block) < lk, 0.0, -jnp.inf).astype(jnp.float32)
+    scale = 1.0 / math.sqrt(d)
+
+    def rows(qb):
+        def step(carry, kvb):
+            m, l, acc = carry
+            kb, vb, bb = kvb
+            s = jnp.einsum("bhqd,bhkd->bhqk", qb, kb).astype(jnp.float32) * scale + bb
+            m_new = jax.lax.stop_gradient(jnp.maximum(m, s.max(-1)))  # the result is exact
+            p = jnp.exp(s - m_new[..., None])  # for any m: no gradient through it
+            a = jnp.exp(m - m_new)
+            pv = jnp.einsum("bhqk,bhkd->bhqd", p.astype(vb.dtype), vb,
+                            preferred_element_type=jnp.float32)  # fmt: skip
+            return (m_new, l * a + p.sum(-1), acc * a[..., None] + pv), None
+
+        shape = qb.shape[:-1]
+        init = (jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32),
+                jnp.zeros(qb.shape, jnp.float32))  # fmt: skip
+        (_, l, acc), _ = jax.lax.scan(step, init, (ks, vs, bias.reshape(nk, block)))
+        return (acc / l[..., None]).astype(v.dtype)
+
+    out = jax.lax.map(rows, split(q, nq))  # (nq, B, heads, block, d)
+    return out.transpose(1, 0, 3, 2, 4).reshape(b, nq * block, inner)[:, :lq]
 
 
 class AttentionBlock(nn.Module):
