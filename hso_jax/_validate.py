@@ -124,6 +124,13 @@ def choice(name: str, value: Any, allowed: Sequence[str]) -> str:
     return value
 
 
+def callback(value: Any, name: str = "callback"):
+    """``value`` if it is ``None`` or callable (a progress callback)."""
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable or None, got {value!r}")
+    return value
+
+
 def prng_key(name: str, key: Any):
     """``key`` if it is a JAX PRNG key (typed ``jax.random.key`` or a raw ``PRNGKey``)."""
     import jax  # here: this module is imported by the CLI before JAX loads

@@ -130,6 +130,8 @@ def test_callback_reports_every_step_and_changes_nothing():
     traj = hj.sample_trajectory(MODEL, X_T, TS, solver, callback=seen.append)
     np.testing.assert_array_equal(traj.final, out)
     assert len(seen) == N_STEPS and seen[-1]["solved"] == 1.0
+    with pytest.raises(TypeError, match="callback must be callable or None, got 1"):
+        hj.sample(MODEL, X_T, TS, solver, callback=1)
 
 
 @pytest.mark.parametrize("name", list(SOLVERS))

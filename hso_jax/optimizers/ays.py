@@ -299,8 +299,7 @@ def _check_arguments(
         raise ValueError(f"min_radius must be in (0, 1], got {min_radius!r}")
     if validation is not None and not callable(validation) and validation != "klub":
         raise TypeError(f"validation must be a callable t -> float or 'klub', got {validation!r}")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {callback!r}")
+    _validate.callback(callback)
     return solver_name, num_points, _Settings(
         candidates, max_sweeps, rel_tol, patience, rounds, refine_sweeps, min_radius
     )

@@ -374,8 +374,7 @@ def optimize_direct(
     steps = _validate.integer("steps", steps, 1)
     patience = _validate.integer("patience", patience, 1)
     learning_rate = _validate.real("learning_rate", learning_rate, 0.0, open_lo=True)
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {callback!r}")
+    _validate.callback(callback)
     x_T = check_noise_batch("x_T", x_T, "direct")
     check_model_input(model, x_T, model.noise.t_max)
     if remat is not None and not isinstance(remat, bool):

@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _progress
+from .. import _progress, _validate
 from ..batch import (
     check_chunk,
     check_conditions,
@@ -301,12 +301,6 @@ def _solve_batched(model, x_T, ts, solver, rtol, atol, max_steps, batch_size, me
     return jnp.concatenate(outs, axis=1), merged
 
 
-def _callable(callback):
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {callback!r}")
-    return callback
-
-
 def _finish(xs, stats, what, max_steps, rtol, atol):
     leaves = jax.tree_util.tree_leaves((xs, stats))
     if not any(isinstance(v, jax.core.Tracer) for v in leaves):
@@ -372,7 +366,8 @@ def reference_trajectory(
     dtype = _compute_dtype(x_T)
     rtol, atol = _tolerances(rtol, atol, dtype)
     opts = (rtol, atol, int(max_steps), batch_size, mesh)
-    with _progress.listening(_progress.as_fraction_callback(_callable(callback), "solved")):
+    report = _progress.as_fraction_callback(_validate.callback(callback), "solved")
+    with _progress.listening(report):
         xs, stats = _solve_batched(model, jnp.asarray(x_T, dtype), ts, _make_solver(solver), *opts)
         stats = _finish(xs, stats, "reference_trajectory", max_steps, rtol, atol)
     return (xs, stats) if return_stats else xs
@@ -461,7 +456,8 @@ def reference_solve(
     rtol, atol = _tolerances(rtol, atol, dtype)
     ts = jnp.stack([jnp.asarray(t_start, dtype), jnp.asarray(t_end, dtype)])
     opts = (rtol, atol, int(max_steps), batch_size, mesh)
-    with _progress.listening(_progress.as_fraction_callback(_callable(callback), "solved")):
+    report = _progress.as_fraction_callback(_validate.callback(callback), "solved")
+    with _progress.listening(report):
         xs, stats = _solve_batched(model, jnp.asarray(x_T, dtype), ts, _make_solver(solver), *opts)
         stats = _finish(xs, stats, "reference_solve", max_steps, rtol, atol)
     return (xs[-1], stats) if return_stats else xs[-1]

@@ -141,8 +141,7 @@ def teacher_trajectories(
         ts = np.asarray(schedules.check_schedule(grid, noise, name="grid"), np.float64)
         if ts.shape[0] < 3:
             raise ValueError(f"grid must have at least 3 points, got {ts.shape[0]}")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {callback!r}")
+    _validate.callback(callback)
     b = int(jnp.shape(x_T)[0])
     size = b if batch_size is None else batch_size
     xs, x0 = [], []

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _progress
+from .._validate import callback as _check_callback
 from ..batch import check_conditions
 from ..denoiser import Denoiser, OutputShapeError, as_denoiser, check_denoiser
 from ..noise import DATA_END
@@ -297,7 +298,7 @@ def sample(
     unroll = _check_unroll(unroll)
     if not isinstance(remat, bool):
         raise TypeError(f"remat must be a bool, got {remat!r}")
-    report = callback is not None
+    report = _check_callback(callback) is not None
     try:
         with _progress.listening(_progress.as_fraction_callback(callback, "solved")):
             if unroll is None:
@@ -345,9 +346,9 @@ def sample_trajectory(
         example="hso_jax.sample_trajectory(model_fn, x_T, ts, solver, noise='sd21')",
     )
     ts = _validate(model, x_T, ts, solver, key, None, denoise_final)
+    report = _check_callback(callback) is not None
     try:
         with _progress.listening(_progress.as_fraction_callback(callback, "solved")):
-            report = callback is not None
             out = _run_auto(model, x_T, ts, solver, key, bool(denoise_final), True, False, report)
     except (TypeError, ValueError) as e:
         check_model_input(model, x_T, ts[0])
