@@ -35,14 +35,13 @@ import json
 import math
 import re
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import common
 import jax
 import numpy as np
-from bench_unet_cond import SD15_CONFIG, TOKENS
+from bench_unet_cond import SD15_CONFIG, TOKENS, _median_time
 
 from hso_jax.models import layers
 from hso_jax.models.convert import state_dict_to_params
@@ -119,12 +118,7 @@ def jax_profile(fn, args, repeats: int) -> dict[str, Any]:
     jax.clear_caches()  # traced afresh: a setting of the layers may have changed since
     compiled = jax.jit(lambda *a: fn(*a)).lower(*args).compile()
     index = _hlo_index(compiled.as_text())
-    jax.block_until_ready(compiled(*args))
-    wall = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        wall.append(time.perf_counter() - t0)
+    wall_ms = _median_time(lambda: jax.block_until_ready(compiled(*args)), repeats) * 1e3
     with tempfile.TemporaryDirectory() as d:
         jax.profiler.start_trace(d, create_perfetto_trace=True)
         for _ in range(repeats):
@@ -143,7 +137,7 @@ def jax_profile(fn, args, repeats: int) -> dict[str, Any]:
         op, shape, path = index[name]
         ops.append(dict(name=name, op=op, shape=shape, module=path, ms=ms,
                         category=_category(op, path)))  # fmt: skip
-    return _summary(float(np.median(wall)) * 1e3, ops)
+    return _summary(wall_ms, ops)
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,12 +150,7 @@ def torch_profile(net, inputs, repeats: int) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
     with torch.no_grad():
-        net(*inputs)
-        wall = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            net(*inputs)
-            wall.append(time.perf_counter() - t0)
+        wall_ms = _median_time(lambda: net(*inputs), repeats) * 1e3
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             for _ in range(repeats):
                 net(*inputs)
@@ -172,7 +161,7 @@ def torch_profile(net, inputs, repeats: int) -> dict[str, Any]:
             shape = str(e.input_shapes[0]) if e.input_shapes else ""
             ops.append(dict(name=e.key, op=e.key, shape=shape, module="", ms=ms,
                             category=_category(e.key, "")))  # fmt: skip
-    return _summary(float(np.median(wall)) * 1e3, ops)
+    return _summary(wall_ms, ops)
 
 
 def _summary(wall_ms: float, ops: list[dict[str, Any]]) -> dict[str, Any]:

@@ -300,10 +300,10 @@ def group_samples(
         ]
         buffer = jnp.concatenate(buffer + [jnp.zeros_like(buffer[0])] * (
             _bucket(len(buffer), 1) - len(buffer)))  # fmt: skip
-        local = np.pad(anchor - a0, (0, pad_g))
+        local, padded_groups = np.pad(anchor - a0, (0, pad_g)), _padded(groups)
         for k in range(0, groups.shape[0] * num, size):
             x_s, s_k, rows, at = _gather_points(
-                data, idx, e1, e2, s, r, u, slot_of_group, _padded(groups), local, np.int32(k),
+                data, idx, e1, e2, s, r, u, slot_of_group, padded_groups, local, np.int32(k),
                 size=size,
             )
             out.append(step(_sq_dist(net(x_s, s_k, rows), buffer, at)))
